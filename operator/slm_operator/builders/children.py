@@ -1,0 +1,238 @@
+"""Child manifests of an SLMService: one StatefulSet per GPU group, a Service, DRA claims.
+
+Why a StatefulSet per group: ``podManagementPolicy: OrderedReady`` starts the k replicas of a GPU
+one after another (several vLLM servers starting at once on one GPU misread free memory — vLLM
+issue #55827), a required pod affinity keeps them on one node, and scaling out or in adds or
+removes whole groups without touching the pods of the others.
+
+Pure ``build_*`` functions: they return dicts and import neither kopf nor a Kubernetes client.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from slm_operator import API_VERSION, GROUP, KIND
+from slm_operator.planning.plan import Plan
+from slm_operator.spec import SLMServiceSpec
+
+SERVING_PORT = 8000
+LABEL_SERVICE = f"{GROUP}/service"
+LABEL_GROUP = f"{GROUP}/group"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "slm-operator"
+ANNOTATION_MECHANISM = f"{GROUP}/sharing"
+PVC_SCHEME = "pvc://"
+MODEL_MOUNT = "/models"
+
+
+def owner_reference(*, name: str, uid: str) -> dict[str, Any]:
+    """Controller reference so deleting the SLMService cascades to every child."""
+    return {"apiVersion": f"{GROUP}/{API_VERSION}", "kind": KIND, "name": name, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def common_labels(*, name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "slm-model-server",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "model-server",
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_SERVICE: name,
+    }
+
+
+def group_name(*, name: str, index: int) -> str:
+    return f"{name}-g{index}"
+
+
+def claim_name(*, name: str, index: int) -> str:
+    return f"{name}-g{index}-gpu"
+
+
+def _metadata(*, name: str, namespace: str, owner: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": dict(labels), "ownerReferences": [dict(owner)]}
+
+
+def build_service(*, name: str, namespace: str, owner: Mapping[str, Any]) -> dict[str, Any]:
+    """One ClusterIP Service over every replica of every GPU group."""
+    labels = common_labels(name=name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name=name, namespace=namespace, owner=owner, labels=labels),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {LABEL_SERVICE: name, "app.kubernetes.io/component": "model-server"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def endpoint_url(*, name: str, namespace: str) -> str:
+    return f"http://{name}.{namespace}.svc.cluster.local/v1"
+
+
+def build_resource_claim(
+    *, name: str, namespace: str, index: int, plan: Plan, owner: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One DRA claim per GPU group, shared by its k pods: all land on the same physical GPU.
+
+    NVIDIA's DRA driver reads the opaque ``GpuConfig``: MPS with a thread share and a pinned
+    memory limit per client, so the split need not be equal to what the device plugin offers.
+    """
+    labels = common_labels(name=name) | {LABEL_GROUP: str(index)}
+    # NB: the driver publishes product names with spaces ("NVIDIA H100 80GB HBM3") where feature
+    # discovery's label uses dashes; compare in the label's spelling.
+    selector = f'device.attributes["gpu.nvidia.com"].productName.replace(" ", "-") == "{plan.gpu_product}"'
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": _metadata(name=claim_name(name=name, index=index), namespace=namespace,
+                              owner=owner, labels=labels),
+        "spec": {
+            "devices": {
+                "requests": [{
+                    "name": "gpu",
+                    "exactly": {
+                        "deviceClassName": plan.device_class_name or "gpu.nvidia.com",
+                        "selectors": [{"cel": {"expression": selector}}],
+                    },
+                }],
+                "config": [{
+                    "requests": ["gpu"],
+                    "opaque": {
+                        "driver": "gpu.nvidia.com",
+                        "parameters": {
+                            "apiVersion": "resource.nvidia.com/v1beta1",
+                            "kind": "GpuConfig",
+                            "sharing": {
+                                "strategy": "MPS",
+                                "mpsConfig": {
+                                    "defaultActiveThreadPercentage": plan.active_thread_percentage,
+                                    "defaultPinnedDeviceMemoryLimit": f"{plan.pinned_memory_limit_mib}Mi",
+                                },
+                            },
+                        },
+                    },
+                }],
+            }
+        },
+    }
+
+
+def build_group_statefulset(
+    *,
+    name: str,
+    namespace: str,
+    index: int,
+    spec: SLMServiceSpec,
+    plan: Plan,
+    image: str,
+    owner: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The k replicas of GPU group ``index``, started one after another and kept on one node."""
+    group_labels = common_labels(name=name) | {LABEL_GROUP: str(index)}
+    model_arg, volumes, mounts = _model_source(spec.model)
+    args = [model_arg, f"--port={SERVING_PORT}", f"--served-model-name={spec.served_model_name}"]
+    if spec.revision:
+        args.append(f"--revision={spec.revision}")
+    args += plan.vllm_args() + list(spec.engine.args)
+
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in spec.engine.env]
+    if spec.engine.hf_token_secret_ref:
+        ref = spec.engine.hf_token_secret_ref
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+
+    resources: dict[str, Any] = {"requests": {}, "limits": {}}
+    if spec.engine.cpu:
+        resources["requests"]["cpu"] = spec.engine.cpu
+    if spec.engine.memory:
+        resources["requests"]["memory"] = spec.engine.memory
+        resources["limits"]["memory"] = spec.engine.memory
+    pod_spec: dict[str, Any] = {}
+    if plan.mechanism == "dra":
+        resources["claims"] = [{"name": "gpu"}]
+        pod_spec["resourceClaims"] = [{"name": "gpu", "resourceClaimName": claim_name(name=name, index=index)}]
+    else:
+        resources["limits"][plan.resource_name or "nvidia.com/gpu"] = 1
+    resources = {k: v for k, v in resources.items() if v}
+
+    container = {
+        "name": "vllm",
+        "image": image,
+        "command": ["vllm", "serve"],
+        "args": args,
+        "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
+        "env": env,
+        "resources": resources,
+        # NB: loading weights and capturing CUDA graphs takes minutes; the startup probe allows it
+        # so the liveness of a slow start isn't confused with a dead server.
+        "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "failureThreshold": 90},
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 15, "failureThreshold": 4},
+        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}, *mounts],
+        "securityContext": {"allowPrivilegeEscalation": False, "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if not env:
+        del container["env"]
+    pod_spec |= {
+        "containers": [container],
+        "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}, *volumes],
+        "affinity": {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In",
+                                       "values": [plan.gpu_product]}]}]}},
+            # The replicas of one group must share a node (and, with DRA, one GPU).
+            "podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [{
+                    "labelSelector": {"matchLabels": {LABEL_SERVICE: name, LABEL_GROUP: str(index)}},
+                    "topologyKey": "kubernetes.io/hostname",
+                }],
+                # Fill nodes already serving this model before spreading to new ones.
+                "preferredDuringSchedulingIgnoredDuringExecution": [{
+                    "weight": 50,
+                    "podAffinityTerm": {"labelSelector": {"matchLabels": {LABEL_SERVICE: name}},
+                                        "topologyKey": "kubernetes.io/hostname"},
+                }],
+            },
+        },
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "terminationGracePeriodSeconds": 30,
+        "enableServiceLinks": False,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(name=group_name(name=name, index=index), namespace=namespace,
+                              owner=owner, labels=group_labels)
+        | {"annotations": {ANNOTATION_MECHANISM: plan.mechanism}},
+        "spec": {
+            "replicas": plan.replicas_per_gpu,
+            "serviceName": name,
+            "podManagementPolicy": "OrderedReady",
+            "selector": {"matchLabels": {LABEL_SERVICE: name, LABEL_GROUP: str(index)}},
+            "template": {
+                "metadata": {
+                    "labels": group_labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(SERVING_PORT),
+                        "prometheus.io/path": "/metrics",
+                        ANNOTATION_MECHANISM: plan.mechanism,
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def _model_source(model: str) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """``pvc://claim/path`` mounts the claim read-only; anything else is passed to vLLM as is."""
+    if not model.startswith(PVC_SCHEME):
+        return model, [], []
+    claim, _, path = model[len(PVC_SCHEME):].partition("/")
+    volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+    mount = {"name": "model", "mountPath": f"{MODEL_MOUNT}/{claim}", "readOnly": True}
+    return f"{MODEL_MOUNT}/{claim}/{path}".rstrip("/"), [volume], [mount]

@@ -1,0 +1,320 @@
+"""kopf handlers: parse → profile → plan → apply → status. Thin on purpose.
+
+Decisions live in ``spec``, ``planning``, ``profiling``, ``builders`` and ``status`` (all pure);
+API writes go through ``kube``. Handlers only wire them together and turn outcomes into phases,
+conditions and Events. Expected problems (a bad spec, a missing Secret, no matching GPUs) become a
+condition with a reason and a message and a retry later — never an exception loop.
+
+GPU inventory comes from kopf indexes (in-memory, watch-fed caches of GPU nodes, GPU-requesting
+pods, NVIDIA ResourceSlices and allocated claims), so planning reads no API at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import kopf
+
+from slm_operator import API_VERSION, GROUP, PLURAL, kube
+from slm_operator.builders.children import (
+    LABEL_GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, build_group_statefulset, build_resource_claim,
+    build_service, claim_name, endpoint_url, group_name, owner_reference,
+)
+from slm_operator.config import OperatorConfig
+from slm_operator.planning.inventory import DEVICE_PLUGIN_RESOURCES, DRA_DRIVER, LABEL_PRODUCT, Inventory, build_inventory
+from slm_operator.planning.plan import Plan, PlanningError, make_plan, desired_gpus
+from slm_operator.profile_source import ProfileFailed, ProfilePending, cancel_local_runs, obtain_profile
+from slm_operator.spec import SLMServiceSpec, SpecError, parse_spec
+from slm_operator.status import (
+    condition, merge_conditions, now_iso, placement_summary, profile_summary, serving_phase, status_patch,
+)
+
+RESOURCE = (GROUP, API_VERSION, PLURAL)
+CONFIG = OperatorConfig.from_env()
+#: Re-check interval while something outside the spec must change (a Secret, free GPUs).
+RETRY_SECONDS = 30
+PROFILE_POLL_SECONDS = 3
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Our own prefix for kopf's bookkeeping, so `kubectl get -o yaml` shows whose it is.
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    # NB: one replica with a Recreate strategy; peering would need extra RBAC and a CRD for nothing.
+    settings.peering.standalone = True
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 32
+
+
+@kopf.on.cleanup()
+def stop_profilers(**_: Any) -> None:
+    cancel_local_runs()
+
+
+# --- Indexes: the GPU inventory, kept current by watches ------------------------------------------
+
+@kopf.index("nodes")
+def gpu_nodes(name: str, labels: Mapping[str, str], spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any):
+    if LABEL_PRODUCT not in labels:
+        return None
+    return {name: {
+        "metadata": {"name": name, "labels": dict(labels)},
+        "spec": {"unschedulable": spec.get("unschedulable", False)},
+        "status": {"allocatable": dict(status.get("allocatable") or {}),
+                   "conditions": [dict(c) for c in status.get("conditions") or () if c.get("type") == "Ready"]},
+    }}
+
+
+@kopf.index("pods")
+def gpu_pods(uid: str, spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any):
+    containers = []
+    for c in spec.get("containers") or ():
+        res = c.get("resources") or {}
+        wanted = {r: v for part in ("requests", "limits") for r, v in (res.get(part) or {}).items()
+                  if r in DEVICE_PLUGIN_RESOURCES}
+        if wanted:
+            containers.append({"resources": {"requests": wanted}})
+    if not containers:
+        return None
+    return {uid: {"spec": {"nodeName": spec.get("nodeName"), "containers": containers},
+                  "status": {"phase": status.get("phase")}}}
+
+
+@kopf.index("resource.k8s.io", "v1", "resourceslices")
+def gpu_slices(name: str, spec: Mapping[str, Any], **_: Any):
+    if spec.get("driver") != DRA_DRIVER:
+        return None
+    return {name: {"spec": dict(spec)}}
+
+
+@kopf.index("resource.k8s.io", "v1", "resourceclaims")
+def gpu_claims(uid: str, status: Mapping[str, Any], **_: Any):
+    allocation = status.get("allocation")
+    return {uid: {"status": {"allocation": dict(allocation)}}} if allocation else None
+
+
+def _inventory(indexes: Mapping[str, Any]) -> Inventory:
+    def values(index: Any) -> list[Any]:
+        return [v for key in index for v in index[key]]
+    return build_inventory(nodes=values(indexes["gpu_nodes"]), pods=values(indexes["gpu_pods"]),
+                           resource_slices=values(indexes["gpu_slices"]),
+                           resource_claims=values(indexes["gpu_claims"]))
+
+
+# --- The SLMService reconciler ----------------------------------------------------------------------
+
+@kopf.on.resume(*RESOURCE, id="reconcile")
+@kopf.on.create(*RESOURCE, id="reconcile")
+@kopf.on.update(*RESOURCE, id="reconcile")
+@kopf.timer(*RESOURCE, id="retry-placement", interval=RETRY_SECONDS, idle=RETRY_SECONDS,
+            when=lambda status, **_: (status or {}).get("phase") in ("Degraded", "Pending"))
+def reconcile(
+    body: kopf.Body, spec: Mapping[str, Any], name: str, namespace: str, uid: str,
+    meta: Mapping[str, Any], status: Mapping[str, Any], logger: logging.Logger, **kwargs: Any,
+) -> None:
+    generation = meta.get("generation")
+    current = dict(status or {})
+    report = _Reporter(body=body, name=name, namespace=namespace, current=current, generation=generation)
+
+    try:
+        parsed = parse_spec(spec)
+    except SpecError as exc:
+        return report.fail("Planned", "InvalidSpec", str(exc))
+
+    ref = parsed.engine.hf_token_secret_ref
+    if ref and not kube.secret_exists(name=ref.name, namespace=namespace):
+        report.pending("Available", "SecretNotFound",
+                       f"Secret {namespace}/{ref.name} (spec.engine.hfTokenSecretRef) does not exist; create it "
+                       f"with key {ref.key!r}, e.g. kubectl create secret generic {ref.name} --from-literal={ref.key}=...")
+        raise kopf.TemporaryError("waiting for the Hugging Face token Secret", delay=RETRY_SECONDS)
+
+    inventory = _inventory(kwargs)
+    product = parsed.gpu.product or _busiest_free_product(inventory)
+    if product is None:
+        report.pending("Planned", "NoMatchingGPUs",
+                       "the cluster has no node labelled nvidia.com/gpu.product; install NVIDIA GPU feature "
+                       "discovery (or the GPU operator) so GPU nodes are labelled")
+        raise kopf.TemporaryError("no GPU nodes", delay=RETRY_SECONDS)
+
+    try:
+        profile = obtain_profile(spec=parsed, gpu_product=product, cfg=CONFIG)
+    except ProfilePending as pending:
+        report.profiling(pending.progress)
+        raise kopf.TemporaryError(f"profiling: {pending.progress}", delay=PROFILE_POLL_SECONDS)
+    except ProfileFailed as exc:
+        return report.fail("Profiled", "ProfilingFailed", str(exc))
+    except (SpecError, ValueError) as exc:
+        return report.fail("Profiled", _reason_of(exc, "ProfilingImpossible"), str(exc))
+    report.profiled(profile)
+
+    groups = _list_groups(name=name, namespace=namespace)
+    try:
+        plan = make_plan(spec=parsed, profile=profile, inventory=inventory,
+                         existing_groups=_existing_group_count(groups, desired=desired_gpus(spec=parsed, profile=profile)),
+                         default_sharing=CONFIG.default_sharing)
+    except PlanningError as exc:
+        report.pending("Planned", exc.reason, exc.message)
+        raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=RETRY_SECONDS)
+
+    _apply_children(name=name, namespace=namespace, uid=uid, spec=parsed, plan=plan, existing=groups)
+    report.serving(plan=plan, groups=_list_groups(name=name, namespace=namespace),
+                   endpoint=endpoint_url(name=name, namespace=namespace))
+    logger.info("planned %s", plan.explanation)
+
+
+@kopf.on.field("apps", "v1", "statefulsets", field="status.readyReplicas",
+               labels={LABEL_MANAGED_BY: MANAGED_BY})
+def group_readiness_changed(labels: Mapping[str, str], namespace: str, **_: Any) -> None:
+    """Fold the readiness of every GPU group into the owner's status (no re-plan, no child writes)."""
+    name = labels.get(LABEL_SERVICE)
+    owner = kube.get_service(name=name, namespace=namespace) if name else None
+    if not owner:
+        return
+    current = dict(owner.get("status") or {})
+    placement = dict(current.get("placement") or {})
+    if not placement:
+        return
+    groups = _list_groups(name=name, namespace=namespace)
+    ready = sum(g["readyReplicas"] for g in groups)
+    placement |= {"readyReplicas": ready, "ready": f"{ready}/{placement.get('totalReplicas', 0)}",
+                  "groups": groups, "nodes": sorted({g["node"] for g in groups if g.get("node")})}
+    report = _Reporter(body=owner, name=name, namespace=namespace, current=current,
+                       generation=current.get("observedGeneration"))
+    phase, conditions = serving_phase(
+        total_replicas=placement.get("totalReplicas", 0), ready_replicas=ready,
+        placeable_gpus=placement.get("gpus", 0), requested_gpus=placement.get("requestedGPUs", 0),
+        explanation=next((c.get("message", "") for c in current.get("conditions") or ()
+                          if c.get("type") == "Planned" and c.get("reason") == "Planned"), ""),
+    )
+    report.write(phase=phase, conditions=conditions, extra={"placement": placement})
+
+
+# --- Helpers -------------------------------------------------------------------------------------------
+
+def _busiest_free_product(inventory: Inventory) -> str | None:
+    """With no spec.gpu.product: the product with the most free GPUs (device-plugin slots count 1/slots)."""
+    free: dict[str, float] = {}
+    for pool in inventory.pools:
+        free[pool.product] = free.get(pool.product, 0.0) + pool.free / max(pool.slots_per_gpu, 1)
+    return max(sorted(free), key=lambda p: free[p]) if free else None
+
+
+def _reason_of(exc: Exception, default: str) -> str:
+    kind = type(exc).__name__
+    return {"UnknownGpuError": "UnknownGPUProduct", "UnknownModelError": "UnknownModel",
+            "SpecError": "InvalidSpec"}.get(kind, default)
+
+
+def _list_groups(*, name: str, namespace: str) -> list[dict[str, Any]]:
+    selector = f"{LABEL_SERVICE}={name},{LABEL_MANAGED_BY}={MANAGED_BY}"
+    sets = kube.list_objects(api_version="apps/v1", kind="StatefulSet", namespace=namespace, label_selector=selector)
+    pods = kube.list_objects(api_version="v1", kind="Pod", namespace=namespace, label_selector=selector)
+    node_of = {}
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node:
+            node_of.setdefault(pod["metadata"]["labels"].get(LABEL_GROUP), node)
+    groups = []
+    for sts in sorted(sets, key=lambda s: int(s["metadata"]["labels"].get(LABEL_GROUP, "0"))):
+        index = sts["metadata"]["labels"].get(LABEL_GROUP, "0")
+        claims = [c.get("resourceClaimName") for c in sts["spec"]["template"]["spec"].get("resourceClaims") or ()]
+        group = {"name": sts["metadata"]["name"], "index": int(index),
+                 "replicas": sts["spec"].get("replicas", 0),
+                 "readyReplicas": (sts.get("status") or {}).get("readyReplicas") or 0}
+        if node_of.get(index):
+            group["node"] = node_of[index]
+        if claims and claims[0]:
+            group["claim"] = claims[0]
+        groups.append(group)
+    return groups
+
+
+def _existing_group_count(groups: list[dict[str, Any]], *, desired: int) -> int:
+    """Groups that already hold their GPUs and that the new plan keeps (indexes below desired)."""
+    return sum(1 for g in groups if g["index"] < desired)
+
+
+def _apply_children(
+    *, name: str, namespace: str, uid: str, spec: SLMServiceSpec, plan: Plan, existing: list[dict[str, Any]]
+) -> None:
+    owner = owner_reference(name=name, uid=uid)
+    kube.apply(build_service(name=name, namespace=namespace, owner=owner))
+    image = spec.engine.image or CONFIG.default_engine_image
+    for index in range(plan.placeable_gpus):
+        if plan.mechanism == "dra":
+            kube.apply(build_resource_claim(name=name, namespace=namespace, index=index, plan=plan, owner=owner))
+        kube.apply(build_group_statefulset(name=name, namespace=namespace, index=index, spec=spec, plan=plan,
+                                           image=image, owner=owner))
+    # Scale in whole GPU groups, highest index first; their claims go with them.
+    for group in existing:
+        if group["index"] >= plan.placeable_gpus:
+            kube.delete(api_version="apps/v1", kind="StatefulSet", name=group["name"], namespace=namespace)
+    for group in existing:
+        stale_claim = group.get("claim")
+        if stale_claim and (plan.mechanism != "dra" or group["index"] >= plan.placeable_gpus):
+            kube.delete(api_version="resource.k8s.io/v1", kind="ResourceClaim", name=stale_claim,
+                        namespace=namespace)
+
+
+class _Reporter:
+    """Turns outcomes into status patches and Events; writes only what changed."""
+
+    def __init__(self, *, body: Mapping[str, Any], name: str, namespace: str, current: dict[str, Any],
+                 generation: int | None) -> None:
+        self.body, self.name, self.namespace = body, name, namespace
+        self.current, self.generation = current, generation
+        self.extra: dict[str, Any] = {}
+
+    def write(self, *, phase: str, conditions: list[dict[str, Any]], extra: Mapping[str, Any] | None = None,
+              message: str | None = None) -> None:
+        desired = dict(self.extra) | dict(extra or {})
+        desired["phase"] = phase
+        desired["conditions"] = merge_conditions(current=self.current.get("conditions") or (), updates=conditions,
+                                                 generation=self.generation, now=now_iso())
+        desired["observedGeneration"] = self.generation
+        if message is not None:
+            desired["message"] = message
+        patch = status_patch(self.current, desired)
+        if not patch:
+            return
+        old_phase = self.current.get("phase")
+        kube.patch_service_status(name=self.name, namespace=self.namespace, status=patch)
+        self.current |= patch
+        if phase != old_phase:
+            post = kopf.warn if phase in ("Failed", "Degraded") else kopf.info
+            post(dict(self.body), reason=phase, message=message or _summary(conditions))
+
+    def fail(self, type_: str, reason: str, message: str) -> None:
+        self.write(phase="Failed", conditions=[condition(type_, False, reason, message)], message=message)
+        kopf.warn(dict(self.body), reason=reason, message=message)
+
+    def pending(self, type_: str, reason: str, message: str) -> None:
+        self.write(phase="Pending", conditions=[condition(type_, False, reason, message)], message=message)
+
+    def profiling(self, progress: str) -> None:
+        self.extra["profile"] = dict(self.current.get("profile") or {}) | {"progress": progress}
+        self.write(phase="Profiling", conditions=[condition("Profiled", None, "Profiling", progress)],
+                   message=f"profiling: {progress}")
+
+    def profiled(self, profile: Any) -> None:
+        self.extra["profile"] = profile_summary(profile)
+        self._profiled = condition("Profiled", True, f"Profile{profile.source.capitalize()}",
+                                   profile.explanation or f"{profile.source} profile")
+
+    def serving(self, *, plan: Plan, groups: list[dict[str, Any]], endpoint: str) -> None:
+        ready = sum(g["readyReplicas"] for g in groups)
+        phase, conditions = serving_phase(total_replicas=plan.total_replicas, ready_replicas=ready,
+                                          placeable_gpus=plan.placeable_gpus, requested_gpus=plan.gpus,
+                                          explanation=plan.explanation)
+        self.write(phase=phase, conditions=[self._profiled, *conditions], message=plan.explanation,
+                   extra={"placement": placement_summary(plan=plan, ready_replicas=ready, groups=groups,
+                                                         requested_gpus=plan.gpus),
+                          "endpoint": endpoint})
+
+
+def _summary(conditions: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{c['type']}={c['status']} ({c['reason']}): {c['message']}" for c in conditions)

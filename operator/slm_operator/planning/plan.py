@@ -1,0 +1,264 @@
+"""The planner: from a profile, a spec and the GPU inventory, decide how replicas share GPUs.
+
+A *GPU group* is one GPU's worth of replicas: ``replicas_per_gpu`` vLLM pods kept together, each
+started with ``--max-num-seqs B*`` and a memory budget that lets them coexist. The number of groups
+comes from ``scale`` (a GPU count, or a throughput target divided by what one GPU delivers).
+
+Mechanisms, and what each guarantees:
+
+* ``dra`` — one ResourceClaim per group with NVIDIA's MPS config: all k pods share the same
+  physical GPU, each with a pinned memory limit and a thread share. Uneven splits are possible.
+* ``mps`` — device-plugin MPS slots: each pod asks one slot; the plugin pins every client to
+  total/replicas of memory, so a replica must fit in that share whatever k is.
+* ``time-slicing`` — device-plugin slots with no memory isolation: our budgets on one GPU must sum
+  below what is usable (other tenants' slots are the cluster admin's business).
+* ``exclusive`` — one replica per whole GPU: the baseline, and models that don't fit twice.
+
+Side-effect free: no kopf, no Kubernetes client, no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+from slm_operator.planning.inventory import GpuPool, Inventory
+from slm_operator.profiling.types import Profile
+from slm_operator.spec import SLMServiceSpec
+
+Mechanism = Literal["dra", "mps", "time-slicing", "exclusive"]
+
+#: Share of a GPU's memory we let replicas budget for; the rest is CUDA contexts, the MPS
+#: server, allocator fragmentation and the activations vLLM profiles at start.
+USABLE_MEMORY_FRACTION = 0.92
+#: Runtime overhead of one vLLM replica outside weights and KV cache (CUDA graphs, activations).
+DEFAULT_REPLICA_OVERHEAD_GIB = 1.5
+GIB = 1024**3
+
+_POOL_SHARING: dict[Mechanism, str] = {"dra": "dra", "mps": "mps", "time-slicing": "time-slicing", "exclusive": "none"}
+
+
+class PlanningError(Exception):
+    """No placement is possible. ``reason`` is a CamelCase condition reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    mechanism: Mechanism
+    gpu_product: str
+    #: Extended resource each pod requests (device-plugin mechanisms) or ``None`` (DRA).
+    resource_name: str | None
+    device_class_name: str | None
+    batch_size: int
+    replicas_per_gpu: int
+    #: GPU groups the spec asks for, and how many of them fit in the cluster now.
+    gpus: int
+    placeable_gpus: int
+    max_model_len: int
+    memory_budget_gib: float
+    kv_cache_memory_bytes: int
+    tokens_per_second_per_gpu: float
+    #: DRA/MPS limits per replica (``None`` for other mechanisms).
+    active_thread_percentage: int | None
+    pinned_memory_limit_mib: int | None
+    explanation: str
+
+    @property
+    def total_replicas(self) -> int:
+        return self.placeable_gpus * self.replicas_per_gpu
+
+    @property
+    def planned_tokens_per_second(self) -> float:
+        return round(self.placeable_gpus * self.tokens_per_second_per_gpu, 1)
+
+    @property
+    def degraded(self) -> bool:
+        return self.placeable_gpus < self.gpus
+
+    def vllm_args(self) -> list[str]:
+        """The flags the operator owns, in a stable order (a change here restarts replicas)."""
+        return [
+            f"--max-num-seqs={self.batch_size}",
+            f"--max-model-len={self.max_model_len}",
+            f"--kv-cache-memory-bytes={self.kv_cache_memory_bytes}",
+        ]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Option:
+    mechanism: Mechanism
+    pools: tuple[GpuPool, ...]
+    replicas_per_gpu: int
+    budget_gib: float
+    capacity: int
+    why_not: str = ""
+
+
+def make_plan(
+    *,
+    spec: SLMServiceSpec,
+    profile: Profile,
+    inventory: Inventory,
+    existing_groups: int = 0,
+    default_sharing: str = "auto",
+) -> Plan:
+    """Choose mechanism, replicas per GPU, memory budgets and GPU groups. Side-effect free.
+
+    ``existing_groups`` are groups already running for this service: they count as placed, so
+    scaling out only needs room for the new ones and never moves a Ready replica.
+    """
+    product = spec.gpu.product or profile.gpu_product
+    pools = inventory.for_product(product)
+    if not pools:
+        known = ", ".join(inventory.products()) or "none"
+        raise PlanningError(
+            "NoMatchingGPUs",
+            f"no schedulable node offers GPU product {product!r} (products in the cluster: {known}). "
+            "Set spec.gpu.product to one of them, or add nodes labelled nvidia.com/gpu.product="
+            f"{product} by NVIDIA GPU feature discovery.",
+        )
+    memory_mib = min(p.memory_mib for p in pools) or int(profile.memory_per_replica_gib * 1024)
+    usable_gib = memory_mib / 1024 * USABLE_MEMORY_FRACTION
+    need_gib = profile.memory_per_replica_gib
+    if need_gib > usable_gib:
+        raise PlanningError(
+            "ModelTooLarge",
+            f"one replica needs {need_gib:.1f} GiB at batch {profile.pareto_batch_size} but a {product} "
+            f"offers {usable_gib:.1f} GiB usable; lower spec.workload (maxModelLen) or the batch size, "
+            "or pick a larger spec.gpu.product.",
+        )
+
+    sharing = spec.gpu.sharing if spec.gpu.sharing != "auto" else default_sharing
+    desired = desired_gpus(spec=spec, profile=profile)
+    options = [_option(m, pools, profile, usable_gib, need_gib, spec, existing_groups)
+               for m in _mechanisms(sharing, profile)]
+    usable = [o for o in options if o.replicas_per_gpu >= 1 and not o.why_not]
+    if not usable:
+        raise PlanningError(
+            "NoSharedGPUs" if sharing in ("mps", "time-slicing", "dra") else "InsufficientSlots",
+            "; ".join(o.why_not for o in options) + ". " + _how_to_enable(sharing, product),
+        )
+    # Prefer the first mechanism (in order of isolation) that holds every group, else the one
+    # that holds the most: a partial placement is reported as Degraded, never silently.
+    chosen = next((o for o in usable if o.capacity >= desired), max(usable, key=lambda o: o.capacity))
+    placeable = min(desired, chosen.capacity)
+    if placeable == 0 and desired > 0:
+        raise PlanningError(
+            "InsufficientSlots",
+            f"every {product} {chosen.mechanism} slot is taken ({desired} GPU(s) wanted, "
+            f"{chosen.replicas_per_gpu} replica(s) each); free GPUs, add nodes, or lower spec.scale.",
+        )
+    tps_gpu = tokens_per_second_per_gpu(profile=profile, replicas=chosen.replicas_per_gpu)
+    overhead_gib = _overhead_gib(profile)
+    kv_bytes = int(max(chosen.budget_gib - (profile.weights_gib or 0.0) - overhead_gib,
+                       profile.kv_cache_gib or 0.0) * GIB)
+    dra = chosen.mechanism == "dra"
+    return Plan(
+        mechanism=chosen.mechanism,
+        gpu_product=product,
+        resource_name=None if dra else chosen.pools[0].resource_name,
+        device_class_name=spec.gpu.device_class_name if dra else None,
+        batch_size=profile.pareto_batch_size,
+        replicas_per_gpu=chosen.replicas_per_gpu,
+        gpus=desired,
+        placeable_gpus=placeable,
+        max_model_len=spec.workload.effective_max_model_len(),
+        memory_budget_gib=round(chosen.budget_gib, 2),
+        kv_cache_memory_bytes=kv_bytes,
+        tokens_per_second_per_gpu=round(tps_gpu, 1),
+        active_thread_percentage=100 // chosen.replicas_per_gpu if dra else None,
+        pinned_memory_limit_mib=int(chosen.budget_gib * 1024) if dra else None,
+        explanation=(
+            f"{chosen.mechanism}: {chosen.replicas_per_gpu} replica(s)/GPU × batch {profile.pareto_batch_size}, "
+            f"{chosen.budget_gib:.1f} GiB each (needs {need_gib:.1f}); {placeable}/{desired} GPU(s) placeable"
+        ),
+    )
+
+
+def desired_gpus(*, spec: SLMServiceSpec, profile: Profile) -> int:
+    """GPU groups the spec asks for: a fixed count, or the target over one GPU's throughput."""
+    scale = spec.scale
+    if scale.target_tokens_per_second is None:
+        return int(scale.gpus or 0)
+    per_gpu = max(profile.tokens_per_second_per_gpu, 1e-9)
+    wanted = math.ceil(scale.target_tokens_per_second / per_gpu)
+    wanted = max(wanted, scale.min_gpus, 1)
+    return min(wanted, scale.max_gpus) if scale.max_gpus is not None else wanted
+
+
+def tokens_per_second_per_gpu(*, profile: Profile, replicas: int) -> float:
+    """Aggregate tokens/s of ``replicas`` replicas on one GPU.
+
+    The profile knows one replica and k* replicas; between them we interpolate linearly, which
+    under-promises (measured gains flatten as bandwidth saturates, so the curve is concave).
+    """
+    k_star = max(profile.replicas_per_gpu, 1)
+    if replicas >= k_star or k_star == 1:
+        return profile.tokens_per_second_per_gpu
+    one = profile.tokens_per_second_per_replica
+    return one + (profile.tokens_per_second_per_gpu - one) * (replicas - 1) / (k_star - 1)
+
+
+def _mechanisms(sharing: str, profile: Profile) -> list[Mechanism]:
+    if sharing in ("dra", "mps", "time-slicing", "exclusive"):
+        return [sharing]  # type: ignore[list-item]
+    if profile.replicas_per_gpu <= 1:
+        return ["exclusive", "dra", "mps", "time-slicing"]
+    return ["dra", "mps", "time-slicing", "exclusive"]
+
+
+def _option(
+    mechanism: Mechanism,
+    pools: list[GpuPool],
+    profile: Profile,
+    usable_gib: float,
+    need_gib: float,
+    spec: SLMServiceSpec,
+    existing_groups: int,
+) -> _Option:
+    mine = tuple(p for p in pools if p.sharing == _POOL_SHARING[mechanism]
+                 and (mechanism == "dra" or p.resource_name == spec.gpu.resource_name
+                      or spec.gpu.resource_name == "nvidia.com/gpu"))
+    if not mine:
+        return _Option(mechanism, mine, 0, 0.0, 0, f"no {mechanism} GPUs of this product")
+    k_star = max(profile.replicas_per_gpu, 1)
+    if mechanism == "exclusive":
+        k, budget = 1, usable_gib
+    elif mechanism == "mps":
+        # NB: the device plugin pins every MPS client to total/replicas, whatever we ask.
+        slots = min(p.slots_per_gpu for p in mine)
+        budget = usable_gib / slots
+        if need_gib > budget:
+            return _Option(mechanism, mine, 0, budget, 0,
+                           f"an MPS slot ({slots} per GPU) gives {budget:.1f} GiB, a replica needs {need_gib:.1f}")
+        k = min(k_star, slots)
+    else:
+        fit = int(usable_gib // need_gib)
+        k = min(k_star, fit) if mechanism == "dra" else min(k_star, fit, min(p.slots_per_gpu for p in mine))
+        budget = usable_gib / max(k, 1)
+    capacity = existing_groups + sum(p.free // k for p in mine) if k else 0
+    return _Option(mechanism, mine, k, budget, capacity)
+
+
+def _overhead_gib(profile: Profile) -> float:
+    if profile.weights_gib is not None and profile.kv_cache_gib is not None:
+        return max(profile.memory_per_replica_gib - profile.weights_gib - profile.kv_cache_gib, 0.0)
+    return DEFAULT_REPLICA_OVERHEAD_GIB
+
+
+def _how_to_enable(sharing: str, product: str) -> str:
+    if sharing == "dra":
+        return ("Install NVIDIA's DRA driver (k8s-dra-driver-gpu) so nodes publish ResourceSlices of driver "
+                f"gpu.nvidia.com for {product}, or set spec.gpu.sharing: auto")
+    if sharing in ("mps", "time-slicing"):
+        return (f"Configure the NVIDIA device plugin with sharing.{'mps' if sharing == 'mps' else 'timeSlicing'}."
+                "resources: [{name: nvidia.com/gpu, replicas: 4}] on the "
+                f"{product} nodes (label nvidia.com/device-plugin.config), or set spec.gpu.sharing: auto")
+    return (f"Add {product} nodes with free nvidia.com/gpu, or enable sharing (device-plugin MPS/time-slicing "
+            "or NVIDIA's DRA driver) so replicas can share GPUs")

@@ -1,0 +1,160 @@
+"""Get the profile an SLMService is planned from: static, skipped, estimated, cached or measured.
+
+``profiling.mode: auto`` measures once per cache key (model + revision, GPU product, engine image,
+workload shape, profiler version): a result ConfigMap in the profiler namespace is the cache, so a
+second SLMService of the same model, or a restarted operator, reuses it instead of profiling again.
+A measurement in progress raises :class:`ProfilePending`; the handler retries later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+from typing import Any
+
+from slm_operator import kube
+from slm_operator.builders.children import MANAGED_BY, LABEL_MANAGED_BY
+from slm_operator.config import OperatorConfig
+from slm_operator.planning.profiles import skip_profile, static_profile
+from slm_operator.profiling.cache import profile_cache_key
+from slm_operator.profiling.estimator import estimate_profile
+from slm_operator.profiling.gpus import lookup_gpu
+from slm_operator.profiling.modelconfig import resolve_model_config
+from slm_operator.profiling.runner_local import LocalProfileRun, start_local_profile
+from slm_operator.profiling.types import Profile, ProfileRequest
+from slm_operator.builders.profiler_job import build_profiler_job
+from slm_operator.spec import SLMServiceSpec
+
+logger = logging.getLogger(__name__)
+PROFILE_KEY = "profile.json"
+REQUEST_KEY = "request.json"
+
+
+class ProfilePending(Exception):
+    """A measurement is running; ``progress`` is a short human string for the status."""
+
+    def __init__(self, progress: str) -> None:
+        super().__init__(progress)
+        self.progress = progress
+
+
+class ProfileFailed(Exception):
+    """A measurement failed; the message carries the profiler's own explanation (log tail)."""
+
+
+_local_runs: dict[str, LocalProfileRun] = {}
+_local_lock = threading.Lock()
+
+
+def obtain_profile(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig) -> Profile:
+    """Return the profile for ``spec`` on ``gpu_product`` or raise ProfilePending/ProfileFailed.
+
+    Unknown models or GPUs raise the profiling package's ValueErrors, which name the field to fix.
+    """
+    mode = spec.profiling.mode
+    if mode == "static":
+        return static_profile(spec=spec, gpu_product=gpu_product)
+    if mode == "skip":
+        return skip_profile(spec=spec, gpu_product=gpu_product)
+    model_config = resolve_model_config(model=spec.model, inline=spec.profiling.model_config)
+    gpu = lookup_gpu(gpu_product)
+    if mode == "estimate" or cfg.profiler_runner == "none":
+        profile = estimate_profile(model_config=model_config, gpu=gpu, workload=spec.workload, slo=spec.slo,
+                                   epsilon=spec.profiling.epsilon, batch_sizes=spec.profiling.batch_sizes)
+        if mode != "estimate":
+            profile = dataclasses.replace(
+                profile, explanation=profile.explanation + " (no profiler runner configured, so estimated)")
+        return profile
+
+    engine = cfg.profiler_engine if cfg.profiler_runner == "local" else "vllm"
+    request = ProfileRequest(
+        model=spec.model, revision=spec.revision, gpu_product=gpu_product, workload=spec.workload,
+        slo=spec.slo, epsilon=spec.profiling.epsilon, batch_sizes=spec.profiling.batch_sizes,
+        engine=engine, engine_image=spec.engine.image or cfg.default_engine_image,
+        model_config=model_config.raw if hasattr(model_config, "raw") else None,
+    )
+    key = profile_cache_key(request=request, engine_image=request.engine_image or "")
+    cm_name = f"slm-profile-{key}"
+    cached = _read_cached(name=cm_name, namespace=cfg.profiler_namespace)
+    if cached is not None:
+        return cached
+    if cfg.profiler_runner == "local":
+        return _run_locally(request=request, key=key, cm_name=cm_name, cfg=cfg)
+    return _run_as_job(request=request, cm_name=cm_name, cfg=cfg)
+
+
+def _read_cached(*, name: str, namespace: str) -> Profile | None:
+    cm = kube.get(api_version="v1", kind="ConfigMap", name=name, namespace=namespace)
+    if not cm or PROFILE_KEY not in (cm.get("data") or {}):
+        return None
+    profile = Profile.from_dict(json.loads(cm["data"][PROFILE_KEY]))
+    return dataclasses.replace(profile, profile_ref=f"configmap/{namespace}/{name}")
+
+
+def _result_configmap(*, name: str, namespace: str, request: ProfileRequest, profile: Profile) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {LABEL_MANAGED_BY: MANAGED_BY, "app.kubernetes.io/component": "profile"}},
+        "data": {PROFILE_KEY: json.dumps(profile.to_dict(), sort_keys=True),
+                 REQUEST_KEY: json.dumps(request.to_dict(), sort_keys=True)},
+    }
+
+
+def _run_locally(*, request: ProfileRequest, key: str, cm_name: str, cfg: OperatorConfig) -> Profile:
+    with _local_lock:
+        run = _local_runs.get(key)
+        if run is None:
+            work_dir = os.path.join(cfg.work_dir, "profiles", key)
+            os.makedirs(work_dir, exist_ok=True)
+            logger.info("profiling %s on %s with the local runner (%s engine)", request.model,
+                        request.gpu_product, request.engine)
+            run = _local_runs[key] = start_local_profile(request=request, work_dir=work_dir)
+    try:
+        profile = run.poll()
+    except Exception as exc:
+        with _local_lock:
+            _local_runs.pop(key, None)
+        raise ProfileFailed(str(exc)) from exc
+    if profile is None:
+        raise ProfilePending(_progress_text(run.progress()))
+    kube.apply(_result_configmap(name=cm_name, namespace=cfg.profiler_namespace, request=request, profile=profile))
+    with _local_lock:
+        _local_runs.pop(key, None)
+    return dataclasses.replace(profile, profile_ref=f"configmap/{cfg.profiler_namespace}/{cm_name}")
+
+
+def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig) -> Profile:
+    job = build_profiler_job(
+        name=cm_name, namespace=cfg.profiler_namespace, request=request, image=cfg.profiler_image,
+        result_configmap=cm_name, service_account=cfg.profiler_service_account, gpu_product=request.gpu_product,
+    )
+    kube.create(job)  # 409: the Job of this key already runs (another SLMService asked first)
+    current = kube.get(api_version="batch/v1", kind="Job", name=cm_name, namespace=cfg.profiler_namespace) or {}
+    job_status = current.get("status") or {}
+    if any(c.get("type") == "Failed" and c.get("status") == "True" for c in job_status.get("conditions") or ()):
+        raise ProfileFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} failed; see its pod logs "
+                            f"(kubectl logs -n {cfg.profiler_namespace} job/{cm_name})")
+    raise ProfilePending(f"profiler Job {cfg.profiler_namespace}/{cm_name} running")
+
+
+def cancel_local_runs() -> None:
+    """Stop every local profiler subprocess (operator shutdown)."""
+    with _local_lock:
+        for run in _local_runs.values():
+            run.cancel()
+        _local_runs.clear()
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str:
+    if not progress:
+        return "starting the profiler"
+    done, total = progress.get("done"), progress.get("total")
+    point = progress.get("point") or progress.get("message") or ""
+    elapsed = progress.get("elapsedSeconds")
+    parts = [f"{done}/{total} points" if total else "", str(point), f"{elapsed:.0f}s" if elapsed else ""]
+    return ", ".join(p for p in parts if p) or "profiling"

@@ -1,0 +1,161 @@
+"""The planner on inventories shaped like real clusters (labels as GPU feature discovery sets them)."""
+
+import dataclasses
+import math
+
+import pytest
+from hypothesis import given, strategies as st
+
+from slm_operator.planning.inventory import build_inventory
+from slm_operator.planning.plan import (
+    GIB, USABLE_MEMORY_FRACTION, PlanningError, desired_gpus, make_plan, tokens_per_second_per_gpu,
+)
+from slm_operator.planning.profiles import skip_profile, static_profile
+from slm_operator.profiling.types import Profile
+from slm_operator.spec import SpecError, parse_spec
+
+H100 = "NVIDIA-H100-80GB-HBM3"
+H100_MIB = 81559
+
+
+def node(name, *, product=H100, memory=H100_MIB, count=8, sharing="none", replicas=1, ready=True,
+         resource="nvidia.com/gpu"):
+    labels = {"nvidia.com/gpu.product": product, "nvidia.com/gpu.memory": str(memory),
+              "nvidia.com/gpu.count": str(count)}
+    allocatable = {"cpu": "64"}
+    if sharing != "dra":
+        labels |= {"nvidia.com/gpu.replicas": str(replicas), "nvidia.com/gpu.sharing-strategy": sharing}
+        allocatable[resource] = str(count * replicas)
+    return {"metadata": {"name": name, "labels": labels}, "spec": {},
+            "status": {"allocatable": allocatable,
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def dra_slice(node_name, count=8):
+    return {"spec": {"driver": "gpu.nvidia.com", "nodeName": node_name, "pool": {"name": node_name},
+                     "devices": [{"name": f"gpu-{i}"} for i in range(count)]}}
+
+
+def gpu_pod(node_name, slots=1, resource="nvidia.com/gpu", phase="Running"):
+    return {"spec": {"nodeName": node_name, "containers": [{"resources": {"limits": {resource: str(slots)}}}]},
+            "status": {"phase": phase}}
+
+
+def profile(**overrides):
+    base = dict(source="estimated", gpu_product=H100, pareto_batch_size=128, tokens_per_second_per_replica=10000.0,
+                tokens_per_second_per_gpu=14000.0, replicas_per_gpu=2, memory_per_replica_gib=12.0,
+                weights_gib=2.5, kv_cache_gib=8.0)
+    return Profile(**(base | overrides))
+
+
+def spec(**overrides):
+    return parse_spec({"model": "facebook/opt-1.3b", "gpu": {"product": H100}} | overrides)
+
+
+def test_auto_prefers_dra_when_replicas_share_a_gpu():
+    inv = build_inventory(nodes=[node("a", sharing="mps", replicas=4), node("d", sharing="dra")],
+                          resource_slices=[dra_slice("d")])
+    plan = make_plan(spec=spec(scale={"gpus": 3}), profile=profile(), inventory=inv)
+    assert plan.mechanism == "dra" and plan.resource_name is None
+    assert plan.replicas_per_gpu == 2 and plan.placeable_gpus == 3 and plan.total_replicas == 6
+    assert plan.active_thread_percentage == 50
+    usable = H100_MIB / 1024 * USABLE_MEMORY_FRACTION
+    assert plan.pinned_memory_limit_mib == int(usable / 2 * 1024)
+
+
+def test_mps_slots_too_small_for_a_replica_falls_back_to_time_slicing():
+    # 4 MPS slots pin each client to ~18 GiB usable; this replica needs 20 GiB.
+    inv = build_inventory(nodes=[node("m", sharing="mps", replicas=4), node("t", sharing="time-slicing", replicas=4)])
+    plan = make_plan(spec=spec(), profile=profile(memory_per_replica_gib=20.0), inventory=inv)
+    assert plan.mechanism == "time-slicing"
+    # Without memory isolation the budgets of one GPU must sum below what is usable.
+    assert plan.replicas_per_gpu * plan.memory_budget_gib <= H100_MIB / 1024 * USABLE_MEMORY_FRACTION + 0.01
+
+
+def test_explicit_mps_that_cannot_fit_explains_how_to_fix():
+    inv = build_inventory(nodes=[node("m", sharing="mps", replicas=4)])
+    with pytest.raises(PlanningError) as err:
+        make_plan(spec=spec(gpu={"product": H100, "sharing": "mps"}), profile=profile(memory_per_replica_gib=20.0),
+                  inventory=inv)
+    assert err.value.reason == "NoSharedGPUs"
+    assert "MPS slot" in err.value.message and "replicas" in err.value.message
+
+
+def test_mps_budget_is_the_device_plugin_share_not_total_over_k():
+    inv = build_inventory(nodes=[node("m", sharing="mps", replicas=4)])
+    plan = make_plan(spec=spec(gpu={"product": H100, "sharing": "mps"}), profile=profile(), inventory=inv)
+    assert plan.mechanism == "mps" and plan.replicas_per_gpu == 2
+    assert plan.memory_budget_gib == pytest.approx(H100_MIB / 1024 * USABLE_MEMORY_FRACTION / 4, abs=0.01)
+    assert "--max-num-seqs=128" in plan.vllm_args()
+    kv = int(plan.vllm_args()[2].split("=")[1])
+    assert kv >= 8.0 * GIB  # never below what B* needs
+
+
+def test_target_throughput_sizes_gpus_and_is_clamped():
+    p = profile()
+    assert desired_gpus(spec=spec(scale={"targetTokensPerSecond": 30000}), profile=p) == math.ceil(30000 / 14000)
+    assert desired_gpus(spec=spec(scale={"targetTokensPerSecond": 300000, "maxGPUs": 5}), profile=p) == 5
+    assert desired_gpus(spec=spec(scale={"targetTokensPerSecond": 100, "minGPUs": 2}), profile=p) == 2
+
+
+def test_wrong_product_lists_what_the_cluster_has():
+    inv = build_inventory(nodes=[node("l4", product="NVIDIA-L4", memory=23034, count=4)])
+    with pytest.raises(PlanningError) as err:
+        make_plan(spec=spec(), profile=profile(), inventory=inv)
+    assert err.value.reason == "NoMatchingGPUs" and "NVIDIA-L4" in err.value.message
+
+
+def test_partial_placement_is_reported_not_hidden():
+    inv = build_inventory(nodes=[node("l4", product="NVIDIA-L4", memory=23034, count=4)])
+    p = profile(gpu_product="NVIDIA-L4", replicas_per_gpu=1, memory_per_replica_gib=8.0)
+    plan = make_plan(spec=spec(gpu={"product": "NVIDIA-L4"}, scale={"gpus": 6}), profile=p, inventory=inv)
+    assert plan.mechanism == "exclusive" and plan.gpus == 6 and plan.placeable_gpus == 4 and plan.degraded
+
+
+def test_full_nodes_give_insufficient_slots():
+    inv = build_inventory(nodes=[node("n", count=2)], pods=[gpu_pod("n"), gpu_pod("n")])
+    with pytest.raises(PlanningError) as err:
+        make_plan(spec=spec(), profile=profile(replicas_per_gpu=1), inventory=inv)
+    assert err.value.reason == "InsufficientSlots"
+
+
+def test_existing_groups_count_as_placed_when_scaling_out():
+    # Our 2 running groups (2 pods each) hold 4 of 8 slots; scaling to 4 groups needs only 2 more.
+    pods = [gpu_pod("t") for _ in range(4)]
+    inv = build_inventory(nodes=[node("t", count=2, sharing="time-slicing", replicas=4)], pods=pods)
+    plan = make_plan(spec=spec(scale={"gpus": 4}), profile=profile(), inventory=inv, existing_groups=2)
+    assert plan.placeable_gpus == 4
+
+
+def test_model_too_large_for_the_gpu():
+    inv = build_inventory(nodes=[node("l4", product="NVIDIA-L4", memory=23034, count=4)])
+    with pytest.raises(PlanningError) as err:
+        make_plan(spec=spec(gpu={"product": "NVIDIA-L4"}), profile=profile(gpu_product="NVIDIA-L4",
+                  memory_per_replica_gib=30.0), inventory=inv)
+    assert err.value.reason == "ModelTooLarge"
+
+
+def test_inventory_skips_cordoned_and_not_ready_nodes_and_allocated_dra_devices():
+    cordoned = node("c") | {"spec": {"unschedulable": True}}
+    claims = [{"status": {"allocation": {"devices": {"results": [
+        {"driver": "gpu.nvidia.com", "pool": "d", "device": "gpu-0"}]}}}}]
+    inv = build_inventory(nodes=[cordoned, node("nr", ready=False), node("d", sharing="dra")],
+                          resource_slices=[dra_slice("d", 2)], resource_claims=claims)
+    assert [(p.node, p.sharing, p.free, p.free_devices) for p in inv.pools] == [("d", "dra", 1, ("gpu-1",))]
+
+
+def test_static_and_skip_profiles():
+    s = parse_spec({"model": "m", "profiling": {"mode": "static", "static": {
+        "batchSize": 64, "replicasPerGPU": 4, "memoryPerReplicaGiB": 9, "tokensPerSecondPerGPU": 20000}}})
+    p = static_profile(spec=s, gpu_product=H100)
+    assert p.tokens_per_second_per_replica == 5000 and p.replicas_per_gpu == 4
+    with pytest.raises(SpecError):
+        skip_profile(spec=parse_spec({"model": "m", "scale": {"targetTokensPerSecond": 5}}), gpu_product=H100)
+
+
+@given(k_star=st.integers(1, 8), one=st.floats(1, 1e5), gain=st.floats(1.0, 3.0))
+def test_per_gpu_throughput_grows_with_replicas_up_to_k_star(k_star, one, gain):
+    p = profile(replicas_per_gpu=k_star, tokens_per_second_per_replica=one, tokens_per_second_per_gpu=one * gain)
+    values = [tokens_per_second_per_gpu(profile=p, replicas=k) for k in range(1, k_star + 1)]
+    assert all(b >= a - 1e-6 for a, b in zip(values, values[1:]))
+    assert values[-1] == pytest.approx(one * gain)
