@@ -28,6 +28,8 @@ class OperatorConfig:
     profiler_service_account: str = "slm-profiler"
     work_dir: str = "/tmp/slm-operator"
     watch_namespace: str = ""
+    #: Seconds between retries while something outside the spec must change (a Secret, free GPUs).
+    retry_seconds: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "OperatorConfig":
@@ -43,6 +45,7 @@ class OperatorConfig:
             profiler_service_account=env.get("SLM_PROFILER_SERVICE_ACCOUNT") or defaults.profiler_service_account,
             work_dir=env.get("SLM_WORK_DIR") or defaults.work_dir,
             watch_namespace=env.get("SLM_WATCH_NAMESPACE") or "",
+            retry_seconds=int(env.get("SLM_RETRY_SECONDS") or defaults.retry_seconds),
         )
         if cfg.profiler_runner not in RUNNERS:
             raise ConfigError(f"SLM_PROFILER_RUNNER={cfg.profiler_runner!r}: use one of {', '.join(RUNNERS)}")

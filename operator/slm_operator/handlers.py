@@ -32,8 +32,7 @@ from slm_operator.status import (
 
 RESOURCE = (GROUP, API_VERSION, PLURAL)
 CONFIG = OperatorConfig.from_env()
-#: Re-check interval while something outside the spec must change (a Secret, free GPUs).
-RETRY_SECONDS = 30
+RETRY_SECONDS = CONFIG.retry_seconds
 PROFILE_POLL_SECONDS = 3
 
 
@@ -275,7 +274,8 @@ class _Reporter:
         desired["phase"] = phase
         desired["conditions"] = merge_conditions(current=self.current.get("conditions") or (), updates=conditions,
                                                  generation=self.generation, now=now_iso())
-        desired["observedGeneration"] = self.generation
+        if self.generation is not None:
+            desired["observedGeneration"] = self.generation
         if message is not None:
             desired["message"] = message
         patch = status_patch(self.current, desired)

@@ -131,7 +131,8 @@ def parse_spec(spec: Mapping[str, Any]) -> SLMServiceSpec:
 def _parse_engine(raw: Mapping[str, Any]) -> EngineSpec:
     args = tuple(str(a) for a in raw.get("args") or ())
     for arg in args:
-        flag = arg.split("=", 1)[0]
+        # NB: vLLM's argparse accepts --max_num_seqs too, and "--flag value" as two list items.
+        flag = arg.split("=", 1)[0].replace("_", "-")
         if flag in OPERATOR_OWNED_FLAGS:
             raise SpecError("engine.args", f"{flag} is set by the operator; use {OPERATOR_OWNED_FLAGS[flag]}")
     env = tuple((str(e["name"]), str(e.get("value", ""))) for e in raw.get("env") or ())

@@ -33,7 +33,7 @@ def merge_conditions(
     by_type = {c["type"]: dict(c) for c in current}
     for update in updates:
         old = by_type.get(update["type"])
-        new = dict(update) | {"observedGeneration": generation}
+        new = dict(update) | ({"observedGeneration": generation} if generation is not None else {})
         new["lastTransitionTime"] = (old or {}).get("lastTransitionTime") if old and old.get("status") == new["status"] else now
         by_type[update["type"]] = new
     ordered = [by_type[t] for t in CONDITION_TYPES if t in by_type]

