@@ -5,6 +5,7 @@
 # but it reaches the Go module proxy. Each binary is built once per pinned version set and reused.
 #
 #   hack/build-binaries.sh            build what is missing, print the bin folder on the last line
+#   hack/build-binaries.sh --check    build nothing: print the bin folder if complete, else exit 3
 #   SLM_K8S_ASSETS=/dir hack/...      use binaries already there (like envtest's KUBEBUILDER_ASSETS)
 #
 # NB: k8s.io/kubernetes has `replace` directives to its staging folders, which `go install pkg@v`
@@ -16,6 +17,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/versions.env"
 
 want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm kind)
+check_only=false
+case "${1:-}" in
+  "") ;;
+  --check) check_only=true ;;
+  *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
 
 log() { printf '[build-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -31,11 +38,12 @@ fi
 
 cache_root="${SLM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/slm-operator}"
 bin="$cache_root/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-helm-$HELM_VERSION-kind-$KIND_VERSION/bin"
-mkdir -p "$bin"
 
 need=()
 for b in "${want[@]}"; do [[ -x "$bin/$b" ]] || need+=("$b"); done
 if [[ ${#need[@]} -eq 0 ]]; then log "all binaries cached in $bin"; echo "$bin"; exit 0; fi
+if $check_only; then log "not built yet in $bin: ${need[*]} (run \`make binaries\`)"; exit 3; fi
+mkdir -p "$bin"
 
 command -v go >/dev/null || die "Go is not installed (need Go >= 1.26 for Kubernetes $KUBERNETES_VERSION). Install Go, or set SLM_K8S_ASSETS to a folder holding: ${want[*]}."
 proxy="$(go env GOPROXY | cut -d, -f1)"
@@ -112,13 +120,14 @@ GO
   log "kubernetes + etcd built after $((SECONDS - start)) s"
 fi
 
-gobin_install() { # name module/path version
-  local name="$1" pkg="$2" ver="$3"
+gobin_install() { # name module/path version [extra ldflags]
+  local name="$1" pkg="$2" ver="$3" extra="${4:-}"
   log "building $name from $pkg@$ver"
-  GOBIN="$bin" go install -trimpath -ldflags "-s -w" "$pkg@$ver" >&2 || die "building $name ($pkg@$ver) failed (see above)"
+  GOBIN="$bin" go install -trimpath -ldflags "-s -w $extra" "$pkg@$ver" >&2 || die "building $name ($pkg@$ver) failed (see above)"
 }
 has kwok && gobin_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
-has helm && gobin_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+# NB: helm's version is a link-time variable; unset, `helm version` says only the minor ("v3.19").
+has helm && gobin_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 has kind && gobin_install kind sigs.k8s.io/kind "$KIND_VERSION"
 log "all binaries ready in $bin after $((SECONDS - start)) s"
 echo "$bin"

@@ -1,0 +1,121 @@
+"""Shared pytest setup: markers by folder, the session's Kubernetes cluster and test namespaces.
+
+* Tests under ``tests/integration/`` are marked ``integration``.
+* ``cluster`` (session): a local control plane with simulated GPU nodes started by
+  ``hack/cluster.py`` in ``.run/test-cluster-<pytest pid>`` (or ``$SLM_TEST_RUN_DIR``), stopped at
+  the end (its logs stay until a later session sweeps run dirs whose pytest is gone);
+  or, with ``USE_EXISTING_CLUSTER=true``, the cluster of ``$KUBECONFIG``, left as it is. It starts
+  only when a collected test asks for it. Without binaries it skips, unless ``SLM_REQUIRE_CLUSTER=1``
+  (``make test``) turns that into a failure.
+* ``namespace``: a fresh ``t-<random>`` namespace per test, PodSecurity ``baseline`` enforced.
+* ``kind``-marked tests skip, saying why, where no Docker engine answers; they get the
+  ``kind_cluster`` fixture: ``hack/cluster.py kind-up`` (one real kubelet node posing as a GPU node).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests import kubetest
+
+INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+#: PodSecurity level of test namespaces. NB: `baseline`, the level our vLLM pods are written to
+#: pass (no privileged, hostPath or hostNetwork), and which still allows images that run as root,
+#: as the vLLM images do; `restricted` would need runAsNonRoot and a seccomp profile.
+POD_SECURITY_LEVEL = "baseline"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    docker: tuple[bool, str] | None = None
+    for item in items:
+        if INTEGRATION_DIR in Path(item.path).parents:
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("kind") is not None:
+            if docker is None:
+                from hack.localcluster.kind import docker_available
+
+                docker = docker_available()
+            if not docker[0]:
+                item.add_marker(pytest.mark.skip(reason=f"kind tests need a Docker engine: {docker[1]}"))
+
+
+def _unavailable(reason: str) -> None:
+    """Skip, or fail where the cluster is required (SLM_REQUIRE_CLUSTER=1, as in `make test`)."""
+    if os.environ.get("SLM_REQUIRE_CLUSTER") == "1":
+        pytest.fail(f"SLM_REQUIRE_CLUSTER=1 but no cluster can start: {reason}", pytrace=False)
+    pytest.skip(f"no Kubernetes cluster for integration tests: {reason}")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[kubetest.Cluster]:
+    bin_dir, why = kubetest.find_binaries()
+    if os.environ.get("USE_EXISTING_CLUSTER", "").lower() == "true":
+        try:
+            existing = kubetest.existing_cluster(bin_dir=bin_dir)
+        except RuntimeError as e:
+            _unavailable(str(e))
+        yield existing
+        return
+    if bin_dir is None:
+        _unavailable(why)
+    kubetest.sweep_stale_test_clusters()
+    run_dir = os.environ.get("SLM_TEST_RUN_DIR") or str(kubetest.TEST_RUN_ROOT / f"test-cluster-{os.getpid()}")
+    try:
+        started = kubetest.start_cluster(bin_dir=bin_dir, run_dir=run_dir)
+    except (kubetest.CommandFailed, subprocess.TimeoutExpired) as e:
+        # NB: the binaries exist, so a cluster that does not start is a real failure, not a skip.
+        kubetest.cluster_script("down", "--run-dir", run_dir, check=False)
+        pytest.fail(f"the local control plane did not start:\n{e}", pytrace=False)
+    try:
+        yield started
+    finally:
+        kubetest.cluster_script("down", "--run-dir", run_dir, timeout=120, check=False)
+
+
+@pytest.fixture
+def namespace(cluster: kubetest.Cluster) -> Iterator[str]:
+    name = f"t-{secrets.token_hex(4)}"
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n"
+            f"  name: {name}\n  labels:\n"
+            f"    pod-security.kubernetes.io/enforce: {POD_SECURITY_LEVEL}\n"
+            "    pod-security.kubernetes.io/enforce-version: latest\n"
+        ),
+    )
+    # NB: pods are refused until the ServiceAccount controller has made `default` in the namespace.
+    kubetest.wait_for(
+        lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, "-o", "name", check=False).returncode == 0,
+        timeout=30,
+        message=f"ServiceAccount default in namespace {name}",
+    )
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="session")
+def kind_cluster() -> Iterator[kubetest.Cluster]:
+    """A kind cluster whose node advertises fake GPUs; only for tests marked ``kind``."""
+    bin_dir, why = kubetest.find_binaries()
+    if bin_dir is None:
+        _unavailable(why)
+    run_dir = str(kubetest.TEST_RUN_ROOT / "kind-test")
+    name = "slm-test"
+    kubetest.cluster_script("kind-up", "--bin", bin_dir, "--run-dir", run_dir, "--name", name, timeout=600)
+    kubeconfig = str(Path(run_dir) / "kubeconfig")
+    try:
+        yield kubetest.Cluster(
+            kubeconfig=kubeconfig, bin_dir=bin_dir, run_dir=run_dir, server=kubetest.server_of(kubeconfig=kubeconfig)
+        )
+    finally:
+        kubetest.cluster_script("kind-down", "--bin", bin_dir, "--run-dir", run_dir, "--name", name, timeout=300, check=False)
