@@ -45,7 +45,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=GROUP, key="last-handled-configuration")
     # NB: one replica with a Recreate strategy; peering would need extra RBAC and a CRD for nothing.
     settings.peering.standalone = True
-    settings.posting.level = logging.WARNING
+    # Phase changes and failures become Events (kopf.info/warn); kopf adds its own handler outcomes.
+    settings.posting.level = logging.INFO
     settings.execution.max_workers = 32
 
 

@@ -33,6 +33,9 @@ def test_device_plugin_group_starts_replicas_in_order_on_one_node():
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert sts["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     assert sts["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    node_terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert {"key": "nvidia.com/gpu.sharing-strategy", "operator": "In", "values": ["time-slicing"]} in (
+        node_terms["nodeSelectorTerms"][0]["matchExpressions"])
 
 
 def test_dra_group_shares_one_claim_with_mps_limits():

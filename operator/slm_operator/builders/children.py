@@ -176,13 +176,20 @@ def build_group_statefulset(
     }
     if not env:
         del container["env"]
+    node_terms = [{"key": "nvidia.com/gpu.product", "operator": "In", "values": [plan.gpu_product]}]
+    # NB: a device-plugin slot looks the same on an MPS, a time-sliced and an exclusive node; only
+    # the strategy label tells them apart, and landing on the wrong kind breaks the memory budget.
+    if plan.mechanism in ("mps", "time-slicing"):
+        node_terms.append({"key": "nvidia.com/gpu.sharing-strategy", "operator": "In", "values": [plan.mechanism]})
+    elif plan.mechanism == "exclusive":
+        node_terms.append({"key": "nvidia.com/gpu.sharing-strategy", "operator": "NotIn",
+                           "values": ["mps", "time-slicing"]})
     pod_spec |= {
         "containers": [container],
         "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}, *volumes],
         "affinity": {
-            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-                {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In",
-                                       "values": [plan.gpu_product]}]}]}},
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": node_terms}]}},
             # The replicas of one group must share a node (and, with DRA, one GPU).
             "podAffinity": {
                 "requiredDuringSchedulingIgnoredDuringExecution": [{
