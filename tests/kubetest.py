@@ -31,6 +31,10 @@ NEEDED_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-sc
 T = TypeVar("T")
 
 
+class StopWaiting(Exception):
+    """Raised by a predicate when the state is terminal: ``wait_for`` fails at once with its message."""
+
+
 def wait_for(predicate: Callable[[], T], *, timeout: float = 30, interval: float = 0.2, message: str = "") -> T:
     """Call ``predicate`` until it returns something truthy, and return that.
 
@@ -46,6 +50,8 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 30, interval: float
             last_error = None
             if last_value:
                 return last_value
+        except StopWaiting as e:
+            raise AssertionError(f"gave up waiting for {message or 'condition'}: {e}") from None
         except Exception as e:  # noqa: BLE001 — reported below if it persists
             last_error = e
         if time.monotonic() >= deadline:

@@ -19,7 +19,7 @@ import urllib.request
 
 import yaml
 
-from tests.kubetest import wait_for
+from tests.kubetest import StopWaiting, wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RELEASE = "slm-operator"
@@ -121,7 +121,10 @@ def wait_phase(cluster, namespace: str, name: str, phases: tuple[str, ...], time
                operator: OperatorProcess | None = None) -> dict:
     def reached():
         obj = slms(cluster, namespace, name)
-        return obj if (obj.get("status") or {}).get("phase") in phases else None
+        phase = (obj.get("status") or {}).get("phase")
+        if phase == "Failed" and "Failed" not in phases:  # terminal until the spec changes: stop waiting
+            raise StopWaiting(f"{name} Failed: {obj['status'].get('message')}")
+        return obj if phase in phases else None
     tail = (lambda: operator.log_tail()) if operator else (lambda: "")
     try:
         return wait_for(reached, timeout=timeout, interval=0.5, message=f"{name} to reach {phases}")
