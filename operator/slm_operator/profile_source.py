@@ -54,6 +54,13 @@ def obtain_profile(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfi
 
     Unknown models or GPUs raise the profiling package's ValueErrors, which name the field to fix.
     """
+    profile = _obtain(spec=spec, gpu_product=gpu_product, cfg=cfg)
+    # NB: the GPU table canonicalises names ("H100-SXM5-80GB"); planning matches node labels, so the
+    # profile keeps the product as the cluster spells it.
+    return dataclasses.replace(profile, gpu_product=gpu_product)
+
+
+def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig) -> Profile:
     mode = spec.profiling.mode
     if mode == "static":
         return static_profile(spec=spec, gpu_product=gpu_product)
@@ -74,7 +81,7 @@ def obtain_profile(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfi
         model=spec.model, revision=spec.revision, gpu_product=gpu_product, workload=spec.workload,
         slo=spec.slo, epsilon=spec.profiling.epsilon, batch_sizes=spec.profiling.batch_sizes,
         engine=engine, engine_image=spec.engine.image or cfg.default_engine_image,
-        model_config=model_config.raw if hasattr(model_config, "raw") else None,
+        model_config=dict(spec.profiling.model_config) if spec.profiling.model_config else None,
     )
     key = profile_cache_key(request=request, engine_image=request.engine_image or "")
     cm_name = f"slm-profile-{key}"
@@ -151,10 +158,14 @@ def cancel_local_runs() -> None:
 
 
 def _progress_text(progress: dict[str, Any] | None) -> str:
+    """E.g. "batch sweep: point 3 of 12 (measuring batch 8), 41 s"."""
     if not progress:
         return "starting the profiler"
-    done, total = progress.get("done"), progress.get("total")
-    point = progress.get("point") or progress.get("message") or ""
-    elapsed = progress.get("elapsedSeconds")
-    parts = [f"{done}/{total} points" if total else "", str(point), f"{elapsed:.0f}s" if elapsed else ""]
-    return ", ".join(p for p in parts if p) or "profiling"
+    text = str(progress.get("phase") or "profiling")
+    if progress.get("point") is not None and progress.get("of"):
+        text += f": point {progress['point']} of {progress['of']}"
+    if progress.get("message"):
+        text += f" ({progress['message']})"
+    if progress.get("elapsedSeconds") is not None:
+        text += f", {float(progress['elapsedSeconds']):.0f} s"
+    return text

@@ -1,0 +1,118 @@
+"""The profiler Job: one whole GPU of the wanted product runs ``slm-profiler run`` with real vLLM.
+
+The request travels in an environment variable (``--request env:SLM_PROFILE_REQUEST``), the
+result comes back in a ConfigMap the profiler writes itself with the Job's service account
+(``--write-configmap NAMESPACE/NAME``; the only place where profiling code talks to the API).
+Pure: returns a dict, talks to nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from .. import GROUP
+from ..profiling.types import ProfileRequest
+
+__all__ = ["build_profiler_job", "REQUEST_ENV", "PROFILER_CONTAINER"]
+
+REQUEST_ENV = "SLM_PROFILE_REQUEST"
+PROFILER_CONTAINER = "profiler"
+#: Non-root user of the profiler image.
+RUN_AS_USER = 1000
+
+
+def build_profiler_job(
+    *,
+    name: str,
+    namespace: str,
+    request: ProfileRequest,
+    image: str,
+    result_configmap: str,
+    service_account: str,
+    gpu_product: str,
+    gpu_resource: str = "nvidia.com/gpu",
+    owner: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ``batch/v1`` Job measuring ``request`` on one ``gpu_product`` GPU. Side-effect free.
+
+    ``owner`` is an ownerReference dict (apiVersion, kind, name, uid) of the SLMService, so the
+    Job goes away with it. The pod pins itself to the product with the GPU feature discovery
+    label ``nvidia.com/gpu.product`` and asks for one whole ``gpu_resource``.
+    """
+    if not result_configmap:
+        raise ValueError("result_configmap must name the ConfigMap the profile is written to")
+    if not gpu_product:
+        raise ValueError("gpu_product must be the node label value nvidia.com/gpu.product (e.g. NVIDIA-L4)")
+    labels = {
+        "app.kubernetes.io/name": "slm-profiler",
+        "app.kubernetes.io/managed-by": "slm-operator",
+        f"{GROUP}/role": "profiler",
+    }
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if owner:
+        metadata["ownerReferences"] = [{
+            "apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["name"], "uid": owner["uid"],
+            "controller": True, "blockOwnerDeletion": True,
+        }]
+    args = [
+        "run",
+        "--request", f"env:{REQUEST_ENV}",
+        "--engine", "vllm",
+        "--output", "/work/profile.json",
+        "--progress", "/work/progress.json",
+        "--work-dir", "/work",
+        "--write-configmap", f"{namespace}/{result_configmap}",
+    ]
+    container = {
+        "name": PROFILER_CONTAINER,
+        "image": image,
+        "command": ["slm-profiler"],
+        "args": args,
+        "env": [
+            {"name": REQUEST_ENV, "value": json.dumps(request.to_dict(), sort_keys=True)},
+            {"name": "HOME", "value": "/work"},
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+        ],
+        "resources": {"limits": {gpu_resource: 1}, "requests": {gpu_resource: 1}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "work", "mountPath": "/work"},
+            # NB: vLLM's workers exchange tensors through /dev/shm; the container default is 64 MiB.
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+    }
+    pod_spec = {
+        "restartPolicy": "Never",
+        "serviceAccountName": service_account,
+        "nodeSelector": {"nvidia.com/gpu.product": gpu_product},
+        "tolerations": [{"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"}],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "work", "emptyDir": {}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+        ],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            # NB: a failed measurement is reported, not retried blindly: one GPU-hour is expensive.
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 3 * 3600,
+            "ttlSecondsAfterFinished": 24 * 3600,
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        },
+    }

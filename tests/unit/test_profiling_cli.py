@@ -1,0 +1,108 @@
+"""``slm-profiler`` subcommands: output shapes, exit codes, files written."""
+
+import json
+
+import pytest
+
+from slm_operator.profiling.cli import main
+from slm_operator.profiling.types import Profile, ProfileRequest, Workload
+
+from .test_profiling_results import reference_dir
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_estimate_json_has_the_documented_keys(capsys, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text((reference_dir() / "models" / "opt-1.3b.json").read_text())
+    code, out, _ = _run(capsys, "estimate", "--model-config", str(config), "--gpu", "NVIDIA-L4",
+                        "--input-tokens", "128", "--output-tokens", "64", "--batch-sizes", "1,8,64", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["batchSize"] for r in rows] == [1, 8, 64]
+    for key in ("tokensPerSecond", "outputTokensPerSecond", "interTokenLatencyMs", "kvCacheGiB"):
+        assert all(r[key] > 0 for r in rows)
+    assert rows[0]["tokensPerSecond"] == pytest.approx(rows[0]["outputTokensPerSecond"] * 3, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["estimate", "--model", "facebook/opt-1.3b", "--gpu", "GTX-480", "--input-tokens", "1", "--output-tokens", "1"],
+         "known GPUs"),
+        (["estimate", "--model", "acme/x", "--gpu", "L4", "--input-tokens", "1", "--output-tokens", "1"],
+         "spec.profiling.modelConfig"),
+        (["estimate", "--model", "facebook/opt-1.3b", "--gpu", "L4", "--input-tokens", "1", "--output-tokens", "1",
+          "--batch-sizes", "1,x"], "--batch-sizes"),
+        (["estimate", "--gpu", "L4", "--input-tokens", "1", "--output-tokens", "1"], "--model-config"),
+    ],
+)
+def test_bad_input_exits_2_with_the_fix(capsys, argv, message):
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and message in err
+
+
+def test_analyze_reference_csv_json(capsys):
+    code, out, _ = _run(capsys, "analyze", str(reference_dir() / "sweep_sharegpt.csv"), "--json")
+    result = json.loads(out)
+    assert code == 0 and result["paretoBatchSize"] == 192  # see test_profiling_selection for why
+    assert result["plateauTokensPerSecond"] == pytest.approx(10317.7, abs=0.1)
+    code, out, _ = _run(capsys, "analyze", str(reference_dir() / "replication.csv"), "--where", "chunked_prefill=false", "--json")
+    assert code == 0 and json.loads(out)["replicasPerGpu"] == 2
+
+
+def test_analyze_text_table_and_mixed_file_error(capsys):
+    code, out, _ = _run(capsys, "analyze", str(reference_dir() / "sweep_output_length.csv"), "--where", "output_len=520",
+                        "--max-itl-ms", "20")
+    assert code == 0 and "B*" in out and "ITL" in out
+    code, _, err = _run(capsys, "analyze", str(reference_dir() / "sweep_output_length.csv"))
+    assert code == 2 and "--where output_len=" in err
+
+
+def test_plot_writes_a_png(capsys, tmp_path):
+    png = tmp_path / "curve.png"
+    code, out, _ = _run(capsys, "plot", str(reference_dir() / "sweep_sharegpt.csv"), "--output", str(png), "--max-itl-ms", "40")
+    assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "B*" in out
+
+
+def _request_file(tmp_path, **kw):
+    request = ProfileRequest(model="facebook/opt-125m", gpu_product="NVIDIA-L4",
+                             workload=Workload(input_tokens=32, output_tokens=16), **kw)
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request.to_dict()))
+    return path
+
+
+def test_run_simulated_writes_profile_sweep_csv_and_progress(capsys, caplog, tmp_path):
+    out = tmp_path / "profile.json"
+    code, _, err = _run(capsys, "run", "--request", str(_request_file(tmp_path)), "--output", str(out),
+                        "--engine", "simulated", "--progress", str(tmp_path / "p.json"), "--csv", str(tmp_path / "s.csv"),
+                        "--max-batch", "8", "--warmup-s", "0.2", "--duration-s", "1", "--no-replication",
+                        "--time-scale", "0.02")
+    assert code == 0, err
+    profile = Profile.from_dict(json.loads(out.read_text()))
+    assert profile.engine == "simulated" and profile.source == "measured" and profile.replicas_per_gpu == 1
+    assert json.loads((tmp_path / "profile.sweep.json").read_text())["format"] == "slm-operator/sweep"
+    assert (tmp_path / "s.csv").read_text().startswith("model,gpu,replicas,max_num_seqs")
+    assert json.loads((tmp_path / "p.json").read_text())["phase"] == "done"
+    assert "SIMULATED engine" in caplog.text
+
+
+def test_run_request_from_env_and_bad_requests(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("REQ", "{not json")
+    code, _, err = _run(capsys, "run", "--request", "env:REQ", "--output", str(tmp_path / "o.json"))
+    assert code == 2 and "not JSON" in err
+    monkeypatch.setenv("REQ", json.dumps({"model": "acme/unknown", "gpuProduct": "NVIDIA-L4", "workload": {}}))
+    code, _, err = _run(capsys, "run", "--request", "env:REQ", "--output", str(tmp_path / "o.json"), "--engine", "simulated")
+    assert code == 2 and "modelConfig" in err
+    monkeypatch.setenv("REQ", json.dumps({"model": "m", "gpu": "x"}))
+    code, _, err = _run(capsys, "run", "--request", "env:REQ", "--output", str(tmp_path / "o.json"))
+    assert code == 2 and "unknown profile request fields" in err
+
+
+def test_calibrate_prints_markdown_tables(capsys):
+    code, out, _ = _run(capsys, "calibrate", str(reference_dir()))
+    assert code == 0 and out.count("| sharegpt |") == 15 and "| 2x256 |" in out

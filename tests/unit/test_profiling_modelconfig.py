@@ -1,0 +1,94 @@
+"""Architecture numbers from config.json: parameter counts, KV bytes, the built-in table."""
+
+import json
+import pathlib
+
+import pytest
+
+from slm_operator.profiling.modelconfig import (
+    ModelConfigError,
+    UnknownModelError,
+    known_model_names,
+    load_model_config_file,
+    parse_model_config,
+    resolve_model_config,
+)
+
+from .test_profiling_results import reference_dir
+
+# Public parameter counts from the model cards / papers (billions); our count is from the architecture.
+PUBLISHED_PARAMS_B = {
+    "facebook/opt-125m": 0.125,
+    "facebook/opt-1.3b": 1.3,
+    "facebook/opt-2.7b": 2.7,
+    "Qwen/Qwen2.5-0.5B-Instruct": 0.49,
+    "Qwen/Qwen2.5-1.5B-Instruct": 1.54,
+    "Qwen/Qwen2.5-3B-Instruct": 3.09,
+    "meta-llama/Llama-3.2-1B-Instruct": 1.24,
+    "meta-llama/Llama-3.2-3B-Instruct": 3.21,
+    "microsoft/Phi-3-mini-4k-instruct": 3.8,
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": 1.1,
+}
+
+
+def test_opt_1_3b_reproduces_the_reference_kv_bytes_and_weights():
+    config = json.loads((reference_dir() / "models" / "opt-1.3b.json").read_text())
+    model = parse_model_config(config)
+    assert model.kv_bytes_per_token == 196_608  # reference README, kv_pool.csv
+    # vLLM logged "Loading model weights took 2.4509 GB" (GiB) for this model
+    assert model.weights_gib == pytest.approx(2.4509, abs=0.001)
+
+
+@pytest.mark.parametrize("name, billions", sorted(PUBLISHED_PARAMS_B.items()))
+def test_builtin_models_match_published_sizes(name, billions):
+    model = resolve_model_config(model=name, inline=None)
+    assert model.num_params / 1e9 == pytest.approx(billions, rel=0.04)
+
+
+def test_gqa_models_have_fewer_kv_heads():
+    llama = resolve_model_config(model="meta-llama/Llama-3.2-1B-Instruct", inline=None)
+    assert (llama.num_kv_heads, llama.head_dim) == (8, 64)
+    assert llama.kv_bytes_per_token == 2 * 16 * 8 * 64 * 2
+
+
+def test_resolution_prefers_inline_and_accepts_bare_names():
+    inline = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "intermediate_size": 688, "vocab_size": 2048, "dtype": "bfloat16"}
+    tiny = resolve_model_config(model="facebook/opt-1.3b", inline=inline)
+    assert tiny.num_layers == 4 and tiny.dtype == "bfloat16"
+    assert resolve_model_config(model="OPT-1.3B", inline=None).hidden_size == 2048
+    assert resolve_model_config(model="/models/opt-1.3b/", inline=None).num_layers == 24
+    assert "facebook/opt-1.3b" in known_model_names()
+
+
+def test_unknown_model_says_what_to_set():
+    with pytest.raises(UnknownModelError, match="spec.profiling.modelConfig.*profiling.mode: static"):
+        resolve_model_config(model="acme/secret-model", inline=None)
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"model_type": "llama", "hidden_size": 256}, "num_hidden_layers"),
+        ({"model_type": "mamba"}, "not supported"),
+        ({"model_type": "llama", "hidden_size": 256, "num_hidden_layers": -1, "num_attention_heads": 4,
+          "intermediate_size": 1, "vocab_size": 10}, "positive integer"),
+        ({"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "num_key_value_heads": 3, "intermediate_size": 1, "vocab_size": 10}, "multiple"),
+        ({"model_type": "opt", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "ffn_dim": 8, "vocab_size": 10, "torch_dtype": "float64"}, "dtype"),
+    ],
+)
+def test_bad_configs_name_the_field(config, match):
+    with pytest.raises(ModelConfigError, match=match):
+        parse_model_config(config)
+
+
+def test_config_file_loading(tmp_path: pathlib.Path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "opt"}))
+    assert load_model_config_file(tmp_path) == {"model_type": "opt"}
+    with pytest.raises(ModelConfigError, match="does not exist"):
+        load_model_config_file(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ModelConfigError, match="not JSON"):
+        load_model_config_file(tmp_path / "bad.json")
