@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import os
 import threading
 from typing import Any, Iterable, Mapping
 
@@ -47,7 +48,8 @@ def api_client() -> client.ApiClient:
     try:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)
+        # NB: the client reads $KUBECONFIG once, at import; read it now so the current value counts.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
     # NB: one operator process fans out many concurrent handler threads; the default pool of 4
     # connections would serialise them.
     configuration.connection_pool_maxsize = 32
