@@ -161,7 +161,7 @@ def start_operator(*, kubectl: list[str], env: dict[str, str]) -> None:
 def plot(name: str, profile: dict) -> str | None:
     """Plot the sweep the local runner measured for this profile (if the run left one)."""
     work = RUN / "work" / "profiles"
-    sweeps = sorted(work.glob("*/sweep.json")) if work.exists() else []
+    sweeps = sorted(work.glob("*/profile.sweep.json")) if work.exists() else []
     ref = (profile.get("profileRef") or "").rsplit("slm-profile-", 1)[-1]
     sweep = next((s for s in sweeps if s.parent.name == ref), None)
     if sweep is None:

@@ -143,9 +143,17 @@ def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig) -
     kube.create(job)  # 409: the Job of this key already runs (another SLMService asked first)
     current = kube.get(api_version="batch/v1", kind="Job", name=cm_name, namespace=cfg.profiler_namespace) or {}
     job_status = current.get("status") or {}
-    if any(c.get("type") == "Failed" and c.get("status") == "True" for c in job_status.get("conditions") or ()):
-        raise ProfileFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} failed; see its pod logs "
-                            f"(kubectl logs -n {cfg.profiler_namespace} job/{cm_name})")
+    finished = {c.get("type") for c in job_status.get("conditions") or () if c.get("status") == "True"}
+    logs = f"kubectl logs -n {cfg.profiler_namespace} job/{cm_name}"
+    if "Failed" in finished:
+        raise ProfileFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} failed; see its logs ({logs})")
+    if "Complete" in finished:
+        # NB: re-read: the Job may have written its result between our first read and now.
+        cached = _read_cached(name=cm_name, namespace=cfg.profiler_namespace)
+        if cached is not None:
+            return cached
+        raise ProfileFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} completed without writing "
+                            f"ConfigMap {cm_name}; see its logs ({logs}) and the slm-profiler Role")
     raise ProfilePending(f"profiler Job {cfg.profiler_namespace}/{cm_name} running")
 
 

@@ -51,7 +51,7 @@ def test_analyze_reference_csv_json(capsys):
     assert code == 0 and result["paretoBatchSize"] == 192  # see test_profiling_selection for why
     assert result["plateauTokensPerSecond"] == pytest.approx(10317.7, abs=0.1)
     code, out, _ = _run(capsys, "analyze", str(reference_dir() / "replication.csv"), "--where", "chunked_prefill=false", "--json")
-    assert code == 0 and json.loads(out)["replicasPerGpu"] == 2
+    assert code == 0 and json.loads(out)["replicasPerGPU"] == 2
 
 
 def test_analyze_text_table_and_mixed_file_error(capsys):

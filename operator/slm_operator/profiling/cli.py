@@ -91,7 +91,7 @@ def _analysis(sweep: SweepResult, *, epsilon: float, slo: Slo) -> dict[str, obje
     replicas = [*(p.replica_point() for p in sweep.points), *(p.replica_point() for p in sweep.replication)]
     if sweep.replication:
         packing = select_replicas(options=replicas, slo=slo)
-        result.update(replicasPerGpu=packing.replicas, aggregateTokensPerSecond=packing.aggregate_tok_s,
+        result.update(replicasPerGPU=packing.replicas, aggregateTokensPerSecond=packing.aggregate_tok_s,
                       replicaBatchSize=packing.batch_size, replicaExplanation=packing.explanation)
     return result
 

@@ -16,9 +16,13 @@ PROFILE_FORMAT_VERSION = 1
 ProfileSource = Literal["measured", "estimated", "static"]
 
 
+#: Acronyms keep the spelling the CRD uses (tokensPerSecondPerGPU, memoryPerReplicaGiB).
+_ACRONYMS = {"gpu": "GPU", "gib": "GiB"}
+
+
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+    return head + "".join(_ACRONYMS.get(part, part[:1].upper() + part[1:]) for part in rest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,4 +137,5 @@ class ProfileRequest:
 
 
 def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    name = re.sub("|".join(_ACRONYMS.values()), lambda m: "_" + m.group(0).lower(), name)
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower().replace("__", "_").lstrip("_")
