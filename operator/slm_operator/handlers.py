@@ -12,18 +12,19 @@ pods, NVIDIA ResourceSlices and allocated claims), so planning reads no API at a
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Mapping
 
 import kopf
 
 from slm_operator import API_VERSION, GROUP, PLURAL, kube
 from slm_operator.builders.children import (
-    LABEL_GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, build_group_statefulset, build_resource_claim,
-    build_service, claim_name, endpoint_url, group_name, owner_reference,
+    ANNOTATION_MECHANISM, LABEL_GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, build_group_statefulset,
+    build_resource_claim, build_service, claim_name, endpoint_url, owner_reference,
 )
 from slm_operator.config import OperatorConfig
 from slm_operator.planning.inventory import DEVICE_PLUGIN_RESOURCES, DRA_DRIVER, LABEL_PRODUCT, Inventory, build_inventory
-from slm_operator.planning.plan import Plan, PlanningError, make_plan, desired_gpus
+from slm_operator.planning.plan import Plan, PlanningError, make_plan
 from slm_operator.profile_source import ProfileFailed, ProfilePending, cancel_local_runs, obtain_profile
 from slm_operator.spec import SLMServiceSpec, SpecError, parse_spec
 from slm_operator.status import (
@@ -33,7 +34,19 @@ from slm_operator.status import (
 RESOURCE = (GROUP, API_VERSION, PLURAL)
 CONFIG = OperatorConfig.from_env()
 RETRY_SECONDS = CONFIG.retry_seconds
-PROFILE_POLL_SECONDS = 3
+#: A local (simulated) profile takes seconds to minutes; a profiler Job on a GPU takes minutes.
+PROFILE_POLL_SECONDS = 3 if CONFIG.profiler_runner == "local" else 30
+
+# NB: the reconciler and the readiness handler run in executor threads and both write the status;
+# one lock per SLMService makes each read-decide-write atomic, so neither overwrites the other
+# with stale readiness.
+_object_locks: dict[tuple[str, str], threading.Lock] = {}
+_object_locks_guard = threading.Lock()
+
+
+def _lock_for(namespace: str, name: str) -> threading.Lock:
+    with _object_locks_guard:
+        return _object_locks.setdefault((namespace, name), threading.Lock())
 
 
 @kopf.on.startup()
@@ -45,8 +58,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=GROUP, key="last-handled-configuration")
     # NB: one replica with a Recreate strategy; peering would need extra RBAC and a CRD for nothing.
     settings.peering.standalone = True
-    # Phase changes and failures become Events (kopf.info/warn); kopf adds its own handler outcomes.
-    settings.posting.level = logging.INFO
+    # Our phase changes and failures are posted explicitly (kopf.event); kopf's own per-handler
+    # chatter ("failed temporarily" every poll) stays in the log, not in Events.
+    settings.posting.level = logging.WARNING
     settings.execution.max_workers = 32
 
 
@@ -111,10 +125,19 @@ def _inventory(indexes: Mapping[str, Any]) -> Inventory:
 @kopf.on.create(*RESOURCE, id="reconcile")
 @kopf.on.update(*RESOURCE, id="reconcile")
 @kopf.timer(*RESOURCE, id="retry-placement", interval=RETRY_SECONDS, idle=RETRY_SECONDS,
-            when=lambda status, **_: (status or {}).get("phase") in ("Degraded", "Pending"))
+            when=lambda status, **_: (status or {}).get("phase") == "Degraded")
 def reconcile(
     body: kopf.Body, spec: Mapping[str, Any], name: str, namespace: str, uid: str,
     meta: Mapping[str, Any], status: Mapping[str, Any], logger: logging.Logger, **kwargs: Any,
+) -> None:
+    with _lock_for(namespace, name):
+        _reconcile(body=body, spec=spec, name=name, namespace=namespace, uid=uid, meta=meta, status=status,
+                   logger=logger, indexes=kwargs)
+
+
+def _reconcile(
+    *, body: kopf.Body, spec: Mapping[str, Any], name: str, namespace: str, uid: str,
+    meta: Mapping[str, Any], status: Mapping[str, Any], logger: logging.Logger, indexes: Mapping[str, Any],
 ) -> None:
     generation = meta.get("generation")
     current = dict(status or {})
@@ -132,8 +155,12 @@ def reconcile(
                        f"with key {ref.key!r}, e.g. kubectl create secret generic {ref.name} --from-literal={ref.key}=...")
         raise kopf.TemporaryError("waiting for the Hugging Face token Secret", delay=RETRY_SECONDS)
 
-    inventory = _inventory(kwargs)
-    product = parsed.gpu.product or _busiest_free_product(inventory)
+    inventory = _inventory(indexes)
+    groups = _list_groups(name=name, namespace=namespace)
+    # NB: without spec.gpu.product, keep the product the service already runs on: picking the
+    # busiest free product anew on every reconcile would move Ready replicas for nothing.
+    running_on = (current.get("profile") or {}).get("gpuProduct") if groups else None
+    product = parsed.gpu.product or running_on or _busiest_free_product(inventory)
     if product is None:
         report.pending("Planned", "NoMatchingGPUs",
                        "the cluster has no node labelled nvidia.com/gpu.product; install NVIDIA GPU feature "
@@ -151,46 +178,53 @@ def reconcile(
         return report.fail("Profiled", _reason_of(exc, "ProfilingImpossible"), str(exc))
     report.profiled(profile)
 
-    groups = _list_groups(name=name, namespace=namespace)
+    mechanisms = {g.get("mechanism") for g in groups}
     try:
-        plan = make_plan(spec=parsed, profile=profile, inventory=inventory,
-                         existing_groups=_existing_group_count(groups, desired=desired_gpus(spec=parsed, profile=profile)),
+        plan = make_plan(spec=parsed, profile=profile, inventory=inventory, existing_groups=len(groups),
+                         current_mechanism=mechanisms.pop() if len(mechanisms) == 1 else None,
                          default_sharing=CONFIG.default_sharing)
     except PlanningError as exc:
         report.pending("Planned", exc.reason, exc.message)
         raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=RETRY_SECONDS)
 
-    _apply_children(name=name, namespace=namespace, uid=uid, spec=parsed, plan=plan, existing=groups)
+    try:
+        _apply_children(name=name, namespace=namespace, uid=uid, spec=parsed, plan=plan, existing=groups)
+    except kube.ApiRejected as exc:
+        # NB: a 4xx other than 409 will be rejected again on retry; say why instead of looping.
+        return report.fail("Progressing", "ApplyFailed", str(exc))
     report.serving(plan=plan, groups=_list_groups(name=name, namespace=namespace),
                    endpoint=endpoint_url(name=name, namespace=namespace))
     logger.info("planned %s", plan.explanation)
 
 
-@kopf.on.field("apps", "v1", "statefulsets", field="status.readyReplicas",
-               labels={LABEL_MANAGED_BY: MANAGED_BY})
-def group_readiness_changed(labels: Mapping[str, str], namespace: str, **_: Any) -> None:
-    """Fold the readiness of every GPU group into the owner's status (no re-plan, no child writes)."""
+@kopf.on.event("apps", "v1", "statefulsets", labels={LABEL_MANAGED_BY: MANAGED_BY})
+def group_readiness_changed(labels: Mapping[str, str], namespace: str, type: str, **_: Any) -> None:
+    """Fold the readiness of every GPU group into the owner's status (no re-plan, no child writes).
+
+    NB: an event handler, not a field handler: kopf stores nothing on the StatefulSet for it, and
+    the status patch below is skipped when nothing changed.
+    """
     name = labels.get(LABEL_SERVICE)
-    owner = kube.get_service(name=name, namespace=namespace) if name else None
-    if not owner:
+    if not name or type == "DELETED":
         return
-    current = dict(owner.get("status") or {})
-    placement = dict(current.get("placement") or {})
-    if not placement:
-        return
-    groups = _list_groups(name=name, namespace=namespace)
-    ready = sum(g["readyReplicas"] for g in groups)
-    placement |= {"readyReplicas": ready, "ready": f"{ready}/{placement.get('totalReplicas', 0)}",
-                  "groups": groups, "nodes": sorted({g["node"] for g in groups if g.get("node")})}
-    report = _Reporter(body=owner, name=name, namespace=namespace, current=current,
-                       generation=current.get("observedGeneration"))
-    phase, conditions = serving_phase(
-        total_replicas=placement.get("totalReplicas", 0), ready_replicas=ready,
-        placeable_gpus=placement.get("gpus", 0), requested_gpus=placement.get("requestedGPUs", 0),
-        explanation=next((c.get("message", "") for c in current.get("conditions") or ()
-                          if c.get("type") == "Planned" and c.get("reason") == "Planned"), ""),
-    )
-    report.write(phase=phase, conditions=conditions, extra={"placement": placement})
+    with _lock_for(namespace, name):
+        owner = kube.get_service(name=name, namespace=namespace)
+        current = dict((owner or {}).get("status") or {})
+        placement = dict(current.get("placement") or {})
+        if not placement:
+            return  # the reconciler has not placed anything yet; it reads readiness itself
+        groups = _list_groups(name=name, namespace=namespace)
+        ready = sum(g["readyReplicas"] for g in groups)
+        placement |= {"readyReplicas": ready, "ready": f"{ready}/{placement.get('totalReplicas', 0)}",
+                      "groups": _status_groups(groups), "nodes": sorted({g["node"] for g in groups if g.get("node")})}
+        report = _Reporter(body=owner, name=name, namespace=namespace, current=current,
+                           generation=current.get("observedGeneration"))
+        phase, conditions = serving_phase(
+            total_replicas=placement.get("totalReplicas", 0), ready_replicas=ready,
+            placeable_gpus=placement.get("gpus", 0), requested_gpus=placement.get("requestedGPUs", 0),
+            explanation=current.get("message", ""),
+        )
+        report.write(phase=phase, conditions=conditions, extra={"placement": placement})
 
 
 # --- Helpers -------------------------------------------------------------------------------------------
@@ -209,6 +243,15 @@ def _reason_of(exc: Exception, default: str) -> str:
             "SpecError": "InvalidSpec"}.get(kind, default)
 
 
+_STATUS_GROUP_KEYS = ("name", "index", "node", "replicas", "readyReplicas", "claim")
+
+
+def _status_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Groups as the CRD's status schema holds them (unknown keys would be pruned, and then every
+    comparison with the stored status would differ and write again)."""
+    return [{k: g[k] for k in _STATUS_GROUP_KEYS if k in g} for g in groups]
+
+
 def _list_groups(*, name: str, namespace: str) -> list[dict[str, Any]]:
     selector = f"{LABEL_SERVICE}={name},{LABEL_MANAGED_BY}={MANAGED_BY}"
     sets = kube.list_objects(api_version="apps/v1", kind="StatefulSet", namespace=namespace, label_selector=selector)
@@ -224,18 +267,14 @@ def _list_groups(*, name: str, namespace: str) -> list[dict[str, Any]]:
         claims = [c.get("resourceClaimName") for c in sts["spec"]["template"]["spec"].get("resourceClaims") or ()]
         group = {"name": sts["metadata"]["name"], "index": int(index),
                  "replicas": sts["spec"].get("replicas", 0),
-                 "readyReplicas": (sts.get("status") or {}).get("readyReplicas") or 0}
+                 "readyReplicas": (sts.get("status") or {}).get("readyReplicas") or 0,
+                 "mechanism": (sts["metadata"].get("annotations") or {}).get(ANNOTATION_MECHANISM)}
         if node_of.get(index):
             group["node"] = node_of[index]
         if claims and claims[0]:
             group["claim"] = claims[0]
         groups.append(group)
     return groups
-
-
-def _existing_group_count(groups: list[dict[str, Any]], *, desired: int) -> int:
-    """Groups that already hold their GPUs and that the new plan keeps (indexes below desired)."""
-    return sum(1 for g in groups if g["index"] < desired)
 
 
 def _apply_children(
@@ -249,15 +288,15 @@ def _apply_children(
             kube.apply(build_resource_claim(name=name, namespace=namespace, index=index, plan=plan, owner=owner))
         kube.apply(build_group_statefulset(name=name, namespace=namespace, index=index, spec=spec, plan=plan,
                                            image=image, owner=owner))
-    # Scale in whole GPU groups, highest index first; their claims go with them.
+    # Scale in whole GPU groups; claims no group references any more go with them.
     for group in existing:
         if group["index"] >= plan.placeable_gpus:
             kube.delete(api_version="apps/v1", kind="StatefulSet", name=group["name"], namespace=namespace)
-    for group in existing:
-        stale_claim = group.get("claim")
-        if stale_claim and (plan.mechanism != "dra" or group["index"] >= plan.placeable_gpus):
-            kube.delete(api_version="resource.k8s.io/v1", kind="ResourceClaim", name=stale_claim,
-                        namespace=namespace)
+    wanted = {claim_name(name=name, index=i, plan=plan) for i in range(plan.placeable_gpus)} if (
+        plan.mechanism == "dra") else set()
+    stale = {g["claim"] for g in existing if g.get("claim")} - wanted
+    for claim in sorted(stale):
+        kube.delete(api_version="resource.k8s.io/v1", kind="ResourceClaim", name=claim, namespace=namespace)
 
 
 class _Reporter:
@@ -286,12 +325,12 @@ class _Reporter:
         kube.patch_service_status(name=self.name, namespace=self.namespace, status=patch)
         self.current |= patch
         if phase != old_phase:
-            post = kopf.warn if phase in ("Failed", "Degraded") else kopf.info
-            post(dict(self.body), reason=phase, message=message or _summary(conditions))
+            kopf.event(dict(self.body), type="Warning" if phase in ("Failed", "Degraded") else "Normal",
+                       reason=phase, message=message or _summary(conditions))
 
     def fail(self, type_: str, reason: str, message: str) -> None:
         self.write(phase="Failed", conditions=[condition(type_, False, reason, message)], message=message)
-        kopf.warn(dict(self.body), reason=reason, message=message)
+        kopf.event(dict(self.body), type="Warning", reason=reason, message=message)
 
     def pending(self, type_: str, reason: str, message: str) -> None:
         self.write(phase="Pending", conditions=[condition(type_, False, reason, message)], message=message)
@@ -303,6 +342,8 @@ class _Reporter:
 
     def profiled(self, profile: Any) -> None:
         self.extra["profile"] = profile_summary(profile)
+        if "progress" in (self.current.get("profile") or {}):
+            self.extra["profile"]["progress"] = None  # a merge patch deletes it once profiling is done
         self._profiled = condition("Profiled", True, f"Profile{profile.source.capitalize()}",
                                    profile.explanation or f"{profile.source} profile")
 
@@ -312,7 +353,7 @@ class _Reporter:
                                           placeable_gpus=plan.placeable_gpus, requested_gpus=plan.gpus,
                                           explanation=plan.explanation)
         self.write(phase=phase, conditions=[self._profiled, *conditions], message=plan.explanation,
-                   extra={"placement": placement_summary(plan=plan, ready_replicas=ready, groups=groups,
+                   extra={"placement": placement_summary(plan=plan, ready_replicas=ready, groups=_status_groups(groups),
                                                          requested_gpus=plan.gpus),
                           "endpoint": endpoint})
 

@@ -38,6 +38,11 @@ class Outcome(enum.Enum):
     CONFLICT = "conflict"
 
 
+class ApiRejected(Exception):
+    """The API server refused an object as invalid or forbidden (a 4xx other than 404/409/429):
+    retrying the same object cannot help, so callers report it instead of looping."""
+
+
 _lock = threading.Lock()
 
 
@@ -75,11 +80,27 @@ def apply(obj: Mapping[str, Any]) -> Outcome:
     """Create or update ``obj`` by server-side apply; idempotent."""
     meta = obj["metadata"]
     resource = _resource(obj["apiVersion"], obj["kind"])
-    resource.server_side_apply(
-        body=dict(obj), name=meta["name"], namespace=meta.get("namespace"),
-        field_manager=FIELD_MANAGER, force_conflicts=True,
-    )
+    try:
+        resource.server_side_apply(
+            body=dict(obj), name=meta["name"], namespace=meta.get("namespace"),
+            field_manager=FIELD_MANAGER, force_conflicts=True,
+        )
+    except (ApiException, DynamicApiException) as exc:
+        code = _status_of(exc)
+        if code is not None and 400 <= code < 500 and code not in (404, 409, 429):
+            raise ApiRejected(f"{obj['kind']} {meta.get('namespace')}/{meta['name']} rejected "
+                              f"(HTTP {code}): {_reason_of(exc)}") from exc
+        raise
     return Outcome.APPLIED
+
+
+def _reason_of(exc: Exception) -> str:
+    body = getattr(exc, "body", None) or getattr(exc, "summary", lambda: "")()
+    try:
+        import json
+        return json.loads(body).get("message", str(body))
+    except (TypeError, ValueError):
+        return str(body or exc)
 
 
 def delete(*, api_version: str, kind: str, name: str, namespace: str | None) -> Outcome:

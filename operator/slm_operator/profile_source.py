@@ -66,14 +66,20 @@ def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig) -> P
         return static_profile(spec=spec, gpu_product=gpu_product)
     if mode == "skip":
         return skip_profile(spec=spec, gpu_product=gpu_product)
-    model_config = resolve_model_config(model=spec.model, inline=spec.profiling.model_config)
-    gpu = lookup_gpu(gpu_product)
-    if mode == "estimate" or cfg.profiler_runner == "none":
-        profile = estimate_profile(model_config=model_config, gpu=gpu, workload=spec.workload, slo=spec.slo,
-                                   epsilon=spec.profiling.epsilon, batch_sizes=spec.profiling.batch_sizes)
+    job_cannot_measure = cfg.profiler_runner == "job" and (
+        spec.model.startswith("pvc://") or spec.engine.hf_token_secret_ref is not None)
+    if mode == "estimate" or cfg.profiler_runner == "none" or job_cannot_measure:
+        # The estimator needs the architecture and the GPU's numbers; a measurement needs neither.
+        model_config = resolve_model_config(model=spec.model, inline=spec.profiling.model_config)
+        profile = estimate_profile(model_config=model_config, gpu=lookup_gpu(gpu_product), workload=spec.workload,
+                                   slo=spec.slo, epsilon=spec.profiling.epsilon,
+                                   batch_sizes=spec.profiling.batch_sizes)
         if mode != "estimate":
-            profile = dataclasses.replace(
-                profile, explanation=profile.explanation + " (no profiler runner configured, so estimated)")
+            # NB: the profiler Job runs in the operator's namespace: it can mount neither the
+            # service's PVC nor its token Secret, so such models are estimated, and say so.
+            why = ("the profiler Job cannot reach pvc:// models or the hfTokenSecretRef Secret yet"
+                   if job_cannot_measure else "no profiler runner is configured")
+            profile = dataclasses.replace(profile, explanation=f"{profile.explanation} (estimated: {why})")
         return profile
 
     engine = cfg.profiler_engine if cfg.profiler_runner == "local" else "vllm"
@@ -116,6 +122,10 @@ def _run_locally(*, request: ProfileRequest, key: str, cm_name: str, cfg: Operat
     with _local_lock:
         run = _local_runs.get(key)
         if run is None:
+            # NB: another handler thread may have finished this very profile since our cache read.
+            cached = _read_cached(name=cm_name, namespace=cfg.profiler_namespace)
+            if cached is not None:
+                return cached
             work_dir = os.path.join(cfg.work_dir, "profiles", key)
             os.makedirs(work_dir, exist_ok=True)
             logger.info("profiling %s on %s with the local runner (%s engine)", request.model,
@@ -146,7 +156,8 @@ def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig) -
     finished = {c.get("type") for c in job_status.get("conditions") or () if c.get("status") == "True"}
     logs = f"kubectl logs -n {cfg.profiler_namespace} job/{cm_name}"
     if "Failed" in finished:
-        raise ProfileFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} failed; see its logs ({logs})")
+        raise ProfileFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} failed; see its logs ({logs}), then "
+                            f"`kubectl delete job -n {cfg.profiler_namespace} {cm_name}` to profile again")
     if "Complete" in finished:
         # NB: re-read: the Job may have written its result between our first read and now.
         cached = _read_cached(name=cm_name, namespace=cfg.profiler_namespace)

@@ -296,3 +296,13 @@ def test_kubectl_explain_slo_lists_both_objectives(cluster, crd) -> None:
     explained = one_line(cluster.kubectl("explain", "slmservice.spec.slo").stdout)
     for field in ("maxInterTokenLatencyMs", "maxTimeToFirstTokenMs"):
         assert f"{field} <number> {one_line(field_description(f'spec.slo.{field}'))}" in explained
+
+
+@pytest.mark.parametrize("name", ["a" * 46, "9lives", "dotted.name"])
+def test_names_that_cannot_name_children_are_refused(cluster, crd, namespace, name):
+    obj = {"apiVersion": "slm.pareto.dev/v1alpha1", "kind": "SLMService", "metadata": {"name": name},
+           "spec": {"model": "facebook/opt-125m"}}
+    result = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj),
+                             check=False)
+    assert result.returncode != 0
+    assert "metadata.name must be at most 45 characters" in result.stderr

@@ -177,7 +177,10 @@ def test_every_cel_message_names_a_real_spec_field(root_schema: dict[str, Any], 
         # NB: domain names (nvidia.com/gpu.product) and "e.g" also look dotted; they are not fields.
         names = [n.removeprefix("spec.") for n in dotted.findall(message)
                  if n not in ("e.g", "i.e") and not re.search(r"(^|\.)(com|io|dev)(\.|$)", n)]
-        fields = [n for n in names if resolve(spec_schema, n) is not None]
+        # metadata.name is the one field outside the schema a rule may check (root-level CEL).
+        names = [n for n in names if n != "metadata.name"] if "metadata.name" in names else names
+        fields = [n for n in names if resolve(spec_schema, n) is not None] or (
+            ["metadata.name"] if "self.metadata.name" in rule.get("rule", "") else [])
         if not fields:
             problems.append(f"{path}: {message!r} names no spec field")
         # A message may also point at status (e.g. status.endpoint); that has to exist as well.

@@ -59,17 +59,35 @@ def test_auto_prefers_dra_when_replicas_share_a_gpu():
     assert plan.mechanism == "dra" and plan.resource_name is None
     assert plan.replicas_per_gpu == 2 and plan.placeable_gpus == 3 and plan.total_replicas == 6
     assert plan.active_thread_percentage == 50
-    usable = H100_MIB / 1024 * USABLE_MEMORY_FRACTION
-    assert plan.pinned_memory_limit_mib == int(usable / 2 * 1024)
+    # The hard MPS limit is the physical half; vLLM plans within the smaller usable budget.
+    assert plan.pinned_memory_limit_mib == H100_MIB // 2
+    assert plan.memory_budget_gib * 1024 < plan.pinned_memory_limit_mib
+    assert plan.gpu_memory_utilization == pytest.approx(plan.memory_budget_gib * 1024 / H100_MIB, abs=0.001)
 
 
-def test_mps_slots_too_small_for_a_replica_falls_back_to_time_slicing():
+def test_dra_capacity_counts_whole_devices_not_slots():
+    inv = build_inventory(nodes=[node("d", sharing="dra")], resource_slices=[dra_slice("d", 8)])
+    plan = make_plan(spec=spec(scale={"gpus": 8}), profile=profile(replicas_per_gpu=3), inventory=inv)
+    assert (plan.mechanism, plan.replicas_per_gpu, plan.placeable_gpus) == ("dra", 3, 8)
+
+
+def test_slots_too_small_for_a_replica_fall_back_to_whole_gpus():
     # 4 MPS slots pin each client to ~18 GiB usable; this replica needs 20 GiB.
-    inv = build_inventory(nodes=[node("m", sharing="mps", replicas=4), node("t", sharing="time-slicing", replicas=4)])
+    inv = build_inventory(nodes=[node("m", sharing="mps", replicas=4), node("t", sharing="time-slicing", replicas=4),
+                                 node("x")])
     plan = make_plan(spec=spec(), profile=profile(memory_per_replica_gib=20.0), inventory=inv)
-    assert plan.mechanism == "time-slicing"
-    # Without memory isolation the budgets of one GPU must sum below what is usable.
-    assert plan.replicas_per_gpu * plan.memory_budget_gib <= H100_MIB / 1024 * USABLE_MEMORY_FRACTION + 0.01
+    assert plan.mechanism == "exclusive", "a time-sliced slot is no bigger than an MPS one"
+
+
+def test_time_slicing_budgets_a_slot_share_because_slots_come_from_any_gpu():
+    # 3 replicas/GPU wanted, 4 slots/GPU: the plugin may put 4 of our replicas on one GPU, so each
+    # replica may only budget a quarter of it, whatever k is.
+    inv = build_inventory(nodes=[node("t", count=8, sharing="time-slicing", replicas=4)])
+    plan = make_plan(spec=spec(scale={"gpus": 10}), profile=profile(replicas_per_gpu=3), inventory=inv)
+    usable = H100_MIB / 1024 * USABLE_MEMORY_FRACTION
+    assert plan.memory_budget_gib == pytest.approx(usable / 4, abs=0.01)
+    assert plan.placeable_gpus * plan.replicas_per_gpu * plan.memory_budget_gib <= 8 * usable + 0.01
+    assert "--gpu-memory-utilization=" in " ".join(plan.vllm_args())
 
 
 def test_explicit_mps_that_cannot_fit_explains_how_to_fix():
@@ -78,7 +96,7 @@ def test_explicit_mps_that_cannot_fit_explains_how_to_fix():
         make_plan(spec=spec(gpu={"product": H100, "sharing": "mps"}), profile=profile(memory_per_replica_gib=20.0),
                   inventory=inv)
     assert err.value.reason == "NoSharedGPUs"
-    assert "MPS slot" in err.value.message and "replicas" in err.value.message
+    assert "mps slot" in err.value.message and "replicas" in err.value.message
 
 
 def test_mps_budget_is_the_device_plugin_share_not_total_over_k():
@@ -87,15 +105,48 @@ def test_mps_budget_is_the_device_plugin_share_not_total_over_k():
     assert plan.mechanism == "mps" and plan.replicas_per_gpu == 2
     assert plan.memory_budget_gib == pytest.approx(H100_MIB / 1024 * USABLE_MEMORY_FRACTION / 4, abs=0.01)
     assert "--max-num-seqs=128" in plan.vllm_args()
-    kv = int(plan.vllm_args()[2].split("=")[1])
+    kv = int(next(a for a in plan.vllm_args() if a.startswith("--kv-cache-memory-bytes=")).split("=")[1])
     assert kv >= 8.0 * GIB  # never below what B* needs
 
 
 def test_target_throughput_sizes_gpus_and_is_clamped():
     p = profile()
-    assert desired_gpus(spec=spec(scale={"targetTokensPerSecond": 30000}), profile=p) == math.ceil(30000 / 14000)
-    assert desired_gpus(spec=spec(scale={"targetTokensPerSecond": 300000, "maxGPUs": 5}), profile=p) == 5
-    assert desired_gpus(spec=spec(scale={"targetTokensPerSecond": 100, "minGPUs": 2}), profile=p) == 2
+    assert desired_gpus(spec=spec(scale={"targetTokensPerSecond": 30000}), per_gpu=14000) == math.ceil(30000 / 14000)
+    assert desired_gpus(spec=spec(scale={"targetTokensPerSecond": 300000, "maxGPUs": 5}), per_gpu=14000) == 5
+    assert desired_gpus(spec=spec(scale={"targetTokensPerSecond": 100, "minGPUs": 2}), per_gpu=14000) == 2
+
+
+def test_target_is_sized_with_the_throughput_of_the_mechanism_chosen():
+    # Only exclusive GPUs: one replica per GPU delivers 10,000, not the 14,000 of two replicas.
+    inv = build_inventory(nodes=[node("x", count=8)])
+    plan = make_plan(spec=spec(scale={"targetTokensPerSecond": 50000}), profile=profile(), inventory=inv)
+    assert plan.mechanism == "exclusive" and plan.gpus == 5 and plan.planned_tokens_per_second >= 50000
+
+
+def test_auto_keeps_the_mechanism_replicas_already_run_on():
+    pods = [gpu_pod("m") for _ in range(4)]
+    inv = build_inventory(nodes=[node("m", sharing="mps", replicas=4), node("d", sharing="dra")],
+                          resource_slices=[dra_slice("d")], pods=pods)
+    fresh = make_plan(spec=spec(scale={"gpus": 2}), profile=profile(), inventory=inv)
+    kept = make_plan(spec=spec(scale={"gpus": 2}), profile=profile(), inventory=inv, existing_groups=2,
+                     current_mechanism="mps")
+    assert fresh.mechanism == "dra" and kept.mechanism == "mps" and kept.placeable_gpus == 2
+
+
+def test_skip_profile_runs_one_replica_per_gpu_with_vllm_sizing_its_own_cache():
+    s = parse_spec({"model": "m", "gpu": {"product": H100}, "profiling": {"mode": "skip"}})
+    inv = build_inventory(nodes=[node("x"), node("t", sharing="time-slicing", replicas=4), node("d", sharing="dra")],
+                          resource_slices=[dra_slice("d")])
+    plan = make_plan(spec=s, profile=skip_profile(spec=s, gpu_product=H100), inventory=inv)
+    assert plan.mechanism == "exclusive" and plan.replicas_per_gpu == 1
+    assert not any(a.startswith(("--kv-cache-memory-bytes", "--gpu-memory-utilization")) for a in plan.vllm_args())
+
+
+def test_shared_product_label_suffix_is_the_same_gpu():
+    shared = node("m", sharing="mps", replicas=4)
+    shared["metadata"]["labels"]["nvidia.com/gpu.product"] = f"{H100}-SHARED"
+    inv = build_inventory(nodes=[shared])
+    assert inv.products() == [H100]
 
 
 def test_wrong_product_lists_what_the_cluster_has():
@@ -123,8 +174,13 @@ def test_existing_groups_count_as_placed_when_scaling_out():
     # Our 2 running groups (2 pods each) hold 4 of 8 slots; scaling to 4 groups needs only 2 more.
     pods = [gpu_pod("t") for _ in range(4)]
     inv = build_inventory(nodes=[node("t", count=2, sharing="time-slicing", replicas=4)], pods=pods)
-    plan = make_plan(spec=spec(scale={"gpus": 4}), profile=profile(), inventory=inv, existing_groups=2)
+    plan = make_plan(spec=spec(scale={"gpus": 4}), profile=profile(), inventory=inv, existing_groups=2,
+                     current_mechanism="time-slicing")
     assert plan.placeable_gpus == 4
+    # Counted only for the mechanism they run under: as DRA they would hold nothing.
+    other = make_plan(spec=spec(scale={"gpus": 4}), profile=profile(), inventory=inv, existing_groups=2,
+                      current_mechanism="dra")
+    assert other.placeable_gpus == 2
 
 
 def test_model_too_large_for_the_gpu():

@@ -26,3 +26,16 @@ def test_progress_text_reads_the_runner_document():
                            "elapsedSeconds": 41.2})
     assert text == "batch sweep: point 3 of 12 (measuring batch 8), 41 s"
     assert _progress_text(None) == "starting the profiler"
+
+
+def test_profile_names_fit_a_job_name_and_depend_on_the_slo():
+    from slm_operator.profiling.cache import profile_cache_key
+    from slm_operator.profiling.types import ProfileRequest, Slo, Workload
+
+    long = ProfileRequest(model="meta-llama/Llama-3.2-1B-Instruct-with-a-very-long-suffix",
+                          gpu_product="NVIDIA-A100-SXM4-80GB-HBM2e-EXTRA", workload=Workload())
+    key = profile_cache_key(request=long, engine_image="vllm/vllm-openai:v0.11.0")
+    assert len(f"slm-profile-{key}") <= 63
+    tighter = ProfileRequest(model=long.model, gpu_product=long.gpu_product, workload=Workload(),
+                             slo=Slo(max_inter_token_latency_ms=20))
+    assert profile_cache_key(request=tighter, engine_image="vllm/vllm-openai:v0.11.0") != key

@@ -10,6 +10,8 @@ Pure ``build_*`` functions: they return dicts and import neither kopf nor a Kube
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Mapping
 
 from slm_operator import API_VERSION, GROUP, KIND
@@ -46,8 +48,12 @@ def group_name(*, name: str, index: int) -> str:
     return f"{name}-g{index}"
 
 
-def claim_name(*, name: str, index: int) -> str:
-    return f"{name}-g{index}-gpu"
+def claim_name(*, name: str, index: int, plan: Plan) -> str:
+    """A claim's spec is immutable, so its name carries a digest of what it asks for: a new
+    plan gets a new claim (a deliberate restart of that group) instead of a rejected update."""
+    wanted = [plan.gpu_product, plan.device_class_name, plan.active_thread_percentage, plan.pinned_memory_limit_mib]
+    digest = hashlib.sha256(json.dumps(wanted).encode()).hexdigest()[:8]
+    return f"{name}-g{index}-gpu-{digest}"
 
 
 def _metadata(*, name: str, namespace: str, owner: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
@@ -88,7 +94,7 @@ def build_resource_claim(
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
-        "metadata": _metadata(name=claim_name(name=name, index=index), namespace=namespace,
+        "metadata": _metadata(name=claim_name(name=name, index=index, plan=plan), namespace=namespace,
                               owner=owner, labels=labels),
         "spec": {
             "devices": {
@@ -153,7 +159,7 @@ def build_group_statefulset(
     pod_spec: dict[str, Any] = {}
     if plan.mechanism == "dra":
         resources["claims"] = [{"name": "gpu"}]
-        pod_spec["resourceClaims"] = [{"name": "gpu", "resourceClaimName": claim_name(name=name, index=index)}]
+        pod_spec["resourceClaims"] = [{"name": "gpu", "resourceClaimName": claim_name(name=name, index=index, plan=plan)}]
     else:
         resources["limits"][plan.resource_name or "nvidia.com/gpu"] = 1
     resources = {k: v for k, v in resources.items() if v}
@@ -168,15 +174,21 @@ def build_group_statefulset(
         "resources": resources,
         # NB: loading weights and capturing CUDA graphs takes minutes; the startup probe allows it
         # so the liveness of a slow start isn't confused with a dead server.
-        "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "failureThreshold": 90},
-        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 15, "failureThreshold": 4},
+        "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10,
+                         "timeoutSeconds": 5, "failureThreshold": 90},
+        # NB: at batch B* the server's event loop can be slow to answer /health; a 1 s timeout
+        # would let liveness kill a busy, healthy replica.
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 15,
+                          "timeoutSeconds": 10, "failureThreshold": 6},
         "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}, *mounts],
         "securityContext": {"allowPrivilegeEscalation": False, "seccompProfile": {"type": "RuntimeDefault"}},
     }
     if not env:
         del container["env"]
-    node_terms = [{"key": "nvidia.com/gpu.product", "operator": "In", "values": [plan.gpu_product]}]
+    # GPU feature discovery may label shared nodes "<product>-SHARED"; both are this product.
+    node_terms = [{"key": "nvidia.com/gpu.product", "operator": "In",
+                   "values": [plan.gpu_product, f"{plan.gpu_product}-SHARED"]}]
     # NB: a device-plugin slot looks the same on an MPS, a time-sliced and an exclusive node; only
     # the strategy label tells them apart, and landing on the wrong kind breaks the memory budget.
     if plan.mechanism in ("mps", "time-slicing"):

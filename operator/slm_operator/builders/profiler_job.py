@@ -91,6 +91,10 @@ def build_profiler_job(
         "restartPolicy": "Never",
         "serviceAccountName": service_account,
         "nodeSelector": {"nvidia.com/gpu.product": gpu_product},
+        # NB: a slot of an MPS or time-sliced GPU is a fraction of it; a profile must see a whole GPU.
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "nvidia.com/gpu.sharing-strategy", "operator": "NotIn",
+                                   "values": ["mps", "time-slicing"]}]}]}}},
         "tolerations": [{"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"}],
         "securityContext": {
             "runAsNonRoot": True,

@@ -21,6 +21,7 @@ LABEL_COUNT = "nvidia.com/gpu.count"
 LABEL_REPLICAS = "nvidia.com/gpu.replicas"
 LABEL_SHARING = "nvidia.com/gpu.sharing-strategy"
 DRA_DRIVER = "gpu.nvidia.com"
+SHARED_SUFFIX = "-SHARED"
 #: NB: the device plugin can rename the shared resource (``renameByDefault``); both are recognised.
 DEVICE_PLUGIN_RESOURCES = ("nvidia.com/gpu", "nvidia.com/gpu.shared")
 
@@ -100,7 +101,9 @@ def build_inventory(
         labels = meta.get("labels") or {}
         if not _schedulable(node) or LABEL_PRODUCT not in labels:
             continue
-        product = labels[LABEL_PRODUCT]
+        # NB: GPU feature discovery appends "-SHARED" to the product of MPS/time-sliced nodes
+        # (unless renameByDefault); it is the same GPU, and the sharing strategy label says how.
+        product = labels[LABEL_PRODUCT].removesuffix(SHARED_SUFFIX)
         memory_mib = _int(labels.get(LABEL_MEMORY_MIB))
         count = _int(labels.get(LABEL_COUNT))
         allocatable = (node.get("status") or {}).get("allocatable") or {}

@@ -24,6 +24,7 @@ import math
 from typing import Literal
 
 from slm_operator.planning.inventory import GpuPool, Inventory
+from slm_operator.profiling.gpus import lookup_gpu
 from slm_operator.profiling.types import Profile
 from slm_operator.spec import SLMServiceSpec
 
@@ -62,7 +63,11 @@ class Plan:
     placeable_gpus: int
     max_model_len: int
     memory_budget_gib: float
-    kv_cache_memory_bytes: int
+    #: ``None`` when the profile has no memory figure (``skip``): vLLM then sizes its own KV cache.
+    kv_cache_memory_bytes: int | None
+    #: Fraction of the physical GPU a replica may take; set when replicas share a GPU, because
+    #: vLLM refuses to start when less than this fraction is free (default 0.9).
+    gpu_memory_utilization: float | None
     tokens_per_second_per_gpu: float
     #: DRA/MPS limits per replica (``None`` for other mechanisms).
     active_thread_percentage: int | None
@@ -83,11 +88,12 @@ class Plan:
 
     def vllm_args(self) -> list[str]:
         """The flags the operator owns, in a stable order (a change here restarts replicas)."""
-        return [
-            f"--max-num-seqs={self.batch_size}",
-            f"--max-model-len={self.max_model_len}",
-            f"--kv-cache-memory-bytes={self.kv_cache_memory_bytes}",
-        ]
+        args = [f"--max-num-seqs={self.batch_size}", f"--max-model-len={self.max_model_len}"]
+        if self.gpu_memory_utilization is not None:
+            args.append(f"--gpu-memory-utilization={self.gpu_memory_utilization}")
+        if self.kv_cache_memory_bytes is not None:
+            args.append(f"--kv-cache-memory-bytes={self.kv_cache_memory_bytes}")
+        return args
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +103,7 @@ class _Option:
     replicas_per_gpu: int
     budget_gib: float
     capacity: int
+    desired: int = 0
     why_not: str = ""
 
 
@@ -106,12 +113,14 @@ def make_plan(
     profile: Profile,
     inventory: Inventory,
     existing_groups: int = 0,
+    current_mechanism: str | None = None,
     default_sharing: str = "auto",
 ) -> Plan:
     """Choose mechanism, replicas per GPU, memory budgets and GPU groups. Side-effect free.
 
-    ``existing_groups`` are groups already running for this service: they count as placed, so
-    scaling out only needs room for the new ones and never moves a Ready replica.
+    ``existing_groups`` run under ``current_mechanism`` already: they count as placed for that
+    mechanism only, and with ``sharing: auto`` that mechanism is kept while it still works, so a
+    re-plan (operator restart, a freed GPU elsewhere) never moves or restarts Ready replicas.
     """
     product = spec.gpu.product or profile.gpu_product
     pools = inventory.for_product(product)
@@ -123,7 +132,7 @@ def make_plan(
             "Set spec.gpu.product to one of them, or add nodes labelled nvidia.com/gpu.product="
             f"{product} by NVIDIA GPU feature discovery.",
         )
-    memory_mib = min(p.memory_mib for p in pools) or int(profile.memory_per_replica_gib * 1024)
+    memory_mib = _gpu_memory_mib(pools, product)
     usable_gib = memory_mib / 1024 * USABLE_MEMORY_FRACTION
     need_gib = profile.memory_per_replica_gib
     if need_gib > usable_gib:
@@ -135,9 +144,22 @@ def make_plan(
         )
 
     sharing = spec.gpu.sharing if spec.gpu.sharing != "auto" else default_sharing
-    desired = desired_gpus(spec=spec, profile=profile)
-    options = [_option(m, pools, profile, usable_gib, need_gib, spec, existing_groups)
-               for m in _mechanisms(sharing, profile)]
+    known_memory = need_gib > 0
+    if not known_memory and sharing in ("mps", "time-slicing", "dra"):
+        raise PlanningError("UnknownMemory", f"sharing: {sharing} needs the memory of one replica, and this "
+                            "profile has none (profiling.mode skip?); use profiling.mode auto/estimate/static")
+    mechanisms = _mechanisms(sharing, profile) if known_memory else ["exclusive"]
+    if sharing == "auto" and current_mechanism in mechanisms and existing_groups:
+        mechanisms.remove(current_mechanism)  # keep what runs unless it no longer works
+        mechanisms.insert(0, current_mechanism)  # type: ignore[arg-type]
+    options = []
+    for mechanism in mechanisms:
+        option = _option(mechanism, pools, profile, usable_gib, need_gib, spec,
+                         existing_groups if mechanism == current_mechanism else 0)
+        if option.replicas_per_gpu:
+            per_gpu = tokens_per_second_per_gpu(profile=profile, replicas=option.replicas_per_gpu)
+            option = dataclasses.replace(option, desired=desired_gpus(spec=spec, per_gpu=per_gpu))
+        options.append(option)
     usable = [o for o in options if o.replicas_per_gpu >= 1 and not o.why_not]
     if not usable:
         raise PlanningError(
@@ -146,7 +168,9 @@ def make_plan(
         )
     # Prefer the first mechanism (in order of isolation) that holds every group, else the one
     # that holds the most: a partial placement is reported as Degraded, never silently.
-    chosen = next((o for o in usable if o.capacity >= desired), max(usable, key=lambda o: o.capacity))
+    chosen = next((o for o in usable if o.capacity >= o.desired),
+                  max(usable, key=lambda o: min(o.capacity, o.desired) / max(o.desired, 1)))
+    desired = chosen.desired
     placeable = min(desired, chosen.capacity)
     if placeable == 0 and desired > 0:
         raise PlanningError(
@@ -155,9 +179,12 @@ def make_plan(
             f"{chosen.replicas_per_gpu} replica(s) each); free GPUs, add nodes, or lower spec.scale.",
         )
     tps_gpu = tokens_per_second_per_gpu(profile=profile, replicas=chosen.replicas_per_gpu)
-    overhead_gib = _overhead_gib(profile)
-    kv_bytes = int(max(chosen.budget_gib - (profile.weights_gib or 0.0) - overhead_gib,
-                       profile.kv_cache_gib or 0.0) * GIB)
+    kv_bytes = None
+    if known_memory:
+        overhead_gib = _overhead_gib(profile)
+        kv_bytes = int(max(chosen.budget_gib - (profile.weights_gib or 0.0) - overhead_gib,
+                           profile.kv_cache_gib or 0.0) * GIB)
+    shared = chosen.mechanism != "exclusive"
     dra = chosen.mechanism == "dra"
     return Plan(
         mechanism=chosen.mechanism,
@@ -171,23 +198,26 @@ def make_plan(
         max_model_len=spec.workload.effective_max_model_len(),
         memory_budget_gib=round(chosen.budget_gib, 2),
         kv_cache_memory_bytes=kv_bytes,
+        gpu_memory_utilization=(math.floor(chosen.budget_gib * 1024 / memory_mib * 1000) / 1000) if shared else None,
         tokens_per_second_per_gpu=round(tps_gpu, 1),
         active_thread_percentage=100 // chosen.replicas_per_gpu if dra else None,
-        pinned_memory_limit_mib=int(chosen.budget_gib * 1024) if dra else None,
+        # NB: the hard MPS limit is the physical share, above the 0.92 budget vLLM plans with, so an
+        # underestimated CUDA graph or workspace doesn't hit the wall.
+        pinned_memory_limit_mib=memory_mib // chosen.replicas_per_gpu if dra else None,
         explanation=(
             f"{chosen.mechanism}: {chosen.replicas_per_gpu} replica(s)/GPU × batch {profile.pareto_batch_size}, "
-            f"{chosen.budget_gib:.1f} GiB each (needs {need_gib:.1f}); {placeable}/{desired} GPU(s) placeable"
+            + (f"{chosen.budget_gib:.1f} GiB each (needs {need_gib:.1f}); " if known_memory else "")
+            + f"{placeable}/{desired} GPU(s) placeable"
         ),
     )
 
 
-def desired_gpus(*, spec: SLMServiceSpec, profile: Profile) -> int:
+def desired_gpus(*, spec: SLMServiceSpec, per_gpu: float) -> int:
     """GPU groups the spec asks for: a fixed count, or the target over one GPU's throughput."""
     scale = spec.scale
     if scale.target_tokens_per_second is None:
         return int(scale.gpus or 0)
-    per_gpu = max(profile.tokens_per_second_per_gpu, 1e-9)
-    wanted = math.ceil(scale.target_tokens_per_second / per_gpu)
+    wanted = math.ceil(scale.target_tokens_per_second / max(per_gpu, 1e-9))
     wanted = max(wanted, scale.min_gpus, 1)
     return min(wanted, scale.max_gpus) if scale.max_gpus is not None else wanted
 
@@ -203,6 +233,17 @@ def tokens_per_second_per_gpu(*, profile: Profile, replicas: int) -> float:
         return profile.tokens_per_second_per_gpu
     one = profile.tokens_per_second_per_replica
     return one + (profile.tokens_per_second_per_gpu - one) * (replicas - 1) / (k_star - 1)
+
+
+def _gpu_memory_mib(pools: list[GpuPool], product: str) -> int:
+    labelled = [p.memory_mib for p in pools if p.memory_mib > 0]
+    if labelled:
+        return min(labelled)
+    try:  # NB: a node without the nvidia.com/gpu.memory label; the GPU table knows the product
+        return int(lookup_gpu(product).memory_gib * 1024)
+    except ValueError:
+        raise PlanningError("UnknownGPUMemory", f"nodes of {product} carry no nvidia.com/gpu.memory label and the "
+                            "product is not in the GPU table; install GPU feature discovery") from None
 
 
 def _mechanisms(sharing: str, profile: Profile) -> list[Mechanism]:
@@ -225,25 +266,30 @@ def _option(
     mine = tuple(p for p in pools if p.sharing == _POOL_SHARING[mechanism]
                  and (mechanism == "dra" or p.resource_name == spec.gpu.resource_name
                       or spec.gpu.resource_name == "nvidia.com/gpu"))
+    if mine and mechanism != "dra":
+        # NB: pods request one resource name; don't count another name's slots as ours.
+        mine = tuple(p for p in mine if p.resource_name == mine[0].resource_name)
     if not mine:
-        return _Option(mechanism, mine, 0, 0.0, 0, f"no {mechanism} GPUs of this product")
+        return _Option(mechanism, mine, 0, 0.0, 0, why_not=f"no {mechanism} GPUs of this product")
     k_star = max(profile.replicas_per_gpu, 1)
     if mechanism == "exclusive":
         k, budget = 1, usable_gib
-    elif mechanism == "mps":
-        # NB: the device plugin pins every MPS client to total/replicas, whatever we ask.
+    elif mechanism in ("mps", "time-slicing"):
+        # NB: the device plugin hands out slots from any GPU of the node, so a replica can only
+        # count on total/replicas of a GPU: MPS pins exactly that, and under time-slicing nothing
+        # else keeps the budgets of one GPU below what it has.
         slots = min(p.slots_per_gpu for p in mine)
         budget = usable_gib / slots
         if need_gib > budget:
-            return _Option(mechanism, mine, 0, budget, 0,
-                           f"an MPS slot ({slots} per GPU) gives {budget:.1f} GiB, a replica needs {need_gib:.1f}")
+            return _Option(mechanism, mine, 0, budget, 0, why_not=(
+                f"a {mechanism} slot ({slots} per GPU) gives {budget:.1f} GiB, a replica needs {need_gib:.1f}"))
         k = min(k_star, slots)
     else:
-        fit = int(usable_gib // need_gib)
-        k = min(k_star, fit) if mechanism == "dra" else min(k_star, fit, min(p.slots_per_gpu for p in mine))
-        budget = usable_gib / max(k, 1)
-    capacity = existing_groups + sum(p.free // k for p in mine) if k else 0
-    return _Option(mechanism, mine, k, budget, capacity)
+        k = max(1, min(k_star, int(usable_gib // need_gib))) if need_gib > 0 else 1
+        budget = usable_gib / k
+    # A DRA group takes one whole device; a device-plugin group takes k slots of one node.
+    fits = sum(p.free for p in mine) if mechanism == "dra" else sum(p.free // k for p in mine)
+    return _Option(mechanism, mine, k, budget, existing_groups + fits)
 
 
 def _overhead_gib(profile: Profile) -> float:

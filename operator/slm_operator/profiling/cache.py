@@ -22,7 +22,7 @@ def _slug(text: str, limit: int) -> str:
 
 
 def profile_cache_key(*, request: ProfileRequest, engine_image: str | None) -> str:
-    """A DNS-1123 label (≤ 63 chars) usable in a ConfigMap name, e.g. ``opt-1-3b-nvidia-l4-3f2a...``.
+    """A DNS-1123 label (≤ 48 chars) usable in a ConfigMap or Job name, e.g. ``opt-1-3b-nvidia-l4-3f2a...``.
 
     A readable model/GPU prefix plus 16 hex digits of a SHA-256 over everything that changes a
     profile.
@@ -38,10 +38,15 @@ def profile_cache_key(*, request: ProfileRequest, engine_image: str | None) -> s
         "outputTokens": request.workload.output_tokens,
         "maxModelLen": request.workload.effective_max_model_len(),
         "batchSizes": list(request.batch_sizes) if request.batch_sizes else None,
+        # NB: the stored profile holds a B* and k* chosen under this SLO and epsilon, so they are
+        # part of the identity: a tighter SLO must not reuse a looser one's batch size.
+        "slo": {"itlMs": request.slo.max_inter_token_latency_ms, "ttftMs": request.slo.max_time_to_first_token_ms},
+        "epsilon": request.epsilon,
         "format": PROFILE_FORMAT_VERSION,
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    model = _slug(request.model.rsplit("/", 1)[-1], 24)
-    gpu = _slug(request.gpu_product.removeprefix("NVIDIA-"), 20)
+    # NB: ≤ 48 chars in all, so "slm-profile-<key>" still fits a 63-char Job name and pod label.
+    model = _slug(request.model.rsplit("/", 1)[-1], 18)
+    gpu = _slug(request.gpu_product.removeprefix("NVIDIA-"), 12)
     prefix = "-".join(part for part in (model, gpu) if part)
     return f"{prefix}-{digest}" if prefix else digest
