@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--liveness", default=os.environ.get("SLM_LIVENESS_ENDPOINT"),
                         help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--namespace", action="append", default=None,
-                        help="watch only this namespace (repeatable); default: all (or $SLM_WATCH_NAMESPACE)")
+                        help="serve SLMServices of this namespace only (repeatable); default: all, or the "
+                             "comma-separated $SLM_WATCH_NAMESPACE. GPU use is always read cluster-wide.")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -26,18 +27,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from slm_operator.config import ConfigError
 
+    if args.namespace:
+        os.environ["SLM_WATCH_NAMESPACE"] = ",".join(args.namespace)
     try:
-        from slm_operator import handlers  # registers the handlers; reads the config from the environment
+        from slm_operator import handlers  # noqa: F401  (registers the handlers; reads the config)
     except ConfigError as exc:
         print(f"slm-operator: {exc}", file=sys.stderr)
         return 2
-    namespaces = args.namespace or ([handlers.CONFIG.watch_namespace] if handlers.CONFIG.watch_namespace else [])
-    kopf.run(
-        clusterwide=not namespaces,
-        namespaces=namespaces or (),
-        liveness_endpoint=args.liveness,
-        standalone=True,
-    )
+    # NB: always cluster-wide: the GPU inventory needs every namespace's GPU pods and claims.
+    kopf.run(clusterwide=True, liveness_endpoint=args.liveness, standalone=True)
     return 0
 
 

@@ -33,6 +33,16 @@ from slm_operator.status import (
 
 RESOURCE = (GROUP, API_VERSION, PLURAL)
 CONFIG = OperatorConfig.from_env()
+_WATCHED = {ns for ns in CONFIG.watch_namespace.split(",") if ns}
+
+
+def _ours(namespace: str | None, **_: Any) -> bool:
+    """SLMServices of the watched namespaces (all when none is set).
+
+    NB: kopf itself always watches cluster-wide, because the GPU inventory (nodes, GPU pods and
+    claims of every namespace) must be complete even when only some namespaces are served.
+    """
+    return not _WATCHED or namespace in _WATCHED
 RETRY_SECONDS = CONFIG.retry_seconds
 #: A local (simulated) profile takes seconds to minutes; a profiler Job on a GPU takes minutes.
 PROFILE_POLL_SECONDS = 3 if CONFIG.profiler_runner == "local" else 30
@@ -121,11 +131,11 @@ def _inventory(indexes: Mapping[str, Any]) -> Inventory:
 
 # --- The SLMService reconciler ----------------------------------------------------------------------
 
-@kopf.on.resume(*RESOURCE, id="reconcile")
-@kopf.on.create(*RESOURCE, id="reconcile")
-@kopf.on.update(*RESOURCE, id="reconcile")
+@kopf.on.resume(*RESOURCE, id="reconcile", when=_ours)
+@kopf.on.create(*RESOURCE, id="reconcile", when=_ours)
+@kopf.on.update(*RESOURCE, id="reconcile", when=_ours)
 @kopf.timer(*RESOURCE, id="retry-placement", interval=RETRY_SECONDS, idle=RETRY_SECONDS,
-            when=lambda status, **_: (status or {}).get("phase") == "Degraded")
+            when=lambda status, namespace, **_: (status or {}).get("phase") == "Degraded" and _ours(namespace))
 def reconcile(
     body: kopf.Body, spec: Mapping[str, Any], name: str, namespace: str, uid: str,
     meta: Mapping[str, Any], status: Mapping[str, Any], logger: logging.Logger, **kwargs: Any,

@@ -150,8 +150,10 @@ def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig) -
         name=cm_name, namespace=cfg.profiler_namespace, request=request, image=cfg.profiler_image,
         result_configmap=cm_name, service_account=cfg.profiler_service_account, gpu_product=request.gpu_product,
     )
-    kube.create(job)  # 409: the Job of this key already runs (another SLMService asked first)
-    current = kube.get(api_version="batch/v1", kind="Job", name=cm_name, namespace=cfg.profiler_namespace) or {}
+    current = kube.get(api_version="batch/v1", kind="Job", name=cm_name, namespace=cfg.profiler_namespace)
+    if current is None:
+        kube.create(job)  # a 409 here: another SLMService of the same key started it a moment ago
+        current = {}
     job_status = current.get("status") or {}
     finished = {c.get("type") for c in job_status.get("conditions") or () if c.get("status") == "True"}
     logs = f"kubectl logs -n {cfg.profiler_namespace} job/{cm_name}"
