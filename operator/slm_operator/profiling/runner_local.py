@@ -12,11 +12,11 @@ import collections
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 from typing import Sequence
 
+from .processes import stop_process_group
 from .types import Profile, ProfileRequest
 
 __all__ = ["LocalProfileRun", "ProfileFailed", "start_local_profile"]
@@ -68,19 +68,7 @@ class LocalProfileRun:
             return None
 
     def cancel(self, *, grace_s: float = 10.0) -> None:
-        if self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=grace_s)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait(timeout=10)
+        stop_process_group(self.process, grace_s=grace_s)
 
 
 def start_local_profile(

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import urllib.error
 import urllib.request
 from typing import Mapping, Sequence
 
+from ..processes import stop_process_group
 from .base import EngineError, port_in_use
 
 __all__ = ["VllmServer", "AttachedServer", "start_vllm", "attach", "vllm_command"]
@@ -121,20 +121,7 @@ class VllmServer:
         raise EngineError(f"vLLM was not ready after {timeout_s:.0f} s ({self.url}). Log tail:\n{self.log_tail()}")
 
     def stop(self, *, grace_s: float = 20.0) -> None:
-        if self.process.poll() is None:
-            # NB: the server forks engine-core workers; signal the whole group we created.
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.process.wait(timeout=10)
+        stop_process_group(self.process, grace_s=grace_s)
         self._log.close()
 
 
