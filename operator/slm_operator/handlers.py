@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Mapping
 
 import kopf
 
 from slm_operator import API_VERSION, GROUP, PLURAL, kube
 from slm_operator.builders.children import (
-    ANNOTATION_MECHANISM, LABEL_GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, build_group_statefulset,
+    ANNOTATION_MECHANISM, ANNOTATION_PRODUCT, LABEL_GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, build_group_statefulset,
     build_resource_claim, build_service, claim_name, endpoint_url, owner_reference,
 )
 from slm_operator.config import OperatorConfig
-from slm_operator.planning.inventory import DEVICE_PLUGIN_RESOURCES, DRA_DRIVER, LABEL_PRODUCT, Inventory, build_inventory
+from slm_operator.planning.inventory import (
+    DEVICE_PLUGIN_RESOURCES, DRA_DRIVER, LABEL_PRODUCT, Inventory, PlacedGroup, build_inventory, unbound_demand,
+)
 from slm_operator.planning.plan import Plan, PlanningError, make_plan
 from slm_operator.profile_source import ProfileFailed, ProfilePending, cancel_local_runs, obtain_profile
 from slm_operator.spec import SLMServiceSpec, SpecError, parse_spec
@@ -57,6 +60,14 @@ _object_locks_guard = threading.Lock()
 def _lock_for(namespace: str, name: str) -> threading.Lock:
     with _object_locks_guard:
         return _object_locks.setdefault((namespace, name), threading.Lock())
+
+
+# NB: plans read the GPU inventory and applies consume it; two services planned at once on one
+# snapshot would both take the same free GPUs. Planning + applying is serialised (milliseconds
+# each), and groups just applied are remembered until the StatefulSet watch reports them.
+_planning_lock = threading.Lock()
+_RECENT_TTL_SECONDS = 120.0
+_recent_groups: dict[str, tuple[float, PlacedGroup]] = {}
 
 
 @kopf.on.startup()
@@ -94,7 +105,8 @@ def gpu_nodes(name: str, labels: Mapping[str, str], spec: Mapping[str, Any], sta
 
 
 @kopf.index("pods")
-def gpu_pods(uid: str, spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any):
+def gpu_pods(uid: str, namespace: str, labels: Mapping[str, str], spec: Mapping[str, Any],
+             status: Mapping[str, Any], **_: Any):
     containers = []
     for c in spec.get("containers") or ():
         res = c.get("resources") or {}
@@ -104,8 +116,11 @@ def gpu_pods(uid: str, spec: Mapping[str, Any], status: Mapping[str, Any], **_: 
             containers.append({"resources": {"requests": wanted}})
     if not containers:
         return None
-    return {uid: {"spec": {"nodeName": spec.get("nodeName"), "containers": containers},
-                  "status": {"phase": status.get("phase")}}}
+    pod = {"spec": {"nodeName": spec.get("nodeName"), "containers": containers},
+           "status": {"phase": status.get("phase")}}
+    if labels.get(LABEL_MANAGED_BY) == MANAGED_BY and LABEL_SERVICE in labels:
+        pod["group"] = f"{namespace}/{labels[LABEL_SERVICE]}-g{labels.get(LABEL_GROUP, '0')}"
+    return {uid: pod}
 
 
 @kopf.index("resource.k8s.io", "v1", "resourceslices")
@@ -116,17 +131,45 @@ def gpu_slices(name: str, spec: Mapping[str, Any], **_: Any):
 
 
 @kopf.index("resource.k8s.io", "v1", "resourceclaims")
-def gpu_claims(uid: str, status: Mapping[str, Any], **_: Any):
+def gpu_claims(uid: str, namespace: str, name: str, status: Mapping[str, Any], **_: Any):
     allocation = status.get("allocation")
-    return {uid: {"status": {"allocation": dict(allocation)}}} if allocation else None
+    return {uid: {"name": f"{namespace}/{name}", "status": {"allocation": dict(allocation)}}} if allocation else None
 
 
-def _inventory(indexes: Mapping[str, Any]) -> Inventory:
+@kopf.index("apps", "v1", "statefulsets", labels={LABEL_MANAGED_BY: MANAGED_BY})
+def slm_groups(namespace: str, name: str, labels: Mapping[str, str], annotations: Mapping[str, str],
+               spec: Mapping[str, Any], **_: Any):
+    """Our GPU groups: what each was promised, so capacity not yet bound is not planned twice."""
+    claims = [c.get("resourceClaimName") for c in (spec.get("template") or {}).get("spec", {}).get("resourceClaims") or ()]
+    key = f"{namespace}/{name}"
+    return {key: PlacedGroup(
+        key=key, service=f"{namespace}/{labels.get(LABEL_SERVICE)}", product=annotations.get(ANNOTATION_PRODUCT, ""),
+        mechanism=annotations.get(ANNOTATION_MECHANISM, ""), replicas=int(spec.get("replicas") or 0),
+        claim=f"{namespace}/{claims[0]}" if claims and claims[0] else None,
+    )}
+
+
+def _inventory(indexes: Mapping[str, Any], *, exclude_service: str | None = None) -> Inventory:
     def values(index: Any) -> list[Any]:
         return [v for key in index for v in index[key]]
-    return build_inventory(nodes=values(indexes["gpu_nodes"]), pods=values(indexes["gpu_pods"]),
-                           resource_slices=values(indexes["gpu_slices"]),
-                           resource_claims=values(indexes["gpu_claims"]))
+    pods = values(indexes["gpu_pods"])
+    claims = values(indexes["gpu_claims"])
+    groups = {g.key: g for g in values(indexes["slm_groups"])}
+    now = time.monotonic()
+    for key, (at, group) in list(_recent_groups.items()):
+        if key in groups or now - at > _RECENT_TTL_SECONDS:
+            _recent_groups.pop(key, None)  # the watch caught up (or the object is long gone)
+        else:
+            groups[key] = group
+    bound: dict[str, int] = {}
+    for pod in pods:
+        if pod.get("group") and pod["spec"].get("nodeName"):
+            bound[pod["group"]] = bound.get(pod["group"], 0) + 1
+    reserved = unbound_demand(groups=groups.values(), bound_pods=bound, allocated_claims=[c["name"] for c in claims],
+                              exclude_service=exclude_service)
+    return build_inventory(nodes=values(indexes["gpu_nodes"]), pods=pods,
+                           resource_slices=values(indexes["gpu_slices"]), resource_claims=claims,
+                           reserved=reserved)
 
 
 # --- The SLMService reconciler ----------------------------------------------------------------------
@@ -189,19 +232,20 @@ def _reconcile(
     report.profiled(profile)
 
     mechanisms = {g.get("mechanism") for g in groups}
-    try:
-        plan = make_plan(spec=parsed, profile=profile, inventory=inventory, existing_groups=len(groups),
-                         current_mechanism=mechanisms.pop() if len(mechanisms) == 1 else None,
-                         default_sharing=CONFIG.default_sharing)
-    except PlanningError as exc:
-        report.pending("Planned", exc.reason, exc.message)
-        raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=RETRY_SECONDS)
-
-    try:
-        _apply_children(name=name, namespace=namespace, uid=uid, spec=parsed, plan=plan, existing=groups)
-    except kube.ApiRejected as exc:
-        # NB: a 4xx other than 409 will be rejected again on retry; say why instead of looping.
-        return report.fail("Progressing", "ApplyFailed", str(exc))
+    with _planning_lock:
+        inventory = _inventory(indexes, exclude_service=f"{namespace}/{name}")
+        try:
+            plan = make_plan(spec=parsed, profile=profile, inventory=inventory, existing_groups=len(groups),
+                             current_mechanism=mechanisms.pop() if len(mechanisms) == 1 else None,
+                             default_sharing=CONFIG.default_sharing)
+        except PlanningError as exc:
+            report.pending("Planned", exc.reason, exc.message)
+            raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=RETRY_SECONDS)
+        try:
+            _apply_children(name=name, namespace=namespace, uid=uid, spec=parsed, plan=plan, existing=groups)
+        except kube.ApiRejected as exc:
+            # NB: a 4xx other than 409 will be rejected again on retry; say why instead of looping.
+            return report.fail("Progressing", "ApplyFailed", str(exc))
     report.serving(plan=plan, groups=_list_groups(name=name, namespace=namespace),
                    endpoint=endpoint_url(name=name, namespace=namespace))
     logger.info("planned %s", plan.explanation)
@@ -296,8 +340,14 @@ def _apply_children(
     for index in range(plan.placeable_gpus):
         if plan.mechanism == "dra":
             kube.apply(build_resource_claim(name=name, namespace=namespace, index=index, plan=plan, owner=owner))
-        kube.apply(build_group_statefulset(name=name, namespace=namespace, index=index, spec=spec, plan=plan,
-                                           image=image, owner=owner))
+        sts = build_group_statefulset(name=name, namespace=namespace, index=index, spec=spec, plan=plan,
+                                      image=image, owner=owner)
+        kube.apply(sts)
+        key = f"{namespace}/{sts['metadata']['name']}"
+        _recent_groups[key] = (time.monotonic(), PlacedGroup(
+            key=key, service=f"{namespace}/{name}", product=plan.gpu_product, mechanism=plan.mechanism,
+            replicas=plan.replicas_per_gpu,
+            claim=f"{namespace}/{claim_name(name=name, index=index, plan=plan)}" if plan.mechanism == "dra" else None))
     # Scale in whole GPU groups; claims no group references any more go with them.
     for group in existing:
         if group["index"] >= plan.placeable_gpus:

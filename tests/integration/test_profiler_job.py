@@ -28,11 +28,13 @@ def test_profiler_job_result_configmap_drives_the_plan(cluster, operator, namesp
             "apiVersion": "slm.pareto.dev/v1alpha1", "kind": "SLMService", "metadata": {"name": "jobbed"},
             "spec": {"model": "facebook/opt-125m", "gpu": {"product": H100, "sharing": "mps"},
                      "workload": {"inputTokens": 100, "outputTokens": 50}, "scale": {"gpus": 1}}})
-        wait_phase(cluster, namespace, "jobbed", ("Profiling",), operator=job_operator)
-        jobs = wait_for(lambda: get_json(cluster, "jobs", "-n", OPERATOR_NAMESPACE,
-                                         "-l", "slm.pareto.dev/role=profiler")["items"], timeout=30,
-                        message="a profiler Job")
-        job = jobs[0]
+        profiling = wait_phase(cluster, namespace, "jobbed", ("Profiling",), operator=job_operator)
+        # NB: other tests' services (in namespaces still terminating) may start Jobs of their own;
+        # ours is the one the status names.
+        job_name = profiling["status"]["profile"]["progress"].split(f"{OPERATOR_NAMESPACE}/", 1)[1].split()[0]
+        job = wait_for(lambda: get_json(cluster, "job", job_name, "-n", OPERATOR_NAMESPACE), timeout=30,
+                       message=f"profiler Job {job_name}")
+        assert job["metadata"]["labels"]["slm.pareto.dev/role"] == "profiler"
         pod = job["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] == "slm-profiler"
         assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")

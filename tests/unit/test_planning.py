@@ -215,3 +215,22 @@ def test_per_gpu_throughput_grows_with_replicas_up_to_k_star(k_star, one, gain):
     values = [tokens_per_second_per_gpu(profile=p, replicas=k) for k in range(1, k_star + 1)]
     assert all(b >= a - 1e-6 for a, b in zip(values, values[1:]))
     assert values[-1] == pytest.approx(one * gain)
+
+
+def test_capacity_promised_to_unbound_groups_is_not_free():
+    from slm_operator.planning.inventory import PlacedGroup, unbound_demand
+
+    groups = [
+        PlacedGroup(key="a/x-g0", service="a/x", product=H100, mechanism="dra", replicas=2, claim="a/x-g0-gpu-1"),
+        PlacedGroup(key="a/x-g1", service="a/x", product=H100, mechanism="dra", replicas=2, claim="a/x-g1-gpu-1"),
+        PlacedGroup(key="a/y-g0", service="a/y", product=H100, mechanism="mps", replicas=4),
+        PlacedGroup(key="a/me-g0", service="a/me", product=H100, mechanism="mps", replicas=4),
+    ]
+    demand = unbound_demand(groups=groups, bound_pods={"a/y-g0": 1}, allocated_claims=["a/x-g0-gpu-1"],
+                            exclude_service="a/me")
+    assert demand == {(H100, "dra"): 1, (H100, "mps"): 3}
+
+    inv = build_inventory(nodes=[node("d", sharing="dra")], resource_slices=[dra_slice("d", 2)], reserved=demand)
+    plan = make_plan(spec=spec(gpu={"product": H100, "sharing": "dra"}, scale={"gpus": 2}), profile=profile(),
+                     inventory=inv)
+    assert plan.placeable_gpus == 1 and plan.degraded  # one of the two free devices is promised

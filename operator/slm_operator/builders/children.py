@@ -24,6 +24,7 @@ LABEL_GROUP = f"{GROUP}/group"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "slm-operator"
 ANNOTATION_MECHANISM = f"{GROUP}/sharing"
+ANNOTATION_PRODUCT = f"{GROUP}/gpu-product"
 PVC_SCHEME = "pvc://"
 MODEL_MOUNT = "/models"
 
@@ -225,7 +226,7 @@ def build_group_statefulset(
         "kind": "StatefulSet",
         "metadata": _metadata(name=group_name(name=name, index=index), namespace=namespace,
                               owner=owner, labels=group_labels)
-        | {"annotations": {ANNOTATION_MECHANISM: plan.mechanism}},
+        | {"annotations": {ANNOTATION_MECHANISM: plan.mechanism, ANNOTATION_PRODUCT: plan.gpu_product}},
         "spec": {
             "replicas": plan.replicas_per_gpu,
             "serviceName": name,

@@ -48,6 +48,11 @@ class GpuPool:
 @dataclasses.dataclass(frozen=True)
 class Inventory:
     pools: tuple[GpuPool, ...]
+    #: GPU capacity promised to planned groups but not bound yet, per (product, pool sharing):
+    #: device-plugin slots of pods not yet scheduled (a StatefulSet creates its pods one by one)
+    #: and DRA devices of claims not yet allocated. Without it, plans made seconds apart would
+    #: each see the same free GPUs and over-place.
+    reserved: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
     def products(self) -> list[str]:
         return sorted({p.product for p in self.pools})
@@ -56,12 +61,55 @@ class Inventory:
         return [p for p in self.pools if product is None or p.product == product]
 
 
+@dataclasses.dataclass(frozen=True)
+class PlacedGroup:
+    """One GPU group the operator created (a StatefulSet), as the inventory needs it."""
+
+    key: str  # "<namespace>/<statefulset>"
+    service: str  # "<namespace>/<slmservice>"
+    product: str
+    mechanism: str  # dra | mps | time-slicing | exclusive
+    replicas: int
+    claim: str | None = None  # "<namespace>/<claim>" for DRA
+
+
+_POOL_OF_MECHANISM = {"dra": "dra", "mps": "mps", "time-slicing": "time-slicing", "exclusive": "none"}
+
+
+def unbound_demand(
+    *,
+    groups: Iterable[PlacedGroup],
+    bound_pods: Mapping[str, int],
+    allocated_claims: Iterable[str],
+    exclude_service: str | None = None,
+) -> dict[tuple[str, str], int]:
+    """Capacity planned but not yet bound, per (product, pool sharing). Side-effect free.
+
+    ``bound_pods`` counts, per group key, its pods that have a node; ``exclude_service`` leaves out
+    the groups of the service being planned (they count as its existing groups instead).
+    """
+    allocated = set(allocated_claims)
+    demand: dict[tuple[str, str], int] = {}
+    for group in groups:
+        if group.service == exclude_service or group.mechanism not in _POOL_OF_MECHANISM:
+            continue
+        pool = (group.product, _POOL_OF_MECHANISM[group.mechanism])
+        if group.mechanism == "dra":
+            missing = 0 if group.claim in allocated else 1
+        else:
+            missing = max(0, group.replicas - bound_pods.get(group.key, 0))
+        if missing:
+            demand[pool] = demand.get(pool, 0) + missing
+    return demand
+
+
 def build_inventory(
     *,
     nodes: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]] = (),
     resource_slices: Iterable[Mapping[str, Any]] = (),
     resource_claims: Iterable[Mapping[str, Any]] = (),
+    reserved: Mapping[tuple[str, str], int] | None = None,
 ) -> Inventory:
     """Describe every GPU node. Pods are used only for the slots their containers request.
 
@@ -126,7 +174,8 @@ def build_inventory(
                 gpu_count=count or len(free_devices), sharing="dra", slots_per_gpu=1,
                 resource_name=None, free=len(free_devices), free_devices=free_devices,
             ))
-    return Inventory(pools=tuple(sorted(pools, key=lambda p: (p.product, p.sharing, p.node))))
+    return Inventory(pools=tuple(sorted(pools, key=lambda p: (p.product, p.sharing, p.node))),
+                     reserved=dict(reserved or {}))
 
 
 def _pod_gpu_requests(pod: Mapping[str, Any]) -> dict[str, int]:

@@ -155,7 +155,8 @@ def make_plan(
     options = []
     for mechanism in mechanisms:
         option = _option(mechanism, pools, profile, usable_gib, need_gib, spec,
-                         existing_groups if mechanism == current_mechanism else 0)
+                         existing_groups if mechanism == current_mechanism else 0,
+                         reserved=inventory.reserved.get((product, _POOL_SHARING[mechanism]), 0))
         if option.replicas_per_gpu:
             per_gpu = tokens_per_second_per_gpu(profile=profile, replicas=option.replicas_per_gpu)
             option = dataclasses.replace(option, desired=desired_gpus(spec=spec, per_gpu=per_gpu))
@@ -262,6 +263,8 @@ def _option(
     need_gib: float,
     spec: SLMServiceSpec,
     existing_groups: int,
+    *,
+    reserved: int = 0,
 ) -> _Option:
     mine = tuple(p for p in pools if p.sharing == _POOL_SHARING[mechanism]
                  and (mechanism == "dra" or p.resource_name == spec.gpu.resource_name
@@ -287,8 +290,12 @@ def _option(
     else:
         k = max(1, min(k_star, int(usable_gib // need_gib))) if need_gib > 0 else 1
         budget = usable_gib / k
-    # A DRA group takes one whole device; a device-plugin group takes k slots of one node.
-    fits = sum(p.free for p in mine) if mechanism == "dra" else sum(p.free // k for p in mine)
+    # A DRA group takes one whole device; a device-plugin group takes k slots of one node. What
+    # other groups were promised but don't hold yet is not free.
+    if mechanism == "dra":
+        fits = max(0, sum(p.free for p in mine) - reserved)
+    else:
+        fits = max(0, sum(p.free // k for p in mine) - math.ceil(reserved / k))
     return _Option(mechanism, mine, k, budget, existing_groups + fits)
 
 
