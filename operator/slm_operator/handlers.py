@@ -251,15 +251,27 @@ def _reconcile(
     logger.info("planned %s", plan.explanation)
 
 
+_last_ready: dict[str, int] = {}
+
+
 @kopf.on.event("apps", "v1", "statefulsets", labels={LABEL_MANAGED_BY: MANAGED_BY})
-def group_readiness_changed(labels: Mapping[str, str], namespace: str, type: str, **_: Any) -> None:
+def group_readiness_changed(labels: Mapping[str, str], namespace: str, name: str, type: str,
+                            status: Mapping[str, Any], **_: Any) -> None:
     """Fold the readiness of every GPU group into the owner's status (no re-plan, no child writes).
 
-    NB: an event handler, not a field handler: kopf stores nothing on the StatefulSet for it, and
-    the status patch below is skipped when nothing changed.
+    NB: an event handler, not a field handler: kopf stores nothing on the StatefulSet for it. Most
+    StatefulSet events don't change readiness (revisions, observed generations); those cost no
+    API call at all, and the status patch below is skipped when nothing changed.
     """
+    key = f"{namespace}/{name}"
+    if type == "DELETED":
+        _last_ready.pop(key, None)
+    ready_now = int((status or {}).get("readyReplicas") or 0)
+    if type != "DELETED" and _last_ready.get(key) == ready_now:
+        return
+    _last_ready[key] = ready_now
     name = labels.get(LABEL_SERVICE)
-    if not name or type == "DELETED":
+    if not name:
         return
     with _lock_for(namespace, name):
         owner = kube.get_service(name=name, namespace=namespace)
