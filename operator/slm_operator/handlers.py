@@ -177,8 +177,12 @@ def _inventory(indexes: Mapping[str, Any], *, exclude_service: str | None = None
 @kopf.on.resume(*RESOURCE, id="reconcile", when=_ours)
 @kopf.on.create(*RESOURCE, id="reconcile", when=_ours)
 @kopf.on.update(*RESOURCE, id="reconcile", when=_ours)
-@kopf.timer(*RESOURCE, id="retry-placement", interval=RETRY_SECONDS, idle=RETRY_SECONDS,
-            when=lambda status, namespace, **_: (status or {}).get("phase") == "Degraded" and _ours(namespace))
+# NB: waiting for something outside the spec (a Secret, free GPUs) is a timer's job, not a handler
+# retry's: kopf records every retry in an annotation (an API write each time), a timer writes
+# nothing unless the status changes. The per-object lock keeps it from racing the change handlers.
+@kopf.timer(*RESOURCE, id="retry-pending", interval=RETRY_SECONDS, idle=RETRY_SECONDS,
+            when=lambda status, namespace, **_: (status or {}).get("phase") in ("Pending", "Degraded")
+            and _ours(namespace))
 def reconcile(
     body: kopf.Body, spec: Mapping[str, Any], name: str, namespace: str, uid: str,
     meta: Mapping[str, Any], status: Mapping[str, Any], logger: logging.Logger, **kwargs: Any,
@@ -206,7 +210,7 @@ def _reconcile(
         report.pending("Available", "SecretNotFound",
                        f"Secret {namespace}/{ref.name} (spec.engine.hfTokenSecretRef) does not exist; create it "
                        f"with key {ref.key!r}, e.g. kubectl create secret generic {ref.name} --from-literal={ref.key}=...")
-        raise kopf.TemporaryError("waiting for the Hugging Face token Secret", delay=RETRY_SECONDS)
+        return  # the retry-pending timer looks again
 
     inventory = _inventory(indexes)
     groups = _list_groups(name=name, namespace=namespace)
@@ -218,7 +222,7 @@ def _reconcile(
         report.pending("Planned", "NoMatchingGPUs",
                        "the cluster has no node labelled nvidia.com/gpu.product; install NVIDIA GPU feature "
                        "discovery (or the GPU operator) so GPU nodes are labelled")
-        raise kopf.TemporaryError("no GPU nodes", delay=RETRY_SECONDS)
+        return
 
     try:
         profile = obtain_profile(spec=parsed, gpu_product=product, cfg=CONFIG)
@@ -240,7 +244,7 @@ def _reconcile(
                              default_sharing=CONFIG.default_sharing)
         except PlanningError as exc:
             report.pending("Planned", exc.reason, exc.message)
-            raise kopf.TemporaryError(f"{exc.reason}: {exc.message}", delay=RETRY_SECONDS)
+            return
         try:
             _apply_children(name=name, namespace=namespace, uid=uid, spec=parsed, plan=plan, existing=groups)
         except kube.ApiRejected as exc:
