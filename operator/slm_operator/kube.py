@@ -13,11 +13,12 @@ alone unless we set them ourselves.
 from __future__ import annotations
 
 import enum
+import json
 import functools
 import logging
 import os
 import threading
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -97,7 +98,6 @@ def apply(obj: Mapping[str, Any]) -> Outcome:
 def _reason_of(exc: Exception) -> str:
     body = getattr(exc, "body", None) or getattr(exc, "summary", lambda: "")()
     try:
-        import json
         return json.loads(body).get("message", str(body))
     except (TypeError, ValueError):
         return str(body or exc)
@@ -174,7 +174,3 @@ def patch_service_status(*, name: str, namespace: str, status: Mapping[str, Any]
 def get_service(*, name: str, namespace: str) -> dict[str, Any] | None:
     return get(api_version=f"{GROUP}/{API_VERSION}", kind=KIND, name=name, namespace=namespace)
 
-
-def delete_all(objs: Iterable[Mapping[str, Any]]) -> list[Outcome]:
-    return [delete(api_version=o["apiVersion"], kind=o["kind"], name=o["metadata"]["name"],
-                   namespace=o["metadata"].get("namespace")) for o in objs]
