@@ -162,14 +162,16 @@ def _inventory(indexes: Mapping[str, Any], *, exclude_service: str | None = None
         else:
             groups[key] = group
     bound: dict[str, int] = {}
+    node_of: dict[str, str] = {}
     for pod in pods:
         if pod.get("group") and pod["spec"].get("nodeName"):
             bound[pod["group"]] = bound.get(pod["group"], 0) + 1
-    reserved = unbound_demand(groups=groups.values(), bound_pods=bound, allocated_claims=[c["name"] for c in claims],
-                              exclude_service=exclude_service)
+            node_of.setdefault(pod["group"], pod["spec"]["nodeName"])
+    demand = unbound_demand(groups=groups.values(), bound_pods=bound, group_nodes=node_of,
+                            allocated_claims=[c["name"] for c in claims], exclude_service=exclude_service)
     return build_inventory(nodes=values(indexes["gpu_nodes"]), pods=pods,
                            resource_slices=values(indexes["gpu_slices"]), resource_claims=claims,
-                           reserved=reserved)
+                           demand=demand)
 
 
 # --- The SLMService reconciler ----------------------------------------------------------------------

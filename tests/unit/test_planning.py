@@ -226,11 +226,14 @@ def test_capacity_promised_to_unbound_groups_is_not_free():
         PlacedGroup(key="a/y-g0", service="a/y", product=H100, mechanism="mps", replicas=4),
         PlacedGroup(key="a/me-g0", service="a/me", product=H100, mechanism="mps", replicas=4),
     ]
-    demand = unbound_demand(groups=groups, bound_pods={"a/y-g0": 1}, allocated_claims=["a/x-g0-gpu-1"],
-                            exclude_service="a/me")
-    assert demand == {(H100, "dra"): 1, (H100, "mps"): 3}
+    demand = unbound_demand(groups=groups, bound_pods={"a/y-g0": 1}, group_nodes={"a/y-g0": "m"},
+                            allocated_claims=["a/x-g0-gpu-1"], exclude_service="a/me")
+    # y-g0 has a pod on node m: its 3 other pods will land there (pod affinity), not anywhere.
+    assert demand.on_nodes == {"m": 3} and demand.anywhere == {(H100, "dra"): 1}
+    on_m = build_inventory(nodes=[node("m", count=1, sharing="mps", replicas=4)], pods=[gpu_pod("m")], demand=demand)
+    assert on_m.pools[0].free == 0
 
-    inv = build_inventory(nodes=[node("d", sharing="dra")], resource_slices=[dra_slice("d", 2)], reserved=demand)
+    inv = build_inventory(nodes=[node("d", sharing="dra")], resource_slices=[dra_slice("d", 2)], demand=demand)
     plan = make_plan(spec=spec(gpu={"product": H100, "sharing": "dra"}, scale={"gpus": 2}), profile=profile(),
                      inventory=inv)
     assert plan.placeable_gpus == 1 and plan.degraded  # one of the two free devices is promised

@@ -76,31 +76,54 @@ class PlacedGroup:
 _POOL_OF_MECHANISM = {"dra": "dra", "mps": "mps", "time-slicing": "time-slicing", "exclusive": "none"}
 
 
+@dataclasses.dataclass(frozen=True)
+class Demand:
+    """Capacity promised to groups but not yet bound.
+
+    ``on_nodes``: slots still owed to groups that already have a pod on a node — their other pods
+    must land there too (pod affinity), so that node's free slots are theirs. ``anywhere``: per
+    (product, pool sharing), slots or devices of groups with nothing bound yet.
+    """
+
+    on_nodes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    anywhere: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+
+
 def unbound_demand(
     *,
     groups: Iterable[PlacedGroup],
     bound_pods: Mapping[str, int],
+    group_nodes: Mapping[str, str] | None = None,
     allocated_claims: Iterable[str],
     exclude_service: str | None = None,
-) -> dict[tuple[str, str], int]:
-    """Capacity planned but not yet bound, per (product, pool sharing). Side-effect free.
+) -> Demand:
+    """What planned groups still need, per node where known. Side-effect free.
 
-    ``bound_pods`` counts, per group key, its pods that have a node; ``exclude_service`` leaves out
-    the groups of the service being planned (they count as its existing groups instead).
+    ``bound_pods`` counts, per group key, its pods that have a node, and ``group_nodes`` says which
+    node; ``exclude_service`` leaves out the groups of the service being planned (they count as its
+    existing groups instead).
     """
     allocated = set(allocated_claims)
-    demand: dict[tuple[str, str], int] = {}
+    nodes_of = group_nodes or {}
+    on_nodes: dict[str, int] = {}
+    anywhere: dict[tuple[str, str], int] = {}
     for group in groups:
         if group.service == exclude_service or group.mechanism not in _POOL_OF_MECHANISM:
             continue
         pool = (group.product, _POOL_OF_MECHANISM[group.mechanism])
         if group.mechanism == "dra":
-            missing = 0 if group.claim in allocated else 1
+            if group.claim not in allocated:
+                anywhere[pool] = anywhere.get(pool, 0) + 1
+            continue
+        missing = max(0, group.replicas - bound_pods.get(group.key, 0))
+        node = nodes_of.get(group.key)
+        if not missing:
+            continue
+        if node:
+            on_nodes[node] = on_nodes.get(node, 0) + missing
         else:
-            missing = max(0, group.replicas - bound_pods.get(group.key, 0))
-        if missing:
-            demand[pool] = demand.get(pool, 0) + missing
-    return demand
+            anywhere[pool] = anywhere.get(pool, 0) + missing
+    return Demand(on_nodes=on_nodes, anywhere=anywhere)
 
 
 def build_inventory(
@@ -109,7 +132,7 @@ def build_inventory(
     pods: Iterable[Mapping[str, Any]] = (),
     resource_slices: Iterable[Mapping[str, Any]] = (),
     resource_claims: Iterable[Mapping[str, Any]] = (),
-    reserved: Mapping[tuple[str, str], int] | None = None,
+    demand: Demand | None = None,
 ) -> Inventory:
     """Describe every GPU node. Pods are used only for the slots their containers request.
 
@@ -161,11 +184,12 @@ def build_inventory(
             sharing: NodeSharing = strategy if strategy in ("mps", "time-slicing") else "none"
             slots = max(1, _int(labels.get(LABEL_REPLICAS)) or 1)
             total = _int(allocatable.get(resource))
+            owed = demand.on_nodes.get(name, 0) if demand else 0
             pools.append(GpuPool(
                 node=name, product=product, memory_mib=memory_mib,
                 gpu_count=count or total // slots, sharing=sharing,
                 slots_per_gpu=slots if sharing != "none" else 1, resource_name=resource,
-                free=max(0, total - used_slots.get((name, resource), 0)),
+                free=max(0, total - used_slots.get((name, resource), 0) - owed),
             ))
         if name in devices_by_node:
             free_devices = tuple(sorted(d for d, _ in devices_by_node[name]))
@@ -175,7 +199,7 @@ def build_inventory(
                 resource_name=None, free=len(free_devices), free_devices=free_devices,
             ))
     return Inventory(pools=tuple(sorted(pools, key=lambda p: (p.product, p.sharing, p.node))),
-                     reserved=dict(reserved or {}))
+                     reserved=dict(demand.anywhere) if demand else {})
 
 
 def _pod_gpu_requests(pod: Mapping[str, Any]) -> dict[str, int]:
