@@ -26,6 +26,11 @@ import urllib.request
 import yaml
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+# NB: run as a script, so make `hack.localcluster` importable the way hack/cluster.py does.
+sys.path.insert(0, str(REPO))
+
+from hack.localcluster.api import token_kubeconfig  # noqa: E402
+from hack.localcluster.processes import pid_exists  # noqa: E402
 RUN = REPO / ".run" / "demo"
 CLUSTER_RUN = RUN / "cluster"
 NAMESPACE = "demo"
@@ -124,18 +129,12 @@ def get(kubectl: list[str], env: dict[str, str], name: str) -> dict:
 
 def start_operator(*, kubectl: list[str], env: dict[str, str]) -> None:
     pid_file = RUN / "operator.pid"
-    if pid_file.exists() and _alive(int(pid_file.read_text())):
+    if pid_file.exists() and pid_exists(int(pid_file.read_text())):
         say("operator already running")
         return
     token = run(kubectl + ["create", "token", "slm-operator", "-n", OPERATOR_NAMESPACE, "--duration=8h"],
                 env=env).stdout.strip()
-    admin = yaml.safe_load((CLUSTER_RUN / "kubeconfig").read_text())
-    sa_config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "local", "cluster": admin["clusters"][0]["cluster"]}],
-        "users": [{"name": "slm-operator", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "slm-operator"}}],
-    }
+    sa_config = token_kubeconfig(admin_kubeconfig=CLUSTER_RUN / "kubeconfig", account="slm-operator", token=token)
     (RUN / "operator-kubeconfig").write_text(yaml.safe_dump(sa_config))
     op_env = os.environ | {
         "KUBECONFIG": str(RUN / "operator-kubeconfig"), "SLM_PROFILER_RUNNER": "local",
@@ -172,22 +171,14 @@ def plot(name: str, profile: dict) -> str | None:
     return str(png) if result.returncode == 0 else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
-
-
 def down() -> int:
     pid_file = RUN / "operator.pid"
     if pid_file.exists():
         pid = int(pid_file.read_text())
-        if _alive(pid):
+        if pid_exists(pid):
             os.killpg(pid, signal.SIGTERM)
             for _ in range(40):
-                if not _alive(pid):
+                if not pid_exists(pid):
                     break
                 time.sleep(0.25)
             else:

@@ -19,6 +19,8 @@ from typing import Any, Callable, TypeVar
 
 import yaml
 
+from hack.localcluster.processes import pid_exists
+
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_SCRIPT = REPO / "hack" / "cluster.py"
 BUILD_SCRIPT = REPO / "hack" / "build-binaries.sh"
@@ -179,20 +181,10 @@ def sweep_stale_test_clusters() -> None:
     """Stop and remove the clusters of earlier test sessions whose pytest process is gone."""
     for run_dir in TEST_RUN_ROOT.glob("test-cluster-*"):
         owner = run_dir.name.rsplit("-", 1)[1]
-        if not owner.isdigit() or _pid_exists(int(owner)):
+        if not owner.isdigit() or pid_exists(int(owner)):
             continue
         cluster_script("down", "--run-dir", str(run_dir), timeout=60, check=False)
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def existing_cluster(*, bin_dir: str | None) -> Cluster:

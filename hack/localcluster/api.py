@@ -72,3 +72,20 @@ class Api:
         if key not in _COLLECTIONS:
             raise ValueError(f"no collection known for {key}; add it to _COLLECTIONS")
         return self.request("POST", _COLLECTIONS[key], body=obj)
+
+
+def token_kubeconfig(*, admin_kubeconfig: Path, account: str, token: str) -> dict[str, Any]:
+    """A kubeconfig for the admin kubeconfig's cluster that authenticates with ``token``.
+
+    The operator runs beside the local cluster (KWOK runs no containers) as the chart's
+    ServiceAccount, with a TokenRequest token: a missing RBAC rule then fails as it would in a pod.
+    """
+    import yaml  # NB: the rest of this module needs only the standard library
+
+    admin = yaml.safe_load(Path(admin_kubeconfig).read_text())
+    return {
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "local", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": account}}],
+    }

@@ -91,6 +91,11 @@ def is_ours(*, pid: int, executable: str) -> bool:
         except (OSError, IndexError):
             return False
         return state not in ("Z", "X") and argv0 == executable
+    return pid_exists(pid)
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists (signal 0; a process of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

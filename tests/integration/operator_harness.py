@@ -19,6 +19,7 @@ import urllib.request
 
 import yaml
 
+from hack.localcluster.api import token_kubeconfig
 from tests.kubetest import StopWaiting, wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -35,14 +36,7 @@ def free_port() -> int:
 def serviceaccount_kubeconfig(cluster, *, account: str, namespace: str, path: pathlib.Path) -> pathlib.Path:
     """A kubeconfig that authenticates with a fresh TokenRequest token of ``account``."""
     token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration=4h").stdout.strip()
-    admin = yaml.safe_load(pathlib.Path(cluster.kubeconfig).read_text())
-    server = admin["clusters"][0]["cluster"]
-    config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "local", "cluster": server}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": account}}],
-    }
+    config = token_kubeconfig(admin_kubeconfig=pathlib.Path(cluster.kubeconfig), account=account, token=token)
     path.write_text(yaml.safe_dump(config))
     return path
 
