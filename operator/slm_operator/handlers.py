@@ -214,12 +214,12 @@ def _reconcile(
                        f"with key {ref.key!r}, e.g. kubectl create secret generic {ref.name} --from-literal={ref.key}=...")
         return  # the retry-pending timer looks again
 
-    inventory = _inventory(indexes)
     groups = _list_groups(name=name, namespace=namespace)
     # NB: without spec.gpu.product, keep the product the service already runs on: picking the
-    # busiest free product anew on every reconcile would move Ready replicas for nothing.
+    # busiest free product anew on every reconcile would move Ready replicas for nothing. Only a
+    # first placement without a product needs an inventory before the one planning builds.
     running_on = (current.get("profile") or {}).get("gpuProduct") if groups else None
-    product = parsed.gpu.product or running_on or _busiest_free_product(inventory)
+    product = parsed.gpu.product or running_on or _busiest_free_product(_inventory(indexes))
     if product is None:
         report.pending("Planned", "NoMatchingGPUs",
                        "the cluster has no node labelled nvidia.com/gpu.product; install NVIDIA GPU feature "
