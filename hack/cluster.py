@@ -5,7 +5,7 @@ kube-controller-manager, kube-scheduler and KWOK as plain processes on 127.0.0.1
     hack/cluster.py up --bin DIR [--config hack/gpu-nodes.yaml] [--run-dir DIR] [--api-port N]
     hack/cluster.py status [--run-dir DIR]
     hack/cluster.py down [--run-dir DIR]
-    hack/cluster.py kind-up --bin DIR [--name N] [--run-dir DIR]     # needs a Docker engine
+    hack/cluster.py kind-up --bin DIR [--name N] [--run-dir DIR] [--image I] [--load IMG]...  # needs Docker
     hack/cluster.py kind-down --bin DIR [--name N] [--run-dir DIR]
 
 The run dir defaults to $SLM_RUN_DIR, else .run/cluster (.run/kind for kind). See docs/local-cluster.md.
@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument(
                 "--config", default=str(DEFAULT_CONFIG), help="node config; its first device-plugin GPU node is copied"
             )
+            sub.add_argument("--image", default=None, help="kind node image (default: build it, hack/kind-node/build.sh)")
+            sub.add_argument("--load", action="append", default=[], metavar="IMAGE",
+                             help="a local Docker image to load into the node (repeatable)")
     for name, sub in commands.choices.items():
         where = ".run/kind" if name.startswith("kind") else "$SLM_RUN_DIR or .run/cluster"
         sub.add_argument("--run-dir", default=None, help=f"state, logs and kubeconfig (default: {where})")
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         # NB: not $SLM_RUN_DIR, which names the local control plane's dir; the kubeconfigs would clash.
         run_dir = args.run_dir or str(REPO / ".run" / "kind")
         if args.command == "kind-up":
-            return kind.kind_up(bin_dir=args.bin, run_dir=run_dir, name=args.name, config_path=args.config, say=_say)
+            return kind.kind_up(bin_dir=args.bin, run_dir=run_dir, name=args.name, config_path=args.config,
+                                image=args.image, load=args.load, say=_say)
         return kind.kind_down(bin_dir=args.bin, run_dir=run_dir, name=args.name, say=_say)
     except (nodeconfig.ConfigError, controlplane.ClusterError, processes.PortInUse, pki.PkiError, kind.KindError) as e:
         print(f"error: {e}", file=sys.stderr)

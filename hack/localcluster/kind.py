@@ -1,22 +1,32 @@
-"""A kind cluster (real kubelet in Docker) whose node poses as a GPU node.
+"""A kind cluster (real kubelet and containerd in Docker) whose node poses as a GPU node.
 
-The control plane of :mod:`.controlplane` simulates pods; kind runs them. Where a Docker engine
-exists, ``kind-up`` makes a one-node kind cluster and gives its node the labels and the
+The control plane of :mod:`.controlplane` simulates pods; kind runs them. ``kind-up`` makes a
+one-node kind cluster from the node image built here (``hack/kind-node/build.sh``: no registry is
+needed), loads the project's images into it, and gives its node the labels and the
 ``nvidia.com/gpu`` capacity of the first device-plugin node of the node config, patched on the
 node status the way a device plugin's advertisement would appear (the kubelet keeps an extended
-resource it did not set until it restarts).
+resource it did not set until it restarts). A second ``kind-up`` reuses the cluster.
+
+The kind config (:func:`kind_config`) says what differs from kind's defaults and why: the node
+image brings its own CNI config (no kindnet image), CoreDNS is skipped (no image; nothing in the
+tests resolves names), and the kubelet may run on a cgroup v1 host (``failCgroupV1: false``).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
+
+import yaml
 
 from . import config as nodeconfig
 
 Say = Callable[[str], None]
+REPO = Path(__file__).resolve().parents[2]
+NODE_IMAGE_SCRIPT = REPO / "hack" / "kind-node" / "build.sh"
 
 
 class KindError(RuntimeError):
@@ -37,31 +47,95 @@ def docker_available() -> tuple[bool, str]:
     return True, ""
 
 
-def kind_up(*, bin_dir: str | Path, run_dir: str | Path, name: str, config_path: str | Path, say: Say = print) -> int:
-    """Create the kind cluster (if absent) and fake one GPU node on it; return the exit code."""
+def kind_config() -> dict:
+    """The kind ``Cluster`` config: one control-plane node, API on 127.0.0.1 only."""
+    kubelet_patch = {
+        "kind": "KubeletConfiguration",
+        # NB: kubelet >= 1.35 refuses a cgroup v1 host unless told otherwise; hosts like this
+        # one (and many CI runners) still mount v1. Harmless on v2.
+        "failCgroupV1": False,
+        # The node's containerd 1.6 cannot report its cgroup driver to the kubelet (RuntimeConfig
+        # came in 2.0), so both are set to cgroupfs explicitly (containerd: SystemdCgroup = false).
+        "cgroupDriver": "cgroupfs",
+    }
+    # Lists are replaced wholesale by kind's merge patches: kind's own "preflight" is repeated.
+    init_patch = {"kind": "InitConfiguration", "skipPhases": ["preflight", "addon/coredns"]}
+    return {
+        "kind": "Cluster",
+        "apiVersion": "kind.x-k8s.io/v1alpha4",
+        "networking": {"apiServerAddress": "127.0.0.1", "disableDefaultCNI": True},
+        "nodes": [{"role": "control-plane"}],
+        "kubeadmConfigPatches": [yaml.safe_dump(kubelet_patch), yaml.safe_dump(init_patch)],
+    }
+
+
+def node_image(*, say: Say = print) -> str:
+    """Build (or find) the local kind node image; returns its name."""
+    say("kind node image: hack/kind-node/build.sh (first build ~3 min, then cached)")
+    result = subprocess.run(["bash", str(NODE_IMAGE_SCRIPT)], capture_output=True, text=True)
+    for line in result.stderr.strip().splitlines():
+        say(f"  {line}")
+    if result.returncode != 0 or not result.stdout.strip():
+        raise KindError(f"building the kind node image failed (exit {result.returncode}); see the lines above")
+    return result.stdout.strip().splitlines()[-1]
+
+
+def kind_up(
+    *,
+    bin_dir: str | Path,
+    run_dir: str | Path,
+    name: str,
+    config_path: str | Path,
+    image: str | None = None,
+    load: Sequence[str] = (),
+    say: Say = print,
+) -> int:
+    """Create the kind cluster (if absent), load ``load`` images, fake one GPU node; exit code."""
     ok, why = docker_available()
     if not ok:
-        raise KindError(f"kind needs a Docker engine: {why}")
+        raise KindError(f"kind needs a Docker engine: {why} (hack/docker-engine.sh starts one)")
     kind_bin, kubectl = _binary(bin_dir, "kind"), _binary(bin_dir, "kubectl")
     template = next((n for n in nodeconfig.load_config(path=config_path).nodes if n.gpu and n.gpu.advertised), None)
     if template is None:
         raise KindError(f"{config_path} has no device-plugin GPU node (sharing none/mps/time-slicing) to copy onto the kind node")
-    kubeconfig = Path(run_dir).absolute() / "kubeconfig"
-    kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+    for ref in load:
+        if subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode != 0:
+            raise KindError(f"image {ref} is not in the local Docker engine: build it first (hack/images.sh)")
+    run_dir = Path(run_dir).absolute()
+    kubeconfig = run_dir / "kubeconfig"
+    run_dir.mkdir(parents=True, exist_ok=True)
     existing = _run([kind_bin, "get", "clusters"]).split()
     if name not in existing:
-        say(f"creating kind cluster {name} (pulls the node image on first use)")
-        _run([kind_bin, "create", "cluster", "--name", name, "--kubeconfig", str(kubeconfig), "--wait", "180s"])
+        image = image or node_image(say=say)
+        config_file = run_dir / "kind-config.yaml"
+        config_file.write_text(yaml.safe_dump(kind_config(), sort_keys=False))
+        say(f"creating kind cluster {name} from {image}")
+        started = time.monotonic()
+        try:
+            _run([kind_bin, "create", "cluster", "--name", name, "--image", image, "--config", str(config_file),
+                  "--kubeconfig", str(kubeconfig), "--retain"])
+        except KindError as e:
+            logs = _run([kind_bin, "export", "logs", str(run_dir / "failed-logs"), "--name", name], check=False)
+            _run([kind_bin, "delete", "cluster", "--name", name, "--kubeconfig", str(kubeconfig)], check=False)
+            raise KindError(f"{e}\nnode logs: {logs.strip() or run_dir / 'failed-logs'} (the failed cluster was deleted)") from None
+        say(f"kind cluster {name} created in {time.monotonic() - started:.0f} s")
     else:
+        say(f"kind cluster {name} exists: reusing it")
         _run([kind_bin, "export", "kubeconfig", "--name", name, "--kubeconfig", str(kubeconfig)])
     kc = ["--kubeconfig", str(kubeconfig)]
     node = _run([kubectl, *kc, "get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]).strip()
+    _run([kubectl, *kc, "wait", "--for=condition=Ready", f"node/{node}", "--timeout=180s"])
     labels = {k: v for k, v in nodeconfig.node_labels(node=template).items() if k.startswith("nvidia.com/")}
     _run([kubectl, *kc, "label", "node", node, "--overwrite", *(f"{k}={v}" for k, v in labels.items())])
     gpus = str(template.gpu.advertised)
     patch = {"status": {"capacity": {nodeconfig.GPU_RESOURCE: gpus}, "allocatable": {nodeconfig.GPU_RESOURCE: gpus}}}
     _run([kubectl, *kc, "patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(patch)])
     say(f"kind node {node} poses as {template.name}: {gpus} x {nodeconfig.GPU_RESOURCE} ({template.gpu.product})")
+    if load:
+        started = time.monotonic()
+        # NB: kind compares image IDs and skips what the node already holds: a rerun is quick.
+        _run([kind_bin, "load", "docker-image", "--name", name, *load])
+        say(f"loaded {len(load)} image(s) into {node} in {time.monotonic() - started:.0f} s: {', '.join(load)}")
     say(f"export KUBECONFIG={kubeconfig}")
     return 0
 
@@ -85,8 +159,8 @@ def _binary(bin_dir: str | Path, name: str) -> str:
     return str(path)
 
 
-def _run(argv: list[str]) -> str:
+def _run(argv: list[str], *, check: bool = True) -> str:
     result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
+    if result.returncode != 0 and check:
         raise KindError(f"`{' '.join(argv[:4])} ...` failed ({result.returncode}): {result.stderr.strip()[-1000:]}")
     return result.stdout

@@ -1,0 +1,3 @@
+module slm-operator.local/pause
+
+go 1.26

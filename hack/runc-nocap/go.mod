@@ -1,0 +1,3 @@
+module slm-operator.local/runc-nocap
+
+go 1.26
