@@ -26,7 +26,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp
 COPY --from=build /wheels/ /wheels/
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# NB: the uid needs a passwd entry: kopf names its peering identity after getpass.getuser(),
+# which raises for a uid unknown to /etc/passwd (the operator then crash-loops at start).
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+ && useradd --system --uid 65532 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin slm-operator
 # The chart runs as 65532 too (runAsUser); set here so `docker run` is non-root as well.
 USER 65532:65532
 ENTRYPOINT ["python", "-m", "slm_operator"]

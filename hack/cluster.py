@@ -26,6 +26,7 @@ from hack.localcluster import config as nodeconfig  # noqa: E402
 from hack.localcluster import controlplane, kind, pki, processes  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "hack" / "gpu-nodes.yaml"
+KIND_CONFIG = REPO / "hack" / "kind-gpu-nodes.yaml"
 
 
 def _default_run_dir() -> str:
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--name", default="slm-gpu", help="kind cluster name (default: %(default)s)")
         if name == "kind-up":
             sub.add_argument(
-                "--config", default=str(DEFAULT_CONFIG), help="node config; its first device-plugin GPU node is copied"
+                "--config", default=str(KIND_CONFIG), help="node config: one kind node per device-plugin GPU node (default: %(default)s)"
             )
             sub.add_argument("--image", default=None, help="kind node image (default: build it, hack/kind-node/build.sh)")
             sub.add_argument("--load", action="append", default=[], metavar="IMAGE",

@@ -1,15 +1,17 @@
 """A kind cluster (real kubelet and containerd in Docker) whose node poses as a GPU node.
 
 The control plane of :mod:`.controlplane` simulates pods; kind runs them. ``kind-up`` makes a
-one-node kind cluster from the node image built here (``hack/kind-node/build.sh``: no registry is
-needed), loads the project's images into it, and gives its node the labels and the
-``nvidia.com/gpu`` capacity of the first device-plugin node of the node config, patched on the
-node status the way a device plugin's advertisement would appear (the kubelet keeps an extended
-resource it did not set until it restarts). A second ``kind-up`` reuses the cluster.
+kind cluster from the node image built here (``hack/kind-node/build.sh``: no registry is needed)
+with one node per device-plugin GPU node of the node config (``hack/kind-gpu-nodes.yaml``: the
+first is the control plane), loads the project's images into it, and gives each node the labels
+and the ``nvidia.com/gpu`` capacity of its config node, patched on the node status the way a
+device plugin's advertisement would appear (the kubelet keeps an extended resource it did not set
+until it restarts). A second ``kind-up`` reuses the cluster.
 
-The kind config (:func:`kind_config`) says what differs from kind's defaults and why: the node
-image brings its own CNI config (no kindnet image), CoreDNS is skipped (no image; nothing in the
-tests resolves names), and the kubelet may run on a cgroup v1 host (``failCgroupV1: false``).
+The kind config (:func:`kind_config`) says what differs from kind's defaults and why: no kindnet
+(its image cannot be pulled; :func:`_wire_pod_network` gives each node a ``ptp`` CNI config for
+its pod CIDR and routes to the others'), CoreDNS is skipped (no image; the tests resolve no
+names), and the kubelet may run on a cgroup v1 host (``failCgroupV1: false``).
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ def docker_available() -> tuple[bool, str]:
     return True, ""
 
 
-def kind_config() -> dict:
-    """The kind ``Cluster`` config: one control-plane node, API on 127.0.0.1 only."""
+def kind_config(*, nodes: int = 1) -> dict:
+    """The kind ``Cluster`` config: a control-plane node and ``nodes - 1`` workers, API on 127.0.0.1."""
     kubelet_patch = {
         "kind": "KubeletConfiguration",
         # NB: kubelet >= 1.35 refuses a cgroup v1 host unless told otherwise; hosts like this
@@ -64,7 +66,7 @@ def kind_config() -> dict:
         "kind": "Cluster",
         "apiVersion": "kind.x-k8s.io/v1alpha4",
         "networking": {"apiServerAddress": "127.0.0.1", "disableDefaultCNI": True},
-        "nodes": [{"role": "control-plane"}],
+        "nodes": [{"role": "control-plane"}] + [{"role": "worker"}] * (nodes - 1),
         "kubeadmConfigPatches": [yaml.safe_dump(kubelet_patch), yaml.safe_dump(init_patch)],
     }
 
@@ -95,9 +97,9 @@ def kind_up(
     if not ok:
         raise KindError(f"kind needs a Docker engine: {why} (hack/docker-engine.sh starts one)")
     kind_bin, kubectl = _binary(bin_dir, "kind"), _binary(bin_dir, "kubectl")
-    template = next((n for n in nodeconfig.load_config(path=config_path).nodes if n.gpu and n.gpu.advertised), None)
-    if template is None:
-        raise KindError(f"{config_path} has no device-plugin GPU node (sharing none/mps/time-slicing) to copy onto the kind node")
+    templates = [n for n in nodeconfig.load_config(path=config_path).nodes if n.gpu and n.gpu.advertised]
+    if not templates:
+        raise KindError(f"{config_path} has no device-plugin GPU node (sharing none/mps/time-slicing) to copy onto a kind node")
     for ref in load:
         if subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode != 0:
             raise KindError(f"image {ref} is not in the local Docker engine: build it first (hack/images.sh)")
@@ -108,7 +110,7 @@ def kind_up(
     if name not in existing:
         image = image or node_image(say=say)
         config_file = run_dir / "kind-config.yaml"
-        config_file.write_text(yaml.safe_dump(kind_config(), sort_keys=False))
+        config_file.write_text(yaml.safe_dump(kind_config(nodes=len(templates)), sort_keys=False))
         say(f"creating kind cluster {name} from {image}")
         started = time.monotonic()
         try:
@@ -123,14 +125,22 @@ def kind_up(
         say(f"kind cluster {name} exists: reusing it")
         _run([kind_bin, "export", "kubeconfig", "--name", name, "--kubeconfig", str(kubeconfig)])
     kc = ["--kubeconfig", str(kubeconfig)]
-    node = _run([kubectl, *kc, "get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"]).strip()
-    _run([kubectl, *kc, "wait", "--for=condition=Ready", f"node/{node}", "--timeout=180s"])
-    labels = {k: v for k, v in nodeconfig.node_labels(node=template).items() if k.startswith("nvidia.com/")}
-    _run([kubectl, *kc, "label", "node", node, "--overwrite", *(f"{k}={v}" for k, v in labels.items())])
-    gpus = str(template.gpu.advertised)
-    patch = {"status": {"capacity": {nodeconfig.GPU_RESOURCE: gpus}, "allocatable": {nodeconfig.GPU_RESOURCE: gpus}}}
-    _run([kubectl, *kc, "patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(patch)])
-    say(f"kind node {node} poses as {template.name}: {gpus} x {nodeconfig.GPU_RESOURCE} ({template.gpu.product})")
+    nodes = _run([kind_bin, "get", "nodes", "--name", name]).split()
+    # kind names them <name>-control-plane, <name>-worker, <name>-worker2, ...: that order.
+    nodes.sort(key=lambda n: (not n.endswith("-control-plane"), len(n), n))
+    if len(nodes) != len(templates):
+        raise KindError(f"kind cluster {name} has {len(nodes)} node(s) but {config_path} describes {len(templates)}: "
+                        f"delete it (make kind-down) and run kind-up again")
+    _wire_pod_network(kubectl=kubectl, kubeconfig=kubeconfig, nodes=nodes)
+    _run([kubectl, *kc, "wait", "--for=condition=Ready", "node", "--all", "--timeout=180s"])
+    for node, template in zip(nodes, templates):
+        labels = {k: v for k, v in nodeconfig.node_labels(node=template).items() if k.startswith("nvidia.com/")}
+        _run([kubectl, *kc, "label", "node", node, "--overwrite", *(f"{k}={v}" for k, v in labels.items())])
+        gpus = str(template.gpu.advertised)
+        patch = {"status": {"capacity": {nodeconfig.GPU_RESOURCE: gpus}, "allocatable": {nodeconfig.GPU_RESOURCE: gpus}}}
+        _run([kubectl, *kc, "patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(patch)])
+        say(f"kind node {node} poses as {template.name}: {gpus} x {nodeconfig.GPU_RESOURCE} "
+            f"({template.gpu.product}, sharing {template.gpu.sharing})")
     if load:
         started = time.monotonic()
         # NB: kind compares image IDs and skips what the node already holds: a rerun is quick.
@@ -138,6 +148,51 @@ def kind_up(
         say(f"loaded {len(load)} image(s) into {node} in {time.monotonic() - started:.0f} s: {', '.join(load)}")
     say(f"export KUBECONFIG={kubeconfig}")
     return 0
+
+
+def ptp_conflist(*, pod_cidr: str) -> dict:
+    """CNI config of one node: a veth per pod routed through the node (no bridge, so no
+    br_netfilter is needed for Service traffic), addresses from the node's pod CIDR."""
+    return {
+        "cniVersion": "1.0.0",
+        "name": "slm-kind",
+        "plugins": [
+            {"type": "ptp", "ipMasq": True, "mtu": 1500,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": pod_cidr}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+def _wire_pod_network(*, kubectl: str, kubeconfig: Path, nodes: list[str]) -> None:
+    """Give each node its CNI config and a route to every other node's pod CIDR (what kindnet
+    would do). Idempotent; routes are lost when a node container restarts, so every kind-up
+    sets them again."""
+    kc = ["--kubeconfig", str(kubeconfig)]
+    cidrs, addresses = {}, {}
+    for node in nodes:
+        cidrs[node] = _wait_value(lambda: _run([kubectl, *kc, "get", "node", node, "-o", "jsonpath={.spec.podCIDR}"]).strip(),
+                                  what=f"a pod CIDR on node {node}")
+        addresses[node] = _run([kubectl, *kc, "get", "node", node, "-o",
+                                'jsonpath={.status.addresses[?(@.type=="InternalIP")].address}']).strip()
+    for node in nodes:
+        config = json.dumps(ptp_conflist(pod_cidr=cidrs[node]), indent=2)
+        subprocess.run(["docker", "exec", "-i", node, "sh", "-c", "cat > /etc/cni/net.d/10-slm-ptp.conflist"],
+                       input=config, text=True, check=True, capture_output=True)
+        for other in nodes:
+            if other != node:
+                _run(["docker", "exec", node, "ip", "route", "replace", cidrs[other], "via", addresses[other]])
+
+
+def _wait_value(get: Callable[[], str], *, what: str, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise KindError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(1)
 
 
 def kind_down(*, bin_dir: str | Path, run_dir: str | Path, name: str, say: Say = print) -> int:

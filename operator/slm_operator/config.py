@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from typing import Mapping
 
 RUNNERS = ("job", "local", "none")
@@ -26,6 +27,9 @@ class OperatorConfig:
     profiler_engine: str = "simulated"
     profiler_namespace: str = "slm-system"
     profiler_service_account: str = "slm-profiler"
+    #: Extra ``slm-profiler run`` flags for every profiler Job (shorter windows on a dev cluster,
+    #: ``--max-replicas``); space-separated in SLM_PROFILER_EXTRA_ARGS, shell quoting allowed.
+    profiler_extra_args: tuple[str, ...] = ()
     work_dir: str = "/tmp/slm-operator"
     watch_namespace: str = ""
     #: Seconds between retries while something outside the spec must change (a Secret, free GPUs).
@@ -43,6 +47,7 @@ class OperatorConfig:
             profiler_engine=env.get("SLM_PROFILER_ENGINE") or defaults.profiler_engine,
             profiler_namespace=env.get("SLM_PROFILER_NAMESPACE") or defaults.profiler_namespace,
             profiler_service_account=env.get("SLM_PROFILER_SERVICE_ACCOUNT") or defaults.profiler_service_account,
+            profiler_extra_args=tuple(shlex.split(env.get("SLM_PROFILER_EXTRA_ARGS") or "")),
             work_dir=env.get("SLM_WORK_DIR") or defaults.work_dir,
             watch_namespace=env.get("SLM_WATCH_NAMESPACE") or "",
             retry_seconds=int(env.get("SLM_RETRY_SECONDS") or defaults.retry_seconds),

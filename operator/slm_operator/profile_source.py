@@ -149,6 +149,7 @@ def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig) -
     job = build_profiler_job(
         name=cm_name, namespace=cfg.profiler_namespace, request=request, image=cfg.profiler_image,
         result_configmap=cm_name, service_account=cfg.profiler_service_account, gpu_product=request.gpu_product,
+        extra_args=cfg.profiler_extra_args,
     )
     current = kube.get(api_version="batch/v1", kind="Job", name=cm_name, namespace=cfg.profiler_namespace)
     if current is None:

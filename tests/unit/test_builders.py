@@ -25,7 +25,8 @@ def test_device_plugin_group_starts_replicas_in_order_on_one_node():
     pod = sts["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["resources"]["limits"] == {"nvidia.com/gpu": 1}
-    assert container["args"][0] == "facebook/opt-1.3b"
+    assert container["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert container["args"][0] == "--model=facebook/opt-1.3b"
     assert f"--max-num-seqs={plan.batch_size}" in container["args"] and container["args"][-1] == "--enforce-eager"
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN"}}} in container["env"]
     term = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
@@ -57,7 +58,7 @@ def test_pvc_models_are_mounted_read_only():
     sts = build_group_statefulset(name="m", namespace="ns", index=0, spec=spec(model="pvc://weights/opt-1.3b"),
                                   plan=plan, image="i", owner=OWNER)
     pod = sts["spec"]["template"]["spec"]
-    assert pod["containers"][0]["args"][0] == "/models/weights/opt-1.3b"
+    assert pod["containers"][0]["args"][0] == "--model=/models/weights/opt-1.3b"
     assert {"name": "model", "persistentVolumeClaim": {"claimName": "weights", "readOnly": True}} in pod["volumes"]
 
 

@@ -85,3 +85,17 @@ def test_profiler_job_pins_one_whole_gpu_non_root_and_writes_the_configmap():
                                service_account="s", gpu_product="NVIDIA-L4", gpu_resource="nvidia.com/mig-1g.10gb")
     assert other["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/mig-1g.10gb": 1}
     assert "ownerReferences" not in other["metadata"]
+
+
+def test_profiler_extra_args_come_from_the_operator_config_and_follow_ours():
+    from slm_operator.config import OperatorConfig
+
+    cfg = OperatorConfig.from_env({"SLM_PROFILER_EXTRA_ARGS": "--duration-s=6 --vllm-arg '--dtype float32'"})
+    assert cfg.profiler_extra_args == ("--duration-s=6", "--vllm-arg", "--dtype float32")
+    assert OperatorConfig.from_env({}).profiler_extra_args == ()
+    request = ProfileRequest(model="m", gpu_product="NVIDIA-L4", workload=Workload(input_tokens=8, output_tokens=8))
+    job = build_profiler_job(name="p", namespace="slm-system", request=request, image="img", result_configmap="p",
+                             service_account="sa", gpu_product="NVIDIA-L4", extra_args=cfg.profiler_extra_args)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-3:] == ["--duration-s=6", "--vllm-arg", "--dtype float32"]
+    assert args.index("--write-configmap") < args.index("--duration-s=6"), "ours first, so the user's flag wins"

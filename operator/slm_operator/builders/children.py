@@ -141,7 +141,7 @@ def build_group_statefulset(
     """The k replicas of GPU group ``index``, started one after another and kept on one node."""
     group_labels = common_labels(name=name) | {LABEL_GROUP: str(index)}
     model_arg, volumes, mounts = _model_source(spec.model)
-    args = [model_arg, f"--port={SERVING_PORT}", f"--served-model-name={spec.served_model_name}"]
+    args = [f"--model={model_arg}", f"--port={SERVING_PORT}", f"--served-model-name={spec.served_model_name}"]
     if spec.revision:
         args.append(f"--revision={spec.revision}")
     args += plan.vllm_args() + list(spec.engine.args)
@@ -168,7 +168,9 @@ def build_group_statefulset(
     container = {
         "name": "vllm",
         "image": image,
-        "command": ["vllm", "serve"],
+        # NB: the module, not the `vllm serve` CLI: the CLI fails under vLLM's CPU build (it asks
+        # for the "vllm" distribution's version), and the profiler measures the same entry point.
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
         "args": args,
         "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
         "env": env,

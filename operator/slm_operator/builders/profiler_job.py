@@ -9,7 +9,7 @@ Pure: returns a dict, talks to nothing.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .. import GROUP
 from ..profiling.types import ProfileRequest
@@ -33,12 +33,14 @@ def build_profiler_job(
     gpu_product: str,
     gpu_resource: str = "nvidia.com/gpu",
     owner: Mapping[str, Any] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A ``batch/v1`` Job measuring ``request`` on one ``gpu_product`` GPU. Side-effect free.
 
     ``owner`` is an ownerReference dict (apiVersion, kind, name, uid) of the SLMService, so the
     Job goes away with it. The pod pins itself to the product with the GPU feature discovery
-    label ``nvidia.com/gpu.product`` and asks for one whole ``gpu_resource``.
+    label ``nvidia.com/gpu.product`` and asks for one whole ``gpu_resource``. ``extra_args`` go
+    after ours (the operator's ``SLM_PROFILER_EXTRA_ARGS``), so a later flag wins.
     """
     if not result_configmap:
         raise ValueError("result_configmap must name the ConfigMap the profile is written to")
@@ -63,6 +65,7 @@ def build_profiler_job(
         "--progress", "/work/progress.json",
         "--work-dir", "/work",
         "--write-configmap", f"{namespace}/{result_configmap}",
+        *extra_args,
     ]
     container = {
         "name": PROFILER_CONTAINER,
