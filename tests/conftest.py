@@ -8,8 +8,7 @@
   only when a collected test asks for it. Without binaries it skips, unless ``SLM_REQUIRE_CLUSTER=1``
   (``make test``) turns that into a failure.
 * ``namespace``: a fresh ``t-<random>`` namespace per test, PodSecurity ``baseline`` enforced.
-* ``kind``-marked tests skip, saying why, where no Docker engine answers; they get the
-  ``kind_cluster`` fixture: ``hack/cluster.py kind-up`` (one real kubelet node posing as a GPU node).
+* Tests under ``tests/e2e/`` are marked ``e2e``; their kind cluster is ``tests/e2e/conftest.py``'s.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import pytest
 from tests import kubetest
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
+E2E_DIR = Path(__file__).parent / "e2e"
 
 #: PodSecurity level of test namespaces. NB: `baseline`, the level our vLLM pods are written to
 #: pass (no privileged, hostPath or hostNetwork), and which still allows images that run as root,
@@ -33,17 +33,11 @@ POD_SECURITY_LEVEL = "baseline"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    docker: tuple[bool, str] | None = None
     for item in items:
         if INTEGRATION_DIR in Path(item.path).parents:
             item.add_marker(pytest.mark.integration)
-        if item.get_closest_marker("kind") is not None:
-            if docker is None:
-                from hack.localcluster.kind import docker_available
-
-                docker = docker_available()
-            if not docker[0]:
-                item.add_marker(pytest.mark.skip(reason=f"kind tests need a Docker engine: {docker[1]}"))
+        if E2E_DIR in Path(item.path).parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 def _unavailable(reason: str) -> None:
@@ -101,21 +95,3 @@ def namespace(cluster: kubetest.Cluster) -> Iterator[str]:
     )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
-
-
-@pytest.fixture(scope="session")
-def kind_cluster() -> Iterator[kubetest.Cluster]:
-    """A kind cluster whose node advertises fake GPUs; only for tests marked ``kind``."""
-    bin_dir, why = kubetest.find_binaries()
-    if bin_dir is None:
-        _unavailable(why)
-    run_dir = str(kubetest.TEST_RUN_ROOT / "kind-test")
-    name = "slm-test"
-    kubetest.cluster_script("kind-up", "--bin", bin_dir, "--run-dir", run_dir, "--name", name, timeout=600)
-    kubeconfig = str(Path(run_dir) / "kubeconfig")
-    try:
-        yield kubetest.Cluster(
-            kubeconfig=kubeconfig, bin_dir=bin_dir, run_dir=run_dir, server=kubetest.server_of(kubeconfig=kubeconfig)
-        )
-    finally:
-        kubetest.cluster_script("kind-down", "--bin", bin_dir, "--run-dir", run_dir, "--name", name, timeout=300, check=False)

@@ -133,6 +133,9 @@ def kind_up(
                         f"delete it (make kind-down) and run kind-up again")
     _wire_pod_network(kubectl=kubectl, kubeconfig=kubeconfig, nodes=nodes)
     _run([kubectl, *kc, "wait", "--for=condition=Ready", "node", "--all", "--timeout=180s"])
+    # NB: every node poses as a GPU node, the control plane too; kind untaints it only when it is
+    # the sole node.
+    _run([kubectl, *kc, "taint", "nodes", "--all", "node-role.kubernetes.io/control-plane-"], check=False)
     for node, template in zip(nodes, templates):
         labels = {k: v for k, v in nodeconfig.node_labels(node=template).items() if k.startswith("nvidia.com/")}
         _run([kubectl, *kc, "label", "node", node, "--overwrite", *(f"{k}={v}" for k, v in labels.items())])
@@ -204,6 +207,10 @@ def kind_down(*, bin_dir: str | Path, run_dir: str | Path, name: str, say: Say =
         return 0
     _run([kind_bin, "delete", "cluster", "--name", name, "--kubeconfig", str(Path(run_dir).absolute() / "kubeconfig")])
     say(f"kind cluster {name} deleted")
+    # kind leaves its Docker network behind; remove it once no other kind cluster uses it.
+    if not _run([kind_bin, "get", "clusters"], check=False).split():
+        if subprocess.run(["docker", "network", "rm", "kind"], capture_output=True).returncode == 0:
+            say("docker network kind removed")
     return 0
 
 

@@ -106,3 +106,19 @@ def test_run_request_from_env_and_bad_requests(capsys, tmp_path, monkeypatch):
 def test_calibrate_prints_markdown_tables(capsys):
     code, out, _ = _run(capsys, "calibrate", str(reference_dir()))
     assert code == 0 and out.count("| sharegpt |") == 15 and "| 2x256 |" in out
+
+
+def test_a_local_model_folder_gives_its_config_json_to_a_vllm_profile(tmp_path):
+    from slm_operator.profiling.cli import _local_model_config
+
+    assert _local_model_config("facebook/opt-1.3b") is None, "a hub id is not read from disk"
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048, "max_position_embeddings": 2048,
+    }))
+    config = _local_model_config(str(folder))
+    assert config is not None and config.kv_bytes_per_token > 0 and config.weights_gib > 0
+    (folder / "config.json").write_text("not json")
+    assert _local_model_config(str(folder)) is None

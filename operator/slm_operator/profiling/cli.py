@@ -23,7 +23,7 @@ from typing import Sequence
 from .engines.base import EngineError
 from .estimator import estimate_curve
 from .gpus import lookup_gpu
-from .modelconfig import load_model_config_file, parse_model_config, resolve_model_config
+from .modelconfig import ModelConfig, ModelConfigError, load_model_config_file, parse_model_config, resolve_model_config
 from .results import SweepFormatError, SweepResult, load_sweep, to_csv
 from .selection import SelectionError, select_batch, select_replicas
 from .types import ProfileRequest, Slo, Workload
@@ -198,6 +198,19 @@ def _load_request(path: str) -> ProfileRequest:
         raise UsageError(f"--request file {path!r}: {exc}") from None
 
 
+def _local_model_config(model: str) -> ModelConfig | None:
+    """The architecture of a model vLLM loads from a local folder (baked into the image, or a
+    mounted volume): its config.json sizes memory per replica. ``None`` for a hub id."""
+    folder = pathlib.Path(model)
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        return parse_model_config(load_model_config_file(folder))
+    except ModelConfigError as exc:
+        log.warning("ignoring %s/config.json: %s", folder, exc)
+        return None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .sweep import ProgressReporter, SweepSettings, profile_from_sweep, request_model_config, run_sweep
 
@@ -206,6 +219,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if engine not in ("simulated", "vllm"):
         raise UsageError(f"engine must be 'simulated' or 'vllm', got {engine!r}")
     model_config = request_model_config(request)
+    if model_config is None and engine == "vllm":
+        model_config = _local_model_config(args.model_path or request.model)
     work_dir = pathlib.Path(args.work_dir or pathlib.Path(args.output).parent)
     work_dir.mkdir(parents=True, exist_ok=True)
     simulated = engine == "simulated"
