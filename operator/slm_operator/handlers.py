@@ -25,7 +25,8 @@ from slm_operator.builders.children import (
 )
 from slm_operator.config import OperatorConfig
 from slm_operator.planning.inventory import (
-    DEVICE_PLUGIN_RESOURCES, DRA_DRIVER, LABEL_PRODUCT, Inventory, PlacedGroup, build_inventory, unbound_demand,
+    DEVICE_PLUGIN_RESOURCES, DRA_DRIVER, LABEL_PRODUCT, Inventory, PlacedGroup, build_inventory, product_memory_gib,
+    unbound_demand,
 )
 from slm_operator.planning.plan import Plan, PlanningError, make_plan
 from slm_operator.profile_source import ProfileFailed, ProfilePending, cancel_local_runs, obtain_profile
@@ -227,7 +228,9 @@ def _reconcile(
         return
 
     try:
-        profile = obtain_profile(spec=parsed, gpu_product=product, cfg=CONFIG)
+        memory_gib = product_memory_gib(nodes=[n for key in indexes["gpu_nodes"] for n in indexes["gpu_nodes"][key]],
+                                        product=product)
+        profile = obtain_profile(spec=parsed, gpu_product=product, cfg=CONFIG, gpu_memory_gib=memory_gib)
     except ProfilePending as pending:
         report.profiling(pending.progress)
         raise kopf.TemporaryError(f"profiling: {pending.progress}", delay=PROFILE_POLL_SECONDS)

@@ -49,18 +49,21 @@ _local_runs: dict[str, LocalProfileRun] = {}
 _local_lock = threading.Lock()
 
 
-def obtain_profile(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig) -> Profile:
+def obtain_profile(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig,
+                   gpu_memory_gib: float | None = None) -> Profile:
     """Return the profile for ``spec`` on ``gpu_product`` or raise ProfilePending/ProfileFailed.
 
+    ``gpu_memory_gib`` is one GPU's memory as the nodes label it; a measurement sizes its replicas
+    from it (a product the profiler's GPU table lacks can still be profiled with several replicas).
     Unknown models or GPUs raise the profiling package's ValueErrors, which name the field to fix.
     """
-    profile = _obtain(spec=spec, gpu_product=gpu_product, cfg=cfg)
+    profile = _obtain(spec=spec, gpu_product=gpu_product, cfg=cfg, gpu_memory_gib=gpu_memory_gib)
     # NB: the GPU table canonicalises names ("H100-SXM5-80GB"); planning matches node labels, so the
     # profile keeps the product as the cluster spells it.
     return dataclasses.replace(profile, gpu_product=gpu_product)
 
 
-def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig) -> Profile:
+def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig, gpu_memory_gib: float | None) -> Profile:
     mode = spec.profiling.mode
     if mode == "static":
         return static_profile(spec=spec, gpu_product=gpu_product)
@@ -88,6 +91,7 @@ def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig) -> P
         slo=spec.slo, epsilon=spec.profiling.epsilon, batch_sizes=spec.profiling.batch_sizes,
         engine=engine, engine_image=spec.engine.image or cfg.default_engine_image,
         model_config=dict(spec.profiling.model_config) if spec.profiling.model_config else None,
+        gpu_memory_gib=gpu_memory_gib,
     )
     key = profile_cache_key(request=request, engine_image=request.engine_image or "")
     cm_name = f"slm-profile-{key}"

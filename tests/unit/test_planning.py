@@ -237,3 +237,19 @@ def test_capacity_promised_to_unbound_groups_is_not_free():
     plan = make_plan(spec=spec(gpu={"product": H100, "sharing": "dra"}, scale={"gpus": 2}), profile=profile(),
                      inventory=inv)
     assert plan.placeable_gpus == 1 and plan.degraded  # one of the two free devices is promised
+
+
+def test_product_memory_comes_from_the_node_label_smallest_first():
+    from slm_operator.planning.inventory import product_memory_gib
+
+    def node(product, memory):
+        labels = {"nvidia.com/gpu.product": product}
+        if memory is not None:
+            labels["nvidia.com/gpu.memory"] = memory
+        return {"metadata": {"name": product, "labels": labels}}
+
+    nodes = [node("KIND-CPU-8GB", "8192"), node("KIND-CPU-8GB", "6144"), node("NVIDIA-L4", "23034"), node("X", None)]
+    assert product_memory_gib(nodes=nodes, product="KIND-CPU-8GB") == 6.0
+    assert product_memory_gib(nodes=nodes, product="NVIDIA-L4") == round(23034 / 1024, 3)
+    assert product_memory_gib(nodes=nodes, product="X") is None
+    assert product_memory_gib(nodes=nodes, product="absent") is None

@@ -227,3 +227,16 @@ def _int(value: Any) -> int:
         return int(str(value))
     except (TypeError, ValueError):
         return 0
+
+
+def product_memory_gib(*, nodes: Iterable[Mapping[str, Any]], product: str) -> float | None:
+    """Memory of one ``product`` GPU from the nodes' ``nvidia.com/gpu.memory`` label (MiB), the
+    smallest where nodes disagree; ``None`` where no node says. Side-effect free.
+
+    NB: a profile measured on a GPU the profiler's table does not know (or on a MIG slice) is
+    sized from this, not from the table.
+    """
+    sizes = [_int(labels.get(LABEL_MEMORY_MIB)) for node in nodes
+             if (labels := (node.get("metadata") or {}).get("labels") or {}).get(LABEL_PRODUCT) == product]
+    known = [mib for mib in sizes if mib > 0]
+    return round(min(known) / 1024, 3) if known else None

@@ -362,11 +362,15 @@ def _replication_phase(
     b_star = selection.b_star
     solo = next(p for p in points if p.batch_size == b_star)
     gpu = _gpu(request)
-    if model_config is None or gpu is None:
-        notes.append("replication skipped: needs the model's config.json and a known GPU to size replicas")
+    # NB: the memory the request names (the nodes' label) is enough: a GPU the table lacks can
+    # still be packed.
+    memory_gib = request.gpu_memory_gib or (gpu.memory_gib if gpu else None)
+    if model_config is None or memory_gib is None:
+        notes.append("replication skipped: needs the model's config.json and the GPU's memory (a known GPU "
+                     "or the nodes' nvidia.com/gpu.memory label) to size replicas")
         return []
     kv_gib, need_gib = replica_memory_gib(model_config=model_config, workload=request.workload, batch_size=b_star)
-    usable = gpu.memory_gib * CALIBRATION.gpu_memory_utilization
+    usable = memory_gib * CALIBRATION.gpu_memory_utilization
     k_max = min(settings.max_replicas, max(int(usable // need_gib), 1))
     if k_max < 2:
         notes.append(f"replication skipped: one replica at B*={b_star} needs {need_gib:.1f} of {usable:.1f} GiB")
