@@ -109,6 +109,13 @@ def test_operator_runs_from_its_image_as_the_charts_service_account(e2e: E2E, tm
     (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
     # NB: a leftover release of an earlier session is replaced, not reused: this session's image.
     e2e.cluster.helm("uninstall", RELEASE, "-n", SYSTEM, "--wait", check=False, timeout=120)
+    # ... and so are an earlier session's profiles and profiler Jobs: this session measures.
+    if e2e.cluster.kubectl("get", "namespace", SYSTEM, check=False).returncode == 0:
+        stale = [f"configmap/{c['metadata']['name']}" for c in _json(e2e, "-n", SYSTEM, "get", "configmaps")["items"]
+                 if c["metadata"]["name"].startswith("slm-profile-")]
+        stale += [f"job/{j['metadata']['name']}" for j in _json(e2e, "-n", SYSTEM, "get", "jobs")["items"]]
+        if stale:
+            e2e.cluster.kubectl("-n", SYSTEM, "delete", "--wait=true", *stale, timeout=120)
     e2e.cluster.helm("install", RELEASE, str(CHART), "-n", SYSTEM, "--create-namespace", "-f",
                      str(tmp_path / "values.yaml"), "--wait", "--timeout", "5m", timeout=360)
     pod = wait_for(lambda: next((p for p in _json(e2e, "-n", SYSTEM, "get", "pods", "-l",
