@@ -92,7 +92,12 @@ def kind_up(
     load: Sequence[str] = (),
     say: Say = print,
 ) -> int:
-    """Create the kind cluster (if absent), load ``load`` images, fake one GPU node; exit code."""
+    """Create the kind cluster (if absent), give its nodes their GPU poses, load ``load`` images.
+
+    Bad input fails before anything starts (no Docker engine, an image that is not built, a node
+    config without GPU nodes); a failed ``kind create`` exports the node logs and deletes what it
+    made. Returns the exit code.
+    """
     ok, why = docker_available()
     if not ok:
         raise KindError(f"kind needs a Docker engine: {why} (hack/docker-engine.sh starts one)")
@@ -148,7 +153,8 @@ def kind_up(
         started = time.monotonic()
         # NB: kind compares image IDs and skips what the node already holds: a rerun is quick.
         _run([kind_bin, "load", "docker-image", "--name", name, *load])
-        say(f"loaded {len(load)} image(s) into {node} in {time.monotonic() - started:.0f} s: {', '.join(load)}")
+        say(f"loaded {len(load)} image(s) into {len(nodes)} node(s) in {time.monotonic() - started:.0f} s: "
+            f"{', '.join(load)}")
     say(f"export KUBECONFIG={kubeconfig}")
     return 0
 

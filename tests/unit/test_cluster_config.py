@@ -253,3 +253,19 @@ def test_wait_for_keeps_polling_through_exceptions_and_reports_the_last() -> Non
         wait_for(missing, timeout=0.1, interval=0.01, message="the object")
     assert len(calls) > 1
     assert f"last exception: KeyError: 'absent {len(calls)}'" in str(error.value)
+
+
+def test_kind_config_keeps_kinds_preflight_skip_and_runs_on_cgroup_v1():
+    from hack.localcluster.kind import kind_config, ptp_conflist
+
+    config = kind_config(nodes=2)
+    assert [n["role"] for n in config["nodes"]] == ["control-plane", "worker"]
+    assert config["networking"] == {"apiServerAddress": "127.0.0.1", "disableDefaultCNI": True}
+    patches = {p["kind"]: p for p in map(yaml.safe_load, config["kubeadmConfigPatches"])}
+    assert patches["KubeletConfiguration"]["failCgroupV1"] is False
+    assert patches["KubeletConfiguration"]["cgroupDriver"] == "cgroupfs"
+    # NB: kind's merge patches replace lists: dropping "preflight" would run kubeadm's preflight.
+    assert patches["InitConfiguration"]["skipPhases"] == ["preflight", "addon/coredns"]
+    cni = ptp_conflist(pod_cidr="10.244.1.0/24")
+    assert cni["plugins"][0]["type"] == "ptp"
+    assert cni["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}]]
