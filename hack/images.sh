@@ -24,6 +24,9 @@ logdir="${SLM_RUN_DIR:-$root/.run}/images"
 mkdir -p "$logdir"
 
 base="$(bash "$here/base-image.sh" | tail -n 1)"
+# The images these tags name now: once rebuilt, the old ones are dangling copies (GBs) to remove.
+previous=$(docker image inspect -f '{{.Id}}' slm-local/slm-operator:dev slm-local/slm-profiler-cpu:dev \
+           slm-local/vllm-cpu-e2e:dev 2>/dev/null || true)
 python_image="slm-local/python:3.11-${base##*:}"
 operator=slm-local/slm-operator:dev
 engine=slm-local/slm-profiler-cpu:dev
@@ -50,6 +53,10 @@ timed engine docker build --build-arg "PYTHON_IMAGE=$python_image" --build-arg "
   --target profiler-cpu -t "$engine" "$root"
 cp "$here/make_tiny_model.py" "$ctx/"
 timed e2e-engine docker build --build-arg "ENGINE_IMAGE=$engine" -f "$here/images/Dockerfile.e2e-model" -t "$e2e_engine" "$ctx"
+for old in $previous; do
+  # NB: only an image no tag names any more; one still tagged (unchanged, or tagged by the user) stays.
+  [[ -z "$(docker image inspect -f '{{join .RepoTags ","}}' "$old" 2>/dev/null)" ]] && docker rmi "$old" >/dev/null 2>&1 || true
+done
 for pair in "operator=$operator" "engine=$engine" "e2e-engine=$e2e_engine"; do
   log "${pair%%=*}: ${pair#*=} $(docker image inspect -f '{{.Size}}' "${pair#*=}" | awk '{printf "%.0f MB", $1/1e6}')"
   echo "$pair"

@@ -155,8 +155,22 @@ def kind_up(
         _run([kind_bin, "load", "docker-image", "--name", name, *load])
         say(f"loaded {len(load)} image(s) into {len(nodes)} node(s) in {time.monotonic() - started:.0f} s: "
             f"{', '.join(load)}")
+        # NB: a reload moves the tag, but the earlier image stays under its ID and kind's
+        # import-<date> name (GBs per node, never collected: kind turns image GC off). Drop those
+        # names unless a real tag points at the same image; containerd then collects the rest.
+        for node in nodes:
+            subprocess.run(["docker", "exec", "-i", node, "sh"], input=_PRUNE_UNTAGGED, text=True, capture_output=True)
     say(f"export KUBECONFIG={kubeconfig}")
     return 0
+
+
+_PRUNE_UNTAGGED = r"""
+refs=$(ctr -n k8s.io images ls | awk 'NR > 1 {print $1, $3}')
+keep=$(echo "$refs" | awk '$1 !~ /^(import-|sha256:)/ {print $2}' | sort -u)
+echo "$refs" | awk '$1 ~ /^(import-|sha256:)/' | while read -r ref digest; do
+  echo "$keep" | grep -qx "$digest" || ctr -n k8s.io images rm "$ref" >/dev/null
+done
+"""
 
 
 def ptp_conflist(*, pod_cidr: str) -> dict:
