@@ -85,12 +85,13 @@ kind-down: venv
 	@$(VPY) hack/cluster.py kind-down --bin "$$(bash hack/build-binaries.sh --check 2>/dev/null)"
 	@bash hack/docker-engine.sh --stop
 
-# The end-to-end suite alone (builds images and the cluster as needed, reuses them after).
+# The end-to-end suite alone (builds images and the cluster as needed, reuses them after). Its
+# tests are one story in order: -x stops at the first broken step instead of waiting out the rest.
 e2e: venv binaries docker
 	@$(MAKE) --no-print-directory e2e-run SLM_REQUIRE_E2E=1
 
 e2e-run:
-	SLM_K8S_BIN="$$(bash hack/build-binaries.sh 2>/dev/null)" $(VPY) -m pytest tests/e2e -v -s -rs
+	SLM_K8S_BIN="$$(bash hack/build-binaries.sh 2>/dev/null)" $(VPY) -m pytest tests/e2e -x -v -s -rs
 
 lint: venv
 	$(VPY) -m importlinter.cli lint-imports 2>/dev/null || $(VENV)/bin/lint-imports

@@ -16,7 +16,8 @@ if docker image inspect "$image" >/dev/null 2>&1; then log "$image present"; ech
 [[ $(id -u) -eq 0 ]] || die "debootstrap needs root to build $image (or load an image of that name yourself)"
 if ! command -v debootstrap >/dev/null; then
   log "installing debootstrap"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null || die "apt-get install debootstrap failed"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null && apt-get install -y -qq debootstrap >/dev/null || die "apt-get install debootstrap failed"
 fi
 start=$SECONDS
 root="$(mktemp -d /tmp/slm-rootfs.XXXXXX)"

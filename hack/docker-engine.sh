@@ -29,11 +29,20 @@ case "${1:-}" in
     echo "docker info failed: $(timeout 20 docker info 2>&1 | tail -n 1)"; exit 3 ;;
   --stop)
     if [[ -f "$state/dockerd.pid" ]] && kill -0 "$(cat "$state/dockerd.pid")" 2>/dev/null; then
-      kill "$(cat "$state/dockerd.pid")"; log "stopped dockerd (pid $(cat "$state/dockerd.pid"))"
-      for _ in $(seq 1 30); do kill -0 "$(cat "$state/dockerd.pid")" 2>/dev/null || break; sleep 1; done
+      pid=$(cat "$state/dockerd.pid")
+      kill "$pid"
+      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+      kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
       rm -f "$state/dockerd.pid"
+      log "stopped dockerd (pid $pid)"
     else
       log "no dockerd started by this script is running"
+    fi
+    # The engine's config as it was before this script wrote its own.
+    if [[ -f "$state/daemon.json.ours" ]]; then
+      if [[ -f "$state/daemon.json.before" ]]; then mv "$state/daemon.json.before" /etc/docker/daemon.json
+      else rm -f /etc/docker/daemon.json; fi
+      rm -f "$state/daemon.json.ours"
     fi
     exit 0 ;;
   "") ;;
@@ -49,13 +58,16 @@ if ! command -v dockerd >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null || die "apt-get update failed"
   apt-get install -y -qq --no-install-recommends docker.io iptables >/dev/null || die "apt-get install docker.io failed"
+  # NB: where systemd runs, the package's postinst has started an engine already.
+  if answers; then log "docker.io installed; its service answers"; exit 0; fi
 fi
 
 mkdir -p "$state" /etc/docker
 runtime_json=""
-# Bit 24 of the bounding set is CAP_SYS_RESOURCE; any gap in the set means the shim is needed.
+# Any capability missing from the bounding set (here CAP_SYS_RESOURCE) means the shim is needed.
 bnd=$(awk '/^CapBnd:/ {print $2}' /proc/self/status)
-if (( (16#$bnd & (1 << 24)) == 0 )) || [[ "${SLM_FORCE_RUNC_SHIM:-}" == 1 ]]; then
+full=$(( (1 << ($(cat /proc/sys/kernel/cap_last_cap) + 1)) - 1 ))
+if (( (16#$bnd & full) != full )) || [[ "${SLM_FORCE_RUNC_SHIM:-}" == 1 ]]; then
   shim="$cache_root/tools/runc-nocap"
   if [[ ! -x "$shim" || "$here/runc-nocap/main.go" -nt "$shim" ]]; then
     command -v go >/dev/null || die "this machine lacks capabilities --privileged needs, and Go is missing to build hack/runc-nocap"
@@ -77,8 +89,8 @@ log "starting dockerd (log: $state/dockerd.log)"
 nohup dockerd >"$state/dockerd.log" 2>&1 &
 echo $! > "$state/dockerd.pid"
 for _ in $(seq 1 60); do
-  answers && { log "dockerd ready (pid $(cat "$state/dockerd.pid"))"; exit 0; }
   kill -0 "$(cat "$state/dockerd.pid")" 2>/dev/null || die "dockerd exited: $(tail -n 3 "$state/dockerd.log" | tr '\n' ' ')"
+  answers && { log "dockerd ready (pid $(cat "$state/dockerd.pid"))"; exit 0; }
   sleep 1
 done
 die "dockerd did not answer within 60 s (see $state/dockerd.log)"

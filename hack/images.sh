@@ -13,6 +13,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 shared="${SHARED:-$root/../shared}"
+# NB: the classic builder: BuildKit would fetch the Dockerfile's `# syntax` frontend from Docker Hub.
+export DOCKER_BUILDKIT=0
 log() { printf '[images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 timed() { # name command...: run, log the time it took

@@ -18,6 +18,8 @@ hack="$(dirname "$here")"
 source "$hack/versions.env"
 cache_root="${SLM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/slm-operator}"
 tools="$cache_root/tools"
+# NB: the classic builder: BuildKit would fetch the `# syntax` frontend from Docker Hub.
+export DOCKER_BUILDKIT=0
 log() { printf '[kind-node %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
@@ -70,6 +72,7 @@ done
 # --- 3. the node --------------------------------------------------------------------------------
 mkdir -p "$ctx/node/bin"
 cp -r "$here/files" "$ctx/node/files"
+mkdir -p "$ctx/node/files/kind"
 echo "$KUBERNETES_VERSION" > "$ctx/node/files/kind/version"
 for b in kubelet kubeadm kubectl; do cp "$bin/$b" "$ctx/node/bin/"; done
 cp "$tools/crictl-$CRICTL_VERSION" "$ctx/node/bin/crictl"

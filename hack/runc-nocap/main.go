@@ -8,13 +8,14 @@
 // It edits two files: <bundle>/config.json on `create`/`run`, and the `--process` file on `exec`.
 // Everything else passes through untouched. Where the bounding set is full it changes nothing.
 //
-//	runc-nocap [runc flags] create --bundle DIR ...   (real runc: $SLM_REAL_RUNC, default /usr/sbin/runc)
+//	runc-nocap [runc flags] create --bundle DIR ...   (real runc: $SLM_REAL_RUNC, else /usr/sbin/runc, else PATH)
 package main
 
 import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -164,7 +165,13 @@ func main() {
 	}
 	real := os.Getenv("SLM_REAL_RUNC")
 	if real == "" {
+		// Debian's runc lives in /usr/sbin, Docker CE's in /usr/bin: take the first on PATH.
 		real = "/usr/sbin/runc"
+		if _, err := os.Stat(real); err != nil {
+			if found, err := exec.LookPath("runc"); err == nil {
+				real = found
+			}
+		}
 	}
 	err := syscall.Exec(real, append([]string{real}, args...), os.Environ())
 	fmt.Fprintf(os.Stderr, "runc-nocap: exec %s: %v\n", real, err)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
+import json
 from typing import Mapping
 
 RUNNERS = ("job", "local", "none")
@@ -28,7 +28,7 @@ class OperatorConfig:
     profiler_namespace: str = "slm-system"
     profiler_service_account: str = "slm-profiler"
     #: Extra ``slm-profiler run`` flags for every profiler Job (shorter windows on a dev cluster,
-    #: ``--max-replicas``); space-separated in SLM_PROFILER_EXTRA_ARGS, shell quoting allowed.
+    #: ``--max-replicas``); SLM_PROFILER_EXTRA_ARGS holds them as a JSON list of strings.
     profiler_extra_args: tuple[str, ...] = ()
     work_dir: str = "/tmp/slm-operator"
     watch_namespace: str = ""
@@ -47,7 +47,7 @@ class OperatorConfig:
             profiler_engine=env.get("SLM_PROFILER_ENGINE") or defaults.profiler_engine,
             profiler_namespace=env.get("SLM_PROFILER_NAMESPACE") or defaults.profiler_namespace,
             profiler_service_account=env.get("SLM_PROFILER_SERVICE_ACCOUNT") or defaults.profiler_service_account,
-            profiler_extra_args=tuple(shlex.split(env.get("SLM_PROFILER_EXTRA_ARGS") or "")),
+            profiler_extra_args=_string_list("SLM_PROFILER_EXTRA_ARGS", env.get("SLM_PROFILER_EXTRA_ARGS") or "[]"),
             work_dir=env.get("SLM_WORK_DIR") or defaults.work_dir,
             watch_namespace=env.get("SLM_WATCH_NAMESPACE") or "",
             retry_seconds=int(env.get("SLM_RETRY_SECONDS") or defaults.retry_seconds),
@@ -59,3 +59,14 @@ class OperatorConfig:
         if cfg.profiler_engine not in ("simulated", "vllm"):
             raise ConfigError(f"SLM_PROFILER_ENGINE={cfg.profiler_engine!r}: use simulated or vllm")
         return cfg
+
+
+def _string_list(name: str, raw: str) -> tuple[str, ...]:
+    """A JSON list of strings (the chart writes it with toJson), or a ConfigError naming ``name``."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name}={raw!r} is not JSON ({exc}): give a list such as [\"--duration-s=10\"]") from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{name}={raw!r}: give a JSON list of strings such as [\"--duration-s=10\"]")
+    return tuple(value)

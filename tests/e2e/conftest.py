@@ -1,11 +1,12 @@
 """The end-to-end suite's cluster: real pods in a kind cluster built here (``make e2e``).
 
-``e2e_cluster`` (session) makes sure a Docker engine answers, builds the project's images
+``e2e`` (session) makes sure a Docker engine answers, builds the project's images
 (``hack/images.sh``: cached layers make a rerun take seconds), and brings up the kind cluster
 (``hack/cluster.py kind-up``: reused when it exists) with those images loaded. Nothing
 is simulated but the GPU: the nodes only pose as GPU nodes (``hack/kind-gpu-nodes.yaml``), and
-vLLM is its CPU build. Without a Docker engine the suite skips, saying why; with
-``SLM_REQUIRE_E2E=1`` (``make test``, ``make e2e``) that is a failure instead.
+vLLM is its CPU build. Without a Docker engine (or, not being root, without the Debian base image
+debootstrap would make) the suite skips, saying why; with ``SLM_REQUIRE_E2E=1`` (``make e2e``,
+``.ci/run``) that is a failure instead.
 
 The cluster is ``make kind-up``'s (``slm-gpu``, ``.run/kind``), left running for the next session
 (``make kind-down`` removes it), unless ``SLM_E2E_DOWN=1``.
@@ -67,6 +68,10 @@ def e2e() -> Iterator[E2E]:
     bin_dir, why = kubetest.find_binaries()
     if bin_dir is None:
         _unavailable(why)
+    if os.geteuid() != 0 and subprocess.run(["docker", "image", "inspect", "slm-local/debian:bookworm"],
+                                            capture_output=True).returncode != 0:
+        _unavailable("the Debian base image is built with debootstrap, which needs root: run "
+                     "`sudo bash hack/base-image.sh` once")
     built = dict(line.split("=", 1) for line in _stage("images", ["bash", "hack/images.sh"], timeout=3600).split()
                  if "=" in line)
     images = Images(operator=built["operator"], engine=built["e2e-engine"])

@@ -88,11 +88,15 @@ def test_profiler_job_pins_one_whole_gpu_non_root_and_writes_the_configmap():
 
 
 def test_profiler_extra_args_come_from_the_operator_config_and_follow_ours():
-    from slm_operator.config import OperatorConfig
+    from slm_operator.config import ConfigError, OperatorConfig
 
-    cfg = OperatorConfig.from_env({"SLM_PROFILER_EXTRA_ARGS": "--duration-s=6 --vllm-arg '--dtype float32'"})
+    cfg = OperatorConfig.from_env({"SLM_PROFILER_EXTRA_ARGS": '["--duration-s=6", "--vllm-arg", "--dtype float32"]'})
     assert cfg.profiler_extra_args == ("--duration-s=6", "--vllm-arg", "--dtype float32")
     assert OperatorConfig.from_env({}).profiler_extra_args == ()
+    with pytest.raises(ConfigError, match="SLM_PROFILER_EXTRA_ARGS.*JSON list of strings"):
+        OperatorConfig.from_env({"SLM_PROFILER_EXTRA_ARGS": '"--duration-s=6"'})
+    with pytest.raises(ConfigError, match="SLM_PROFILER_EXTRA_ARGS.*is not JSON"):
+        OperatorConfig.from_env({"SLM_PROFILER_EXTRA_ARGS": "--duration-s=6"})
     request = ProfileRequest(model="m", gpu_product="NVIDIA-L4", workload=Workload(input_tokens=8, output_tokens=8))
     job = build_profiler_job(name="p", namespace="slm-system", request=request, image="img", result_configmap="p",
                              service_account="sa", gpu_product="NVIDIA-L4", extra_args=cfg.profiler_extra_args)
