@@ -90,6 +90,24 @@ def _in_cluster(e2e: E2E, code: str, *, timeout: float = 120) -> str:
                                timeout=timeout).stdout
 
 
+def _slm_manifest(name: str, *, gpu: dict[str, Any], profiling: dict[str, Any]) -> dict[str, Any]:
+    """An SLMService of the tiny model on one GPU; the engine runs eager (see PROFILER_ARGS)."""
+    return {
+        "apiVersion": "slm.pareto.dev/v1alpha1",
+        "kind": "SLMService",
+        "metadata": {"name": name, "namespace": story.namespace},
+        "spec": {
+            "model": MODEL,
+            "servedModelName": name,
+            "engine": {"args": ["--enforce-eager"]},
+            "gpu": gpu,
+            "workload": {"inputTokens": 32, "outputTokens": 32, "maxModelLen": 256},
+            "profiling": profiling,
+            "scale": {"gpus": 1},
+        },
+    }
+
+
 def _completion_code(url: str, *, prompt: str, max_tokens: int) -> str:
     body = json.dumps({"model": NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
     return (
@@ -146,20 +164,8 @@ def test_operator_runs_from_its_image_as_the_charts_service_account(e2e: E2E, tm
 
 
 def test_auto_profile_runs_real_vllm_in_a_profiler_job(e2e: E2E):
-    manifest = {
-        "apiVersion": "slm.pareto.dev/v1alpha1",
-        "kind": "SLMService",
-        "metadata": {"name": NAME, "namespace": story.namespace},
-        "spec": {
-            "model": MODEL,
-            "servedModelName": NAME,
-            "engine": {"args": ["--enforce-eager"]},
-            "gpu": {"product": GPU_PRODUCT},
-            "workload": {"inputTokens": 32, "outputTokens": 32, "maxModelLen": 256},
-            "profiling": {"mode": "auto", "batchSizes": [1, 2, 4]},
-            "scale": {"gpus": 1},
-        },
-    }
+    manifest = _slm_manifest(NAME, gpu={"product": GPU_PRODUCT},
+                             profiling={"mode": "auto", "batchSizes": [1, 2, 4]})
     e2e.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
     job = wait_for(lambda: next(iter(_json(e2e, "-n", SYSTEM, "get", "jobs", "-l",
                                              "slm.pareto.dev/role=profiler")["items"]), None),
@@ -298,21 +304,10 @@ def test_a_burst_is_spread_over_more_than_one_replica(e2e: E2E):
 def test_a_shared_gpu_group_starts_its_replicas_one_after_another(e2e: E2E):
     # k replicas on one MPS-shared GPU. k is the profile's: the measured one above is what a CPU
     # gives (usually 1), so this service states its numbers (profiling.mode static).
-    manifest = {
-        "apiVersion": "slm.pareto.dev/v1alpha1",
-        "kind": "SLMService",
-        "metadata": {"name": SHARED_NAME, "namespace": story.namespace},
-        "spec": {
-            "model": MODEL,
-            "servedModelName": SHARED_NAME,
-            "engine": {"args": ["--enforce-eager"]},
-            "gpu": {"product": GPU_PRODUCT, "sharing": "mps"},
-            "workload": {"inputTokens": 32, "outputTokens": 32, "maxModelLen": 256},
-            "profiling": {"mode": "static", "static": {"batchSize": 4, "replicasPerGPU": 2, "memoryPerReplicaGiB": 1.5,
-                                                       "tokensPerSecondPerGPU": 1000}},
-            "scale": {"gpus": 1},
-        },
-    }
+    manifest = _slm_manifest(SHARED_NAME, gpu={"product": GPU_PRODUCT, "sharing": "mps"}, profiling={
+        "mode": "static",
+        "static": {"batchSize": 4, "replicasPerGPU": 2, "memoryPerReplicaGiB": 1.5, "tokensPerSecondPerGPU": 1000},
+    })
     e2e.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
     def ready_pods() -> list[dict[str, Any]] | None:
