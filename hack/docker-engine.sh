@@ -68,13 +68,8 @@ runtime_json=""
 bnd=$(awk '/^CapBnd:/ {print $2}' /proc/self/status)
 full=$(( (1 << ($(cat /proc/sys/kernel/cap_last_cap) + 1)) - 1 ))
 if (( (16#$bnd & full) != full )) || [[ "${SLM_FORCE_RUNC_SHIM:-}" == 1 ]]; then
-  shim="$cache_root/tools/runc-nocap"
-  if [[ ! -x "$shim" || "$here/runc-nocap/main.go" -nt "$shim" ]]; then
-    command -v go >/dev/null || die "this machine lacks capabilities --privileged needs, and Go is missing to build hack/runc-nocap"
-    log "building hack/runc-nocap (this machine's bounding set lacks capabilities --privileged asks for)"
-    mkdir -p "$(dirname "$shim")"
-    (cd "$here/runc-nocap" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$shim" .) || die "building runc-nocap failed"
-  fi
+  log "this machine's bounding set lacks capabilities --privileged asks for: runtime hack/runc-nocap"
+  shim="$(bash "$here/go-tool.sh" "$here/runc-nocap")" || die "cannot build hack/runc-nocap (see above)"
   runtime_json="\"runtimes\": {\"slm-runc\": {\"path\": \"$shim\"}}, \"default-runtime\": \"slm-runc\","
 fi
 if [[ -f /etc/docker/daemon.json && ! -f "$state/daemon.json.ours" ]]; then

@@ -23,7 +23,7 @@ export DOCKER_BUILDKIT=0
 log() { printf '[kind-node %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-digest=$( (cd "$hack" && find kind-node runc-nocap versions.env -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-12)
+digest=$( (cd "$hack" && find kind-node runc-nocap go-tool.sh versions.env -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-12)
 node_image="slm-local/kind-node:$KUBERNETES_VERSION-$digest"
 if docker image inspect "$node_image" >/dev/null 2>&1; then log "$node_image present"; echo "$node_image"; exit 0; fi
 
@@ -35,11 +35,8 @@ for b in kubelet kubeadm kubectl kube-apiserver kube-controller-manager kube-sch
 done
 
 mkdir -p "$tools"
-gobuild() { # output-file source-dir
-  (cd "$2" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$1" .) || die "go build in $2 failed"
-}
-[[ -x "$tools/runc-nocap" && ! "$hack/runc-nocap/main.go" -nt "$tools/runc-nocap" ]] || gobuild "$tools/runc-nocap" "$hack/runc-nocap"
-[[ -x "$tools/pause" && ! "$here/pause/main.go" -nt "$tools/pause" ]] || gobuild "$tools/pause" "$here/pause"
+runc_nocap="$(bash "$hack/go-tool.sh" "$hack/runc-nocap")" || die "building hack/runc-nocap failed"
+pause="$(bash "$hack/go-tool.sh" "$here/pause")" || die "building hack/kind-node/pause failed"
 if [[ ! -x "$tools/crictl-$CRICTL_VERSION" ]]; then
   log "building crictl $CRICTL_VERSION"
   gobin="$(mktemp -d)"
@@ -56,7 +53,7 @@ trap cleanup EXIT
 # --- 2. the images kubeadm starts ---------------------------------------------------------------
 reg=registry.k8s.io
 mkdir -p "$ctx/pause" "$ctx/components/bin"
-cp "$tools/pause" "$ctx/pause/pause"
+cp "$pause" "$ctx/pause/pause"
 docker build -q -f "$here/Dockerfile.pause" -t "$reg/pause:$KUBEADM_PAUSE_TAG" "$ctx/pause" >/dev/null || die "building the pause image failed"
 for b in kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd; do cp "$bin/$b" "$ctx/components/bin/"; done
 components="slm-local/k8s-components:$KUBERNETES_VERSION-$digest"
@@ -76,7 +73,7 @@ mkdir -p "$ctx/node/files/kind"
 echo "$KUBERNETES_VERSION" > "$ctx/node/files/kind/version"
 for b in kubelet kubeadm kubectl; do cp "$bin/$b" "$ctx/node/bin/"; done
 cp "$tools/crictl-$CRICTL_VERSION" "$ctx/node/bin/crictl"
-cp "$tools/runc-nocap" "$ctx/node/bin/runc-nocap"
+cp "$runc_nocap" "$ctx/node/bin/runc-nocap"
 log "building the node's packages and files on $base"
 docker build -q --build-arg "BASE_IMAGE=$base" -f "$here/Dockerfile" -t "slm-local/kind-node-base:$digest" "$ctx/node" >/dev/null \
   || die "building the node image failed"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import json
+import os
 from typing import Mapping
 
 RUNNERS = ("job", "local", "none")

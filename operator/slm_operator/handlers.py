@@ -150,12 +150,15 @@ def slm_groups(namespace: str, name: str, labels: Mapping[str, str], annotations
     )}
 
 
+def _values(index: Any) -> list[Any]:
+    """Every value of a kopf index (a mapping of keys to collections of values)."""
+    return [v for key in index for v in index[key]]
+
+
 def _inventory(indexes: Mapping[str, Any], *, exclude_service: str | None = None) -> Inventory:
-    def values(index: Any) -> list[Any]:
-        return [v for key in index for v in index[key]]
-    pods = values(indexes["gpu_pods"])
-    claims = values(indexes["gpu_claims"])
-    groups = {g.key: g for g in values(indexes["slm_groups"])}
+    pods = _values(indexes["gpu_pods"])
+    claims = _values(indexes["gpu_claims"])
+    groups = {g.key: g for g in _values(indexes["slm_groups"])}
     now = time.monotonic()
     for key, (at, group) in list(_recent_groups.items()):
         if key in groups or now - at > _RECENT_TTL_SECONDS:
@@ -170,8 +173,8 @@ def _inventory(indexes: Mapping[str, Any], *, exclude_service: str | None = None
             node_of.setdefault(pod["group"], pod["spec"]["nodeName"])
     demand = unbound_demand(groups=groups.values(), bound_pods=bound, group_nodes=node_of,
                             allocated_claims=[c["name"] for c in claims], exclude_service=exclude_service)
-    return build_inventory(nodes=values(indexes["gpu_nodes"]), pods=pods,
-                           resource_slices=values(indexes["gpu_slices"]), resource_claims=claims,
+    return build_inventory(nodes=_values(indexes["gpu_nodes"]), pods=pods,
+                           resource_slices=_values(indexes["gpu_slices"]), resource_claims=claims,
                            demand=demand)
 
 
@@ -228,8 +231,7 @@ def _reconcile(
         return
 
     try:
-        memory_gib = product_memory_gib(nodes=[n for key in indexes["gpu_nodes"] for n in indexes["gpu_nodes"][key]],
-                                        product=product)
+        memory_gib = product_memory_gib(nodes=_values(indexes["gpu_nodes"]), product=product)
         profile = obtain_profile(spec=parsed, gpu_product=product, cfg=CONFIG, gpu_memory_gib=memory_gib)
     except ProfilePending as pending:
         report.profiling(pending.progress)

@@ -33,7 +33,7 @@ import aiohttp
 
 from .engines.base import EngineError, EngineServer
 from .estimator import CALIBRATION, replica_memory_gib
-from .gpus import GpuSpec, lookup_gpu
+from .gpus import lookup_gpu
 from .loadgen import LoadError, run_load
 from .metrics import MetricsSampler
 from .modelconfig import GIB, ModelConfig, ModelConfigError, UnknownModelError, resolve_model_config
@@ -361,10 +361,9 @@ def _replication_phase(
         return []
     b_star = selection.b_star
     solo = next(p for p in points if p.batch_size == b_star)
-    gpu = _gpu(request)
     # NB: the memory the request names (the nodes' label) is enough: a GPU the table lacks can
     # still be packed.
-    memory_gib = request.gpu_memory_gib or (gpu.memory_gib if gpu else None)
+    memory_gib = _gpu_memory_gib(request)
     if model_config is None or memory_gib is None:
         notes.append("replication skipped: needs the model's config.json and the GPU's memory (a known GPU "
                      "or the nodes' nvidia.com/gpu.memory label) to size replicas")
@@ -416,9 +415,12 @@ def _replication_phase(
     return out
 
 
-def _gpu(request: ProfileRequest) -> GpuSpec | None:
+def _gpu_memory_gib(request: ProfileRequest) -> float | None:
+    """One GPU's memory: the request's (the nodes' label), else the GPU table's, else unknown."""
+    if request.gpu_memory_gib:
+        return request.gpu_memory_gib
     try:
-        return lookup_gpu(request.gpu_product, memory_gib=request.gpu_memory_gib)
+        return lookup_gpu(request.gpu_product).memory_gib
     except ValueError:
         return None
 
