@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from hack.localcluster.api import token_kubeconfig  # noqa: E402
 from hack.localcluster.processes import pid_exists  # noqa: E402
+
 RUN = REPO / ".run" / "demo"
 CLUSTER_RUN = RUN / "cluster"
 NAMESPACE = "demo"

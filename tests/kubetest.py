@@ -14,8 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -54,7 +55,7 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 30, interval: float
                 return last_value
         except StopWaiting as e:
             raise AssertionError(f"gave up waiting for {message or 'condition'}: {e}") from None
-        except Exception as e:  # noqa: BLE001 — reported below if it persists
+        except Exception as e:
             last_error = e
         if time.monotonic() >= deadline:
             detail = f"last value: {last_value!r}"

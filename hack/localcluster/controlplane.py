@@ -19,8 +19,9 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 
@@ -426,7 +427,7 @@ class _Starter:
             try:
                 if check():
                     return
-            except Exception as e:  # noqa: BLE001 — any failure of a probe means "not yet"
+            except Exception as e:
                 last_error = f"{type(e).__name__}: {e}"
             if time.monotonic() > deadline:
                 logs = "".join(

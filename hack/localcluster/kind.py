@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import yaml
 

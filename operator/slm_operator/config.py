@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 RUNNERS = ("job", "local", "none")
 SHARING_DEFAULTS = ("auto", "mps", "time-slicing", "dra", "exclusive")
@@ -36,7 +36,7 @@ class OperatorConfig:
     retry_seconds: int = 30
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "OperatorConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         env = os.environ if env is None else env
         defaults = cls()
         cfg = cls(

@@ -14,25 +14,48 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import kopf
 
 from slm_operator import API_VERSION, GROUP, PLURAL, kube
 from slm_operator.builders.children import (
-    ANNOTATION_MECHANISM, ANNOTATION_PRODUCT, LABEL_GROUP, LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, build_group_statefulset,
-    build_resource_claim, build_service, claim_name, endpoint_url, owner_reference,
+    ANNOTATION_MECHANISM,
+    ANNOTATION_PRODUCT,
+    LABEL_GROUP,
+    LABEL_MANAGED_BY,
+    LABEL_SERVICE,
+    MANAGED_BY,
+    build_group_statefulset,
+    build_resource_claim,
+    build_service,
+    claim_name,
+    endpoint_url,
+    owner_reference,
 )
 from slm_operator.config import OperatorConfig
 from slm_operator.planning.inventory import (
-    DEVICE_PLUGIN_RESOURCES, DRA_DRIVER, LABEL_PRODUCT, Inventory, PlacedGroup, build_inventory, product_memory_gib,
+    DEVICE_PLUGIN_RESOURCES,
+    DRA_DRIVER,
+    LABEL_PRODUCT,
+    Inventory,
+    PlacedGroup,
+    build_inventory,
+    product_memory_gib,
     unbound_demand,
 )
 from slm_operator.planning.plan import Plan, PlanningError, make_plan
 from slm_operator.profile_source import ProfileFailed, ProfilePending, cancel_local_runs, obtain_profile
 from slm_operator.spec import SLMServiceSpec, SpecError, parse_spec
 from slm_operator.status import (
-    condition, merge_conditions, now_iso, placement_summary, profile_summary, serving_phase, status_patch,
+    condition,
+    merge_conditions,
+    now_iso,
+    placement_summary,
+    profile_summary,
+    serving_phase,
+    status_patch,
 )
 
 RESOURCE = (GROUP, API_VERSION, PLURAL)

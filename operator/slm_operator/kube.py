@@ -13,12 +13,13 @@ alone unless we set them ourselves.
 from __future__ import annotations
 
 import enum
-import json
 import functools
+import json
 import logging
 import os
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException

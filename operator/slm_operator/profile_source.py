@@ -16,7 +16,8 @@ import threading
 from typing import Any
 
 from slm_operator import kube
-from slm_operator.builders.children import MANAGED_BY, LABEL_MANAGED_BY
+from slm_operator.builders.children import LABEL_MANAGED_BY, MANAGED_BY
+from slm_operator.builders.profiler_job import build_profiler_job
 from slm_operator.config import OperatorConfig
 from slm_operator.planning.profiles import skip_profile, static_profile
 from slm_operator.profiling.cache import profile_cache_key
@@ -25,7 +26,6 @@ from slm_operator.profiling.gpus import lookup_gpu
 from slm_operator.profiling.modelconfig import resolve_model_config
 from slm_operator.profiling.runner_local import LocalProfileRun, start_local_profile
 from slm_operator.profiling.types import Profile, ProfileRequest
-from slm_operator.builders.profiler_job import build_profiler_job
 from slm_operator.spec import SLMServiceSpec
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ Side-effect free: no kopf, no Kubernetes client.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from slm_operator.profiling.types import Slo, Workload
 

@@ -8,7 +8,8 @@ condition's ``lastTransitionTime`` moves only when its ``status`` flips.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Iterable, Literal, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from slm_operator.planning.plan import Plan
 from slm_operator.profiling.types import Profile

@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.operator_harness import (
-    OPERATOR_NAMESPACE, RELEASE, ROOT, OperatorProcess, serviceaccount_kubeconfig,
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    ROOT,
+    OperatorProcess,
+    serviceaccount_kubeconfig,
 )
 
 

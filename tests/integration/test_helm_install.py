@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import pathlib
 import secrets
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

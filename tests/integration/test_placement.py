@@ -6,7 +6,6 @@ import pytest
 
 from tests.integration.operator_harness import apply_yaml, get_json, slms, wait_phase
 from tests.integration.test_operator_lifecycle import H100, children, ready_pods, static_service
-from tests.kubetest import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,12 @@ import pytest
 import yaml
 
 from tests.integration.operator_harness import (
-    OPERATOR_NAMESPACE, OperatorProcess, apply_yaml, get_json, serviceaccount_kubeconfig, wait_phase,
+    OPERATOR_NAMESPACE,
+    OperatorProcess,
+    apply_yaml,
+    get_json,
+    serviceaccount_kubeconfig,
+    wait_phase,
 )
 from tests.integration.test_operator_lifecycle import H100
 from tests.kubetest import wait_for

@@ -1,7 +1,12 @@
 """Child manifests: what the scheduler and vLLM will see."""
 
 from slm_operator.builders.children import (
-    LABEL_GROUP, LABEL_SERVICE, build_group_statefulset, build_resource_claim, build_service, owner_reference,
+    LABEL_GROUP,
+    LABEL_SERVICE,
+    build_group_statefulset,
+    build_resource_claim,
+    build_service,
+    owner_reference,
 )
 from slm_operator.planning.inventory import build_inventory
 from slm_operator.planning.plan import make_plan

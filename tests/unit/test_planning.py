@@ -1,14 +1,19 @@
 """The planner on inventories shaped like real clusters (labels as GPU feature discovery sets them)."""
 
-import dataclasses
 import math
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from slm_operator.planning.inventory import build_inventory
 from slm_operator.planning.plan import (
-    GIB, USABLE_MEMORY_FRACTION, PlanningError, desired_gpus, make_plan, tokens_per_second_per_gpu,
+    GIB,
+    USABLE_MEMORY_FRACTION,
+    PlanningError,
+    desired_gpus,
+    make_plan,
+    tokens_per_second_per_gpu,
 )
 from slm_operator.planning.profiles import skip_profile, static_profile
 from slm_operator.profiling.types import Profile

@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 
-from slm_operator.profiling.engines.vllm import start_vllm
 from slm_operator.profiling.engines.base import find_free_port
+from slm_operator.profiling.engines.vllm import start_vllm
 from slm_operator.profiling.modelconfig import parse_model_config
 from slm_operator.profiling.sweep import SweepSettings, profile_from_sweep, run_sweep
 from slm_operator.profiling.types import ProfileRequest, Workload

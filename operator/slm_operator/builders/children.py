@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from slm_operator import API_VERSION, GROUP, KIND
 from slm_operator.planning.plan import Plan

@@ -9,7 +9,8 @@ Pure: returns a dict, talks to nothing.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .. import GROUP
 from ..profiling.types import ProfileRequest

@@ -11,7 +11,8 @@ Side-effect free: callers pass what they listed or indexed; nothing here talks t
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Literal, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 NodeSharing = Literal["none", "mps", "time-slicing", "dra"]
 

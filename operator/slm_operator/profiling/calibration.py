@@ -24,7 +24,7 @@ import dataclasses
 import json
 import math
 import pathlib
-from typing import Iterable
+from collections.abc import Iterable
 
 from .estimator import CALIBRATION, Calibration, estimate_batch, estimate_replicas
 from .gpus import lookup_gpu

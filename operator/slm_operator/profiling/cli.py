@@ -18,7 +18,7 @@ import logging
 import os
 import pathlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .engines.base import EngineError
 from .estimator import estimate_curve

@@ -9,7 +9,7 @@ the client through here. The Job's service account needs ``create``/``patch`` on
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from collections.abc import Mapping
 
 __all__ = ["write_profile_configmap", "parse_target", "PROFILE_KEY", "SWEEP_KEY"]
 

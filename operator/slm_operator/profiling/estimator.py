@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from .gpus import GpuSpec
 from .modelconfig import GIB, ModelConfig

@@ -41,7 +41,7 @@ class GpuSpec:
     def flops(self) -> float:
         return self.bf16_tflops * 1e12
 
-    def with_memory(self, memory_gib: float | None) -> "GpuSpec":
+    def with_memory(self, memory_gib: float | None) -> GpuSpec:
         """The same GPU with another usable memory size (MIG slice, MPS limit, or a correction)."""
         if memory_gib is None:
             return self

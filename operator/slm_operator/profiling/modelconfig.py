@@ -18,7 +18,8 @@ import functools
 import importlib.resources
 import json
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "ModelConfig",

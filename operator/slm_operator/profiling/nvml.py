@@ -44,7 +44,7 @@ class NvmlSampler:
             self._device_name = name.decode() if isinstance(name, bytes) else str(name)
             self._total = pynvml.nvmlDeviceGetMemoryInfo(self._handle).total / 2**20
             self._nvml = pynvml
-        except Exception as exc:  # noqa: BLE001 - any NVML failure means "no GPU numbers"
+        except Exception as exc:
             self.unavailable_reason = f"NVML unavailable ({type(exc).__name__}: {exc}); GPU memory/power not sampled"
             log.info("%s", self.unavailable_reason)
 
@@ -65,16 +65,16 @@ class NvmlSampler:
         nvml = self._nvml
         try:
             used = nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**20
-        except Exception:  # noqa: BLE001
+        except Exception:
             return
         power = util = None
         try:
             power = nvml.nvmlDeviceGetPowerUsage(self._handle) / 1000.0
-        except Exception:  # noqa: BLE001 - not every board reports power
+        except Exception:
             pass
         try:
             util = float(nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         self._rows.append((used, power, util))
 

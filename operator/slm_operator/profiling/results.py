@@ -14,7 +14,8 @@ import io
 import json
 import math
 import pathlib
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .selection import ReplicaPoint, SelectionPoint
 from .types import PROFILE_FORMAT_VERSION
@@ -112,7 +113,7 @@ class SweepResult:
         return {"format": SWEEP_FORMAT, "version": PROFILE_FORMAT_VERSION, **data}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "sweep") -> "SweepResult":
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "sweep") -> SweepResult:
         if data.get("format") != SWEEP_FORMAT:
             raise SweepFormatError(f"{source}: not a sweep file (format {data.get('format')!r}, want {SWEEP_FORMAT!r})")
         if data.get("version") != PROFILE_FORMAT_VERSION:

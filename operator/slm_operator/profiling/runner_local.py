@@ -14,7 +14,7 @@ import os
 import pathlib
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .processes import stop_process_group
 from .types import Profile, ProfileRequest
@@ -95,7 +95,7 @@ def start_local_profile(
         (folder / stale).unlink(missing_ok=True)
     log = (folder / "profiler.log").open("ab")
     try:
-        process = subprocess.Popen(  # noqa: S603 - our own CLI
+        process = subprocess.Popen(
             run, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

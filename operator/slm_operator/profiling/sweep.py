@@ -27,7 +27,7 @@ import math
 import os
 import pathlib
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import aiohttp
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 #: Bumped when the meaning of a stored profile or sweep changes; part of the profile cache key.
 PROFILE_FORMAT_VERSION = 1
@@ -84,7 +85,7 @@ class Profile:
         return {_camel(k): v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Profile":
+    def from_dict(cls, data: Mapping[str, Any]) -> Profile:
         by_camel = {_camel(f.name): f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - set(by_camel)
         if unknown:
@@ -121,7 +122,7 @@ class ProfileRequest:
         return {_camel(k): v for k, v in data.items() if v is not None}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ProfileRequest":
+    def from_dict(cls, data: Mapping[str, Any]) -> ProfileRequest:
         names = {_camel(f.name): f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - set(names)
         if unknown:

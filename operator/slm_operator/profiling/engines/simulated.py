@@ -371,7 +371,7 @@ class SimulatedEngine:
         self._loop = loop
         try:
             loop.run_until_complete(self._serve())
-        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+        except BaseException as exc:
             self._error = exc
             self._ready.set()
             return
@@ -379,7 +379,7 @@ class SimulatedEngine:
         loop.run_forever()
         loop.close()
 
-    def start(self, *, timeout_s: float = 60.0) -> "SimulatedEngine":
+    def start(self, *, timeout_s: float = 60.0) -> SimulatedEngine:
         if port_in_use(self.port, self.host):
             raise EngineError(f"port {self.port} on {self.host} is already in use; choose another port")
         log.warning(

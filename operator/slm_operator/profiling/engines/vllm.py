@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ..processes import stop_process_group
 from .base import EngineError, port_in_use
@@ -65,7 +65,7 @@ def vllm_command(
 
 def _get_json(url: str, timeout: float = 5.0) -> tuple[int, object]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback/engine URL
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             body = resp.read().decode()
             return resp.status, json.loads(body) if body.strip().startswith(("{", "[")) else body
     except urllib.error.HTTPError as exc:
@@ -83,7 +83,7 @@ class VllmServer:
         self.model_name = ""
         self.log_path = log_path
         self._log = log_path.open("ab")
-        self.process = subprocess.Popen(  # noqa: S603 - our own command line
+        self.process = subprocess.Popen(
             cmd,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,101 @@
+"""Every name the operator shares with the cluster, in one place: the bottom layer.
+
+API group and kinds, our labels and annotations, the labels and resource names NVIDIA's GPU
+feature discovery, device plugin and DRA driver publish, ConfigMap keys, the sharing modes and
+mechanisms. Everything else (the package, ``hack/``, ``bench/``, the tests' helpers) imports them
+from here; nothing here imports anything of ours.
+
+NB: tests that check what a user sees (a label on a pod, a CRD field) keep writing the literal
+string: they check this module as much as the code that uses it.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, get_args
+
+# --- Our API ------------------------------------------------------------------------------------
+
+#: API group of our custom resources and the prefix of every label/annotation we own.
+GROUP: Final = "slm.pareto.dev"
+#: Served (and storage) version of the SLMService CRD.
+API_VERSION: Final = "v1alpha1"
+KIND: Final = "SLMService"
+PLURAL: Final = "slmservices"
+#: Field manager of our server-side applies, and the value of ``app.kubernetes.io/managed-by``.
+OPERATOR_NAME: Final = "slm-operator"
+
+# --- Our labels and annotations -----------------------------------------------------------------
+
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = OPERATOR_NAME
+#: ``app.kubernetes.io/managed-by=slm-operator``: every object the operator or its profiler made.
+MANAGED_BY_SELECTOR: Final = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+#: The SLMService (name, same namespace) a child belongs to.
+LABEL_SERVICE: Final = f"{GROUP}/service"
+#: The index of a GPU group (``0``, ``1``, ...) inside its service.
+LABEL_GROUP: Final = f"{GROUP}/group"
+#: On a group's StatefulSet and pods: the mechanism it was planned with (``mps``, ``dra``, ...).
+ANNOTATION_MECHANISM: Final = f"{GROUP}/sharing"
+#: On a group's StatefulSet: the GPU product (node label spelling) it was planned for.
+ANNOTATION_PRODUCT: Final = f"{GROUP}/gpu-product"
+
+# --- NVIDIA's names -----------------------------------------------------------------------------
+
+#: The device plugin's extended resource; with ``renameByDefault`` shared GPUs use the second.
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+SHARED_GPU_RESOURCE: Final = "nvidia.com/gpu.shared"
+DEVICE_PLUGIN_RESOURCES: Final = (GPU_RESOURCE, SHARED_GPU_RESOURCE)
+#: GPU feature discovery's node labels.
+LABEL_GPU_PRODUCT: Final = "nvidia.com/gpu.product"
+LABEL_GPU_MEMORY_MIB: Final = "nvidia.com/gpu.memory"
+LABEL_GPU_COUNT: Final = "nvidia.com/gpu.count"
+LABEL_GPU_PRESENT: Final = "nvidia.com/gpu.present"
+#: The device plugin's sharing labels: slots per GPU, and ``mps`` or ``time-slicing``.
+LABEL_GPU_REPLICAS: Final = "nvidia.com/gpu.replicas"
+LABEL_GPU_SHARING: Final = "nvidia.com/gpu.sharing-strategy"
+#: Feature discovery appends this to the product of shared nodes (unless ``renameByDefault``).
+SHARED_PRODUCT_SUFFIX: Final = "-SHARED"
+#: NVIDIA's DRA driver, and the DeviceClass it installs.
+DRA_DRIVER: Final = "gpu.nvidia.com"
+DRA_DEVICE_CLASS: Final = "gpu.nvidia.com"
+
+# --- Sharing ------------------------------------------------------------------------------------
+
+#: What a user asks for in ``spec.gpu.sharing`` (and the operator's default).
+Sharing = Literal["auto", "mps", "time-slicing", "dra", "exclusive"]
+#: How a plan shares a GPU: ``auto`` resolved to one of these.
+Mechanism = Literal["dra", "mps", "time-slicing", "exclusive"]
+#: How a node's GPUs are shared, as the device plugin's strategy label (``none``) or DRA says.
+PoolSharing = Literal["none", "mps", "time-slicing", "dra"]
+
+SHARING_MODES: Final[tuple[Sharing, ...]] = get_args(Sharing)
+MECHANISMS: Final[tuple[Mechanism, ...]] = get_args(Mechanism)
+POOL_SHARINGS: Final[tuple[PoolSharing, ...]] = get_args(PoolSharing)
+#: The node pools each mechanism draws from (``exclusive`` takes whole GPUs of unshared nodes).
+POOL_OF_MECHANISM: Final[dict[Mechanism, PoolSharing]] = {
+    "dra": "dra", "mps": "mps", "time-slicing": "time-slicing", "exclusive": "none",
+}
+
+# --- Memory -------------------------------------------------------------------------------------
+
+#: Share of a GPU's memory replicas may budget for; the rest is CUDA contexts, the MPS server,
+#: allocator fragmentation and the activations vLLM profiles at start.
+USABLE_MEMORY_FRACTION: Final = 0.92
+GIB: Final = 1024**3
+
+# --- Profiles -----------------------------------------------------------------------------------
+
+#: Keys of a profile result ConfigMap (written by the profiler Job or the local runner).
+PROFILE_KEY: Final = "profile.json"
+REQUEST_KEY: Final = "request.json"
+SWEEP_KEY: Final = "sweep.json"
+#: Result ConfigMaps are named ``slm-profile-<cache key>``.
+PROFILE_CONFIGMAP_PREFIX: Final = "slm-profile-"
+#: The container port every vLLM replica serves on.
+SERVING_PORT: Final = 8000
+
+
+def group_name(*, service: str, index: int) -> str:
+    """The StatefulSet of GPU group ``index`` of SLMService ``service``."""
+    return f"{service}-g{index}"
