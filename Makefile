@@ -56,6 +56,7 @@ test-integration: venv binaries vllm-env
 # Each stage prints its time. The Docker engine stage installs and starts one where it can (root,
 # Debian); where it cannot, tests/e2e skips saying why, unless SLM_REQUIRE_E2E=1 (.ci/run sets it).
 test: venv
+	@start=$$SECONDS; $(MAKE) --no-print-directory lint || exit 1; echo "[make test] lint (ruff, mypy, import-linter) took $$((SECONDS-start)) s"
 	@start=$$SECONDS; bash hack/build-binaries.sh >/dev/null || exit 1; \
 	  echo "[make test] binaries ready after $$((SECONDS-start)) s"
 	@start=$$SECONDS; $(MAKE) --no-print-directory vllm-env; echo "[make test] vllm env step took $$((SECONDS-start)) s"
@@ -93,8 +94,12 @@ e2e: venv binaries docker
 e2e-run:
 	SLM_K8S_BIN="$$(bash hack/build-binaries.sh 2>/dev/null)" $(VPY) -m pytest tests/e2e -x -v -s -rs
 
+# Style, types and layers: ruff on every Python tree, mypy --strict on the package (settings in
+# pyproject.toml), import-linter's contracts (.importlinter).
 lint: venv
-	$(VPY) -m importlinter.cli lint-imports 2>/dev/null || $(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 demo: venv binaries
 	@$(VPY) hack/demo.py up --bin "$$(bash hack/build-binaries.sh 2>/dev/null)"

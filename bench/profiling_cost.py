@@ -96,17 +96,17 @@ def main() -> None:
     per_probe = args.warmup_s + args.duration_s
     batch_starts = 1  # NB: the batch phase uses one server; every further start is a replica
     rows = {
-        "ours-batch": {"engine_starts": batch_starts, "probes": len(ours.points), "b_star": ours_b.b_star,
+        "ours-batch": {"engine_starts": batch_starts, "probes": len(ours.points), "batch_size": ours_b.batch_size,
                        "engine_seconds_under_load": round(len(ours.points) * per_probe + args.warmup_s, 1),
                        "wall_s_here": None,
                        "priced_s": round(batch_starts * args.start_cost_s + len(ours.points) * per_probe, 1),
                        "replication_points": 0},
-        "ours": {"engine_starts": starts["ours"], "probes": ours_probes, "b_star": ours_b.b_star,
+        "ours": {"engine_starts": starts["ours"], "probes": ours_probes, "batch_size": ours_b.batch_size,
                  "engine_seconds_under_load": round(ours_probes * per_probe + args.warmup_s, 1),
                  "wall_s_here": round(ours_wall, 2),
                  "priced_s": round(starts["ours"] * args.start_cost_s + ours_probes * per_probe, 1),
                  "stop_reason": ours.stop_reason, "replication_points": len(ours.replication)},
-        "grid": {"engine_starts": starts["grid"], "probes": len(grid_points), "b_star": grid_b.b_star,
+        "grid": {"engine_starts": starts["grid"], "probes": len(grid_points), "batch_size": grid_b.batch_size,
                  "engine_seconds_under_load": round(len(grid_points) * per_probe, 1),
                  "wall_s_here": round(grid_wall, 2),
                  "priced_s": round(starts["grid"] * args.start_cost_s + len(grid_points) * per_probe, 1),
@@ -116,8 +116,8 @@ def main() -> None:
           f"probe = {args.warmup_s:g}+{args.duration_s:g} engine-s, start priced at {args.start_cost_s:g} s")
     print(f"{'method':<10} {'starts':>6} {'probes':>6} {'B*':>5} {'load s':>8} {'wall s here':>11} {'priced s':>9}")
     for name, r in rows.items():
-        print(f"{name:<10} {r['engine_starts']:>6} {r['probes']:>6} {r['b_star']!s:>5} {r['engine_seconds_under_load']:>8} "
-              f"{r['wall_s_here']!s:>11} {r['priced_s']:>9}")
+        print(f"{name:<10} {r['engine_starts']:>6} {r['probes']:>6} {r['batch_size']!s:>5} "
+              f"{r['engine_seconds_under_load']:>8} {r['wall_s_here']!s:>11} {r['priced_s']:>9}")
     print(f"'ours' = batch phase + {rows['ours']['replication_points']} replication points (the grid measures "
           f"no packing); 'ours-batch' = the batch phase alone. Stop: {ours.stop_reason}")
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -40,22 +40,25 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="start the control plane and the simulated GPU nodes")
-    up.add_argument("--bin", required=True, help="folder with etcd, kube-apiserver, ... kwok (hack/build-binaries.sh prints it)")
+    up.add_argument("--bin", required=True,
+                    help="folder with etcd, kube-apiserver, ... kwok (hack/build-binaries.sh prints it)")
     up.add_argument("--config", default=str(DEFAULT_CONFIG), help="simulated node config (default: %(default)s)")
     up.add_argument("--api-port", type=int, default=0, help="kube-apiserver port (default: a free one)")
-    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each step (default: %(default)s)")
+    up.add_argument("--timeout", type=float, default=120.0,
+                    help="seconds to wait for each step (default: %(default)s)")
     commands.add_parser("status", help="show the processes and nodes of the run dir's cluster (exit 0/1/3)")
     commands.add_parser("down", help="stop the run dir's cluster (idempotent)")
-    helps = {"kind-up": "create a kind cluster with a fake GPU node (needs Docker)", "kind-down": "delete that kind cluster"}
+    helps = {"kind-up": "create a kind cluster with a fake GPU node (needs Docker)",
+             "kind-down": "delete that kind cluster"}
     for name, text in helps.items():
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--bin", required=True, help="folder with the kind and kubectl binaries")
         sub.add_argument("--name", default="slm-gpu", help="kind cluster name (default: %(default)s)")
         if name == "kind-up":
-            sub.add_argument(
-                "--config", default=str(KIND_CONFIG), help="node config: one kind node per device-plugin GPU node (default: %(default)s)"
-            )
-            sub.add_argument("--image", default=None, help="kind node image (default: build it, hack/kind-node/build.sh)")
+            sub.add_argument("--config", default=str(KIND_CONFIG),
+                             help="node config: one kind node per device-plugin GPU node (default: %(default)s)")
+            sub.add_argument("--image", default=None,
+                             help="kind node image (default: build it, hack/kind-node/build.sh)")
             sub.add_argument("--load", action="append", default=[], metavar="IMAGE",
                              help="a local Docker image to load into the node (repeatable)")
     for name, sub in commands.choices.items():

@@ -43,7 +43,8 @@ def _corpus(*, seed: int, lines: int) -> list[str]:
         "".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(rng.randint(1, 3)))
         for _ in range(3000)
     ]
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) + rng.choice([".", "?", "!"]) for _ in range(lines)]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 40))) + rng.choice([".", "?", "!"])
+            for _ in range(lines)]
 
 
 def build_tokenizer(outdir: pathlib.Path) -> None:

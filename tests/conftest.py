@@ -2,7 +2,8 @@
 
 * Tests under ``tests/integration/`` are marked ``integration``.
 * ``cluster`` (session): a local control plane with simulated GPU nodes started by
-  ``hack/cluster.py`` in ``.run/test-cluster-<pytest pid>`` (or ``$SLM_TEST_RUN_DIR``), stopped at
+  ``hack/cluster.py`` (through the harness, ``hack/localcluster/cluster.py``) in
+  ``.run/test-cluster-<pytest pid>`` (or ``$SLM_TEST_RUN_DIR``), stopped at
   the end (its logs stay until a later session sweeps run dirs whose pytest is gone);
   or, with ``USE_EXISTING_CLUSTER=true``, the cluster of ``$KUBECONFIG``, left as it is. It starts
   only when a collected test asks for it. Without binaries it skips, unless ``SLM_REQUIRE_CLUSTER=1``
@@ -65,12 +66,12 @@ def cluster() -> Iterator[kubetest.Cluster]:
         started = kubetest.start_cluster(bin_dir=bin_dir, run_dir=run_dir)
     except (kubetest.CommandFailed, subprocess.TimeoutExpired) as e:
         # NB: the binaries exist, so a cluster that does not start is a real failure, not a skip.
-        kubetest.cluster_script("down", "--run-dir", run_dir, check=False)
+        kubetest.stop_cluster(run_dir=run_dir, timeout=300)
         pytest.fail(f"the local control plane did not start:\n{e}", pytrace=False)
     try:
         yield started
     finally:
-        kubetest.cluster_script("down", "--run-dir", run_dir, timeout=120, check=False)
+        kubetest.stop_cluster(run_dir=run_dir, timeout=120)
 
 
 @pytest.fixture
@@ -89,7 +90,8 @@ def namespace(cluster: kubetest.Cluster) -> Iterator[str]:
     )
     # NB: pods are refused until the ServiceAccount controller has made `default` in the namespace.
     kubetest.wait_for(
-        lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, "-o", "name", check=False).returncode == 0,
+        lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, "-o", "name",
+                                check=False).returncode == 0,
         timeout=30,
         message=f"ServiceAccount default in namespace {name}",
     )

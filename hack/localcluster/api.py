@@ -1,11 +1,13 @@
 """A minimal Kubernetes API client over urllib, authenticated with the admin client certificate.
 
 NB: the cluster script only creates a handful of objects and polls a few lists; the standard
-library does that without starting kubectl per request or importing the kubernetes package.
+library does that without starting kubectl per request or importing the kubernetes package. The
+benches use it too, for paged lists and (through :meth:`Api.connection`) streamed watches.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.error
@@ -34,10 +36,12 @@ class Api:
 
     def __init__(self, *, server: str, ca_cert: Path, client_cert: Path, client_key: Path) -> None:
         self.server = server.rstrip("/")
-        context = ssl.create_default_context(cafile=str(ca_cert))
-        context.load_cert_chain(str(client_cert), str(client_key))
+        self._context = ssl.create_default_context(cafile=str(ca_cert))
+        self._context.load_cert_chain(str(client_cert), str(client_key))
         # NB: no proxy, whatever the environment says: urllib would send 127.0.0.1 through one.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context))
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=self._context)
+        )
 
     def request(
         self, method: str, path: str, *, body: Any = None, content_type: str = "application/json", timeout: float = 5.0
@@ -72,6 +76,30 @@ class Api:
         if key not in _COLLECTIONS:
             raise ValueError(f"no collection known for {key}; add it to _COLLECTIONS")
         return self.request("POST", _COLLECTIONS[key], body=obj)
+
+    def list_all(self, path: str, *, page: int = 500, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Every item of a collection, paged (so a list of thousands of pods is not one huge answer)."""
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            sep = "&" if "?" in path else "?"
+            answer = self.request("GET", f"{path}{sep}limit={page}" + (f"&continue={token}" if token else ""),
+                                  timeout=timeout)
+            items += answer["items"]
+            token = answer["metadata"].get("continue") or ""
+            if not token:
+                return items
+
+    def connection(self, *, timeout: float = 30.0) -> http.client.HTTPSConnection:
+        """A raw keep-alive connection with the same credentials: for watches and bursts of requests."""
+        host, port = self.server.removeprefix("https://").rsplit(":", 1)
+        return http.client.HTTPSConnection(host, int(port), context=self._context, timeout=timeout)
+
+
+def admin_api(*, server: str, pki_dir: Path) -> Api:
+    """An :class:`Api` as the admin user of the local control plane whose certificates are in ``pki_dir``."""
+    return Api(server=server, ca_cert=pki_dir / "ca.crt", client_cert=pki_dir / "admin.crt",
+               client_key=pki_dir / "admin.key")
 
 
 def token_kubeconfig(*, admin_kubeconfig: Path, account: str, token: str) -> dict[str, Any]:

@@ -16,19 +16,24 @@ from typing import Any
 
 import yaml
 
-#: Sharing modes a simulated node can have. The first three mimic the NVIDIA device plugin
-#: (``nvidia.com/gpu`` extended resource); ``dra`` mimics the NVIDIA DRA driver (ResourceSlices).
-SHARING_MODES = ("none", "mps", "time-slicing", "dra")
+from slm_operator.constants import (
+    DRA_DEVICE_CLASS,
+    DRA_DRIVER,
+    GPU_RESOURCE,
+    LABEL_GPU_COUNT,
+    LABEL_GPU_MEMORY_MIB,
+    LABEL_GPU_PRESENT,
+    LABEL_GPU_PRODUCT,
+    LABEL_GPU_REPLICAS,
+    LABEL_GPU_SHARING,
+    POOL_SHARINGS,
+)
 
 #: Which nodes KWOK manages: the KWOK convention, so `kwok` leaves real (kind) nodes alone.
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 
 #: Our own convention for nodes whose GPUs are published through DRA instead of the device plugin.
 DRA_PRESENT_LABEL = "nvidia.com/dra.present"
-
-GPU_RESOURCE = "nvidia.com/gpu"
-DRA_DRIVER = "gpu.nvidia.com"
-DEVICE_CLASS = "gpu.nvidia.com"
 
 _TOP_KEYS = ("defaults", "nodes")
 _RESOURCE_KEYS = ("cpu", "memory", "pods", "ephemeralStorage")
@@ -128,8 +133,10 @@ def _parse_node(where: _Where, raw: Any, at: str, defaults: Mapping[str, str]) -
     fields = where.mapping(raw, at, _NODE_KEYS)
     name = fields.get("name")
     if not isinstance(name, str) or not _DNS_LABEL.match(name) or len(name) > 63:
-        raise where.error(f"{at}.name", f"{name!r} is not a valid node name: use lower-case letters, digits and '-' (at most 63)")
-    resources = {key: where.quantity(fields[key], f"{at}.{key}") if key in fields else defaults[key] for key in _RESOURCE_KEYS}
+        raise where.error(f"{at}.name",
+                          f"{name!r} is not a valid node name: use lower-case letters, digits and '-' (at most 63)")
+    resources = {key: where.quantity(fields[key], f"{at}.{key}") if key in fields else defaults[key]
+                 for key in _RESOURCE_KEYS}
     labels = {}
     if "labels" in fields:
         raw_labels = fields["labels"]
@@ -142,7 +149,8 @@ def _parse_node(where: _Where, raw: Any, at: str, defaults: Mapping[str, str]) -
                 # NB: these are derived from `gpu`; a hand-written one could contradict the capacity.
                 raise where.error(f"{at}.labels.{key}", "nvidia.com/ labels are derived from `gpu`; set gpu.* instead")
             if not isinstance(value, str) or not _LABEL_VALUE.match(value) or len(value) > 63:
-                raise where.error(f"{at}.labels.{key}", f"{value!r} is not a valid label value (quote numbers and booleans)")
+                raise where.error(f"{at}.labels.{key}",
+                                  f"{value!r} is not a valid label value (quote numbers and booleans)")
             labels[key] = value
     gpu = _parse_gpu(where, fields["gpu"], f"{at}.gpu") if "gpu" in fields else None
     return NodeSpec(
@@ -167,12 +175,16 @@ def _parse_gpu(where: _Where, raw: Any, at: str) -> GpuSpec:
     memory_mib = where.positive_int(fields["memoryMiB"], f"{at}.memoryMiB")
     count = where.positive_int(fields["count"], f"{at}.count")
     sharing = fields["sharing"]
-    if sharing not in SHARING_MODES:
-        raise where.error(f"{at}.sharing", f"{sharing!r} is not a sharing mode; use one of: {', '.join(SHARING_MODES)}")
+    # NB: a node's `sharing` is one of the operator's pool sharings: none, mps and time-slicing mimic
+    # the NVIDIA device plugin (`nvidia.com/gpu` extended resource), dra its DRA driver (ResourceSlices).
+    if sharing not in POOL_SHARINGS:
+        raise where.error(f"{at}.sharing",
+                          f"{sharing!r} is not a sharing mode; use one of: {', '.join(POOL_SHARINGS)}")
     replicas = where.positive_int(fields.get("replicas", 1), f"{at}.replicas")
     if sharing in ("none", "dra") and replicas != 1:
         raise where.error(
-            f"{at}.replicas", f"must be 1 (or omitted) with sharing {sharing!r}; replicas only apply to mps and time-slicing"
+            f"{at}.replicas",
+            f"must be 1 (or omitted) with sharing {sharing!r}; replicas only apply to mps and time-slicing",
         )
     if sharing in ("mps", "time-slicing") and "replicas" not in fields:
         raise where.error(f"{at}.replicas", f"is required with sharing {sharing!r} (how many clients share one GPU)")
@@ -194,7 +206,8 @@ class _Where:
         unknown = [key for key in value if key not in allowed]
         if unknown:
             prefix = f"{at}." if at else ""
-            raise self.error(f"{prefix}{unknown[0]}", f"unknown key {unknown[0]!r}; allowed keys here: {', '.join(allowed)}")
+            raise self.error(f"{prefix}{unknown[0]}",
+                             f"unknown key {unknown[0]!r}; allowed keys here: {', '.join(allowed)}")
         return value
 
     def quantity(self, value: Any, at: str) -> str:
@@ -220,9 +233,9 @@ def node_labels(*, node: NodeSpec) -> dict[str, str]:
     if gpu is not None:
         labels.update(
             {
-                "nvidia.com/gpu.product": gpu.product,
-                "nvidia.com/gpu.memory": str(gpu.memory_mib),
-                "nvidia.com/gpu.count": str(gpu.count),
+                LABEL_GPU_PRODUCT: gpu.product,
+                LABEL_GPU_MEMORY_MIB: str(gpu.memory_mib),
+                LABEL_GPU_COUNT: str(gpu.count),
             }
         )
         if gpu.sharing == "dra":
@@ -232,9 +245,9 @@ def node_labels(*, node: NodeSpec) -> dict[str, str]:
         else:
             labels.update(
                 {
-                    "nvidia.com/gpu.present": "true",
-                    "nvidia.com/gpu.replicas": str(gpu.replicas),
-                    "nvidia.com/gpu.sharing-strategy": gpu.sharing,
+                    LABEL_GPU_PRESENT: "true",
+                    LABEL_GPU_REPLICAS: str(gpu.replicas),
+                    LABEL_GPU_SHARING: gpu.sharing,
                     "nvidia.com/mps.capable": "true" if gpu.sharing == "mps" else "false",
                 }
             )
@@ -283,7 +296,7 @@ def dra_manifests(*, config: ClusterConfig) -> list[dict[str, Any]]:
         {
             "apiVersion": "resource.k8s.io/v1",
             "kind": "DeviceClass",
-            "metadata": {"name": DEVICE_CLASS},
+            "metadata": {"name": DRA_DEVICE_CLASS},
             "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{DRA_DRIVER}"'}}]},
         }
     ]

@@ -28,7 +28,7 @@ import yaml
 from . import config as nodeconfig
 from . import pki as pkimod
 from . import processes
-from .api import Api, ApiError
+from .api import Api, ApiError, admin_api
 
 #: Binaries ``up`` needs (kubectl/helm/kind are for users and tests, not for starting the cluster).
 REQUIRED_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
@@ -183,7 +183,8 @@ def up(
         except BaseException as failure:
             say(f"start failed ({_describe(failure)}); stopping what had started")
             _stop_recorded(run=run, say=say)
-            if isinstance(failure, (ClusterError, pkimod.PkiError, processes.PortInUse, _Interrupted, KeyboardInterrupt)):
+            expected = (ClusterError, pkimod.PkiError, processes.PortInUse, _Interrupted, KeyboardInterrupt)
+            if isinstance(failure, expected):
                 raise ClusterError(str(failure) or "interrupted") from None
             raise
         finally:
@@ -413,7 +414,9 @@ class _Starter:
         self.wait_for(f"{name} healthy", check, process=name, detail=lambda: f"port {self.ports[name]}")
         self.say(f"  {self.elapsed()}  {name} healthy")
 
-    def wait_for(self, what: str, check: Callable[[], bool], *, process: str | None = None, detail: Callable[[], str]) -> None:
+    def wait_for(
+        self, what: str, check: Callable[[], bool], *, process: str | None = None, detail: Callable[[], str]
+    ) -> None:
         deadline = time.monotonic() + self.timeout
         last_error = ""
         while True:
@@ -448,11 +451,16 @@ def _write_kubeconfig(*, path: Path, server: str, pki: pkimod.Pki, stem: str) ->
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "slm-local", "cluster": {"server": server, "certificate-authority-data": b64(pki.ca_cert)}}],
+        "clusters": [
+            {"name": "slm-local", "cluster": {"server": server, "certificate-authority-data": b64(pki.ca_cert)}}
+        ],
         "users": [
             {
                 "name": stem,
-                "user": {"client-certificate-data": b64(pki.client_cert(stem)), "client-key-data": b64(pki.client_key(stem))},
+                "user": {
+                    "client-certificate-data": b64(pki.client_cert(stem)),
+                    "client-key-data": b64(pki.client_key(stem)),
+                },
             }
         ],
         "contexts": [{"name": "slm-local", "context": {"cluster": "slm-local", "user": stem}}],
@@ -464,12 +472,7 @@ def _write_kubeconfig(*, path: Path, server: str, pki: pkimod.Pki, stem: str) ->
 
 
 def _api(run: RunDir, state: dict[str, Any]) -> Api:
-    return Api(
-        server=state["server"],
-        ca_cert=run.pki / "ca.crt",
-        client_cert=run.pki / "admin.crt",
-        client_key=run.pki / "admin.key",
-    )
+    return admin_api(server=state["server"], pki_dir=run.pki)
 
 
 def _http_ok(url: str, *, insecure: bool = False) -> bool:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from slm_operator.constants import GPU_RESOURCE
+
 from . import config as nodeconfig
 
 Say = Callable[[str], None]
@@ -104,7 +106,8 @@ def kind_up(
     kind_bin, kubectl = _binary(bin_dir, "kind"), _binary(bin_dir, "kubectl")
     templates = [n for n in nodeconfig.load_config(path=config_path).nodes if n.gpu and n.gpu.advertised]
     if not templates:
-        raise KindError(f"{config_path} has no device-plugin GPU node (sharing none/mps/time-slicing) to copy onto a kind node")
+        raise KindError(f"{config_path} has no device-plugin GPU node (sharing none/mps/time-slicing) "
+                        "to copy onto a kind node")
     for ref in load:
         if subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode != 0:
             raise KindError(f"image {ref} is not in the local Docker engine: build it first (hack/images.sh)")
@@ -124,7 +127,8 @@ def kind_up(
         except KindError as e:
             logs = _run([kind_bin, "export", "logs", str(run_dir / "failed-logs"), "--name", name], check=False)
             _run([kind_bin, "delete", "cluster", "--name", name, "--kubeconfig", str(kubeconfig)], check=False)
-            raise KindError(f"{e}\nnode logs: {logs.strip() or run_dir / 'failed-logs'} (the failed cluster was deleted)") from None
+            raise KindError(f"{e}\nnode logs: {logs.strip() or run_dir / 'failed-logs'} "
+                            "(the failed cluster was deleted)") from None
         say(f"kind cluster {name} created in {time.monotonic() - started:.0f} s")
     else:
         say(f"kind cluster {name} exists: reusing it")
@@ -141,13 +145,13 @@ def kind_up(
     # NB: every node poses as a GPU node, the control plane too; kind untaints it only when it is
     # the sole node.
     _run([kubectl, *kc, "taint", "nodes", "--all", "node-role.kubernetes.io/control-plane-"], check=False)
-    for node, template in zip(nodes, templates):
+    for node, template in zip(nodes, templates, strict=True):
         labels = {k: v for k, v in nodeconfig.node_labels(node=template).items() if k.startswith("nvidia.com/")}
         _run([kubectl, *kc, "label", "node", node, "--overwrite", *(f"{k}={v}" for k, v in labels.items())])
         gpus = str(template.gpu.advertised)
-        patch = {"status": {"capacity": {nodeconfig.GPU_RESOURCE: gpus}, "allocatable": {nodeconfig.GPU_RESOURCE: gpus}}}
+        patch = {"status": {"capacity": {GPU_RESOURCE: gpus}, "allocatable": {GPU_RESOURCE: gpus}}}
         _run([kubectl, *kc, "patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(patch)])
-        say(f"kind node {node} poses as {template.name}: {gpus} x {nodeconfig.GPU_RESOURCE} "
+        say(f"kind node {node} poses as {template.name}: {gpus} x {GPU_RESOURCE} "
             f"({template.gpu.product}, sharing {template.gpu.sharing})")
     if load:
         started = time.monotonic()
@@ -194,8 +198,9 @@ def _wire_pod_network(*, kubectl: str, kubeconfig: Path, nodes: list[str]) -> No
     kc = ["--kubeconfig", str(kubeconfig)]
     cidrs, addresses = {}, {}
     for node in nodes:
-        cidrs[node] = _wait_value(lambda: _run([kubectl, *kc, "get", "node", node, "-o", "jsonpath={.spec.podCIDR}"]).strip(),
-                                  what=f"a pod CIDR on node {node}")
+        cidrs[node] = _wait_value(
+            lambda node=node: _run([kubectl, *kc, "get", "node", node, "-o", "jsonpath={.spec.podCIDR}"]).strip(),
+            what=f"a pod CIDR on node {node}")
         addresses[node] = _run([kubectl, *kc, "get", "node", node, "-o",
                                 'jsonpath={.status.addresses[?(@.type=="InternalIP")].address}']).strip()
     for node in nodes:

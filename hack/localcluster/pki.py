@@ -90,10 +90,10 @@ def make_pki(*, directory: Path, service_ip: str) -> Pki:
     pki = Pki(directory=directory)
     ca_extensions = ["basicConstraints=critical,CA:TRUE", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"]
     _issue(pki=pki, stem="ca", subject="/CN=slm-local-ca", extensions=ca_extensions, self_signed=True)
-    _issue(pki=pki, stem="front-proxy-ca", subject="/CN=slm-front-proxy-ca", extensions=ca_extensions, self_signed=True)
-    _issue(
-        pki=pki, stem="front-proxy-client", subject="/CN=front-proxy-client", extensions=_leaf("clientAuth"), ca="front-proxy-ca"
-    )
+    _issue(pki=pki, stem="front-proxy-ca", subject="/CN=slm-front-proxy-ca", extensions=ca_extensions,
+           self_signed=True)
+    _issue(pki=pki, stem="front-proxy-client", subject="/CN=front-proxy-client", extensions=_leaf("clientAuth"),
+           ca="front-proxy-ca")
     sans = ["DNS:localhost", "IP:127.0.0.1", f"IP:{service_ip}", "DNS:kubernetes", "DNS:kubernetes.default"]
     sans += ["DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local"]
     _issue(
@@ -120,7 +120,9 @@ def _leaf(usage: str) -> list[str]:
     ]
 
 
-def _issue(*, pki: Pki, stem: str, subject: str, extensions: list[str], self_signed: bool = False, ca: str = "ca") -> None:
+def _issue(
+    *, pki: Pki, stem: str, subject: str, extensions: list[str], self_signed: bool = False, ca: str = "ca"
+) -> None:
     # NB: a config file of our own, so the distribution's openssl.cnf cannot add extensions
     # (a CA:TRUE default on a leaf would make Go reject the chain).
     with tempfile.NamedTemporaryFile("w", suffix=".cnf") as cnf:

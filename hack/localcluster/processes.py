@@ -142,3 +142,23 @@ def log_tail(*, path: Path, lines: int = 15) -> str:
     except OSError:
         return "(no log)"
     return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+def rss_mib(*, pid: int) -> float | None:
+    """Resident memory of a process in MiB (VmRSS), or None if it is gone; Linux only."""
+    try:
+        for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(*, pid: int) -> float:
+    """User plus system CPU seconds a process has used so far (0 if it is gone); Linux only."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

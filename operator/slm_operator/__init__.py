@@ -7,9 +7,4 @@ GPU (MPS, time-slicing or DRA) behind one Service. See README.md for the idea an
 
 __version__ = "0.1.0"
 
-#: API group of our custom resources and the prefix of every label/annotation we own.
-GROUP = "slm.pareto.dev"
-#: Served (and storage) version of the SLMService CRD.
-API_VERSION = "v1alpha1"
-KIND = "SLMService"
-PLURAL = "slmservices"
+# NB: the names we share with the cluster (API group, labels, NVIDIA names) are in `constants`.

@@ -7,12 +7,12 @@ import json
 import os
 from collections.abc import Mapping
 
+from slm_operator.constants import SHARING_MODES
+from slm_operator.errors import ConfigError
+
+__all__ = ["ConfigError", "OperatorConfig", "RUNNERS"]
+
 RUNNERS = ("job", "local", "none")
-SHARING_DEFAULTS = ("auto", "mps", "time-slicing", "dra", "exclusive")
-
-
-class ConfigError(ValueError):
-    """A bad operator setting; the message names the variable and the allowed values."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +54,8 @@ class OperatorConfig:
         )
         if cfg.profiler_runner not in RUNNERS:
             raise ConfigError(f"SLM_PROFILER_RUNNER={cfg.profiler_runner!r}: use one of {', '.join(RUNNERS)}")
-        if cfg.default_sharing not in SHARING_DEFAULTS:
-            raise ConfigError(f"SLM_DEFAULT_SHARING={cfg.default_sharing!r}: use one of {', '.join(SHARING_DEFAULTS)}")
+        if cfg.default_sharing not in SHARING_MODES:
+            raise ConfigError(f"SLM_DEFAULT_SHARING={cfg.default_sharing!r}: use one of {', '.join(SHARING_MODES)}")
         if cfg.profiler_engine not in ("simulated", "vllm"):
             raise ConfigError(f"SLM_PROFILER_ENGINE={cfg.profiler_engine!r}: use simulated or vllm")
         return cfg

@@ -11,6 +11,7 @@ string: they check this module as much as the code that uses it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final, Literal, get_args
 
 # --- Our API ------------------------------------------------------------------------------------
@@ -72,8 +73,10 @@ PoolSharing = Literal["none", "mps", "time-slicing", "dra"]
 SHARING_MODES: Final[tuple[Sharing, ...]] = get_args(Sharing)
 MECHANISMS: Final[tuple[Mechanism, ...]] = get_args(Mechanism)
 POOL_SHARINGS: Final[tuple[PoolSharing, ...]] = get_args(PoolSharing)
+#: The mechanisms that put several replicas on one GPU.
+SHARED_MECHANISMS: Final[tuple[Mechanism, ...]] = ("dra", "mps", "time-slicing")
 #: The node pools each mechanism draws from (``exclusive`` takes whole GPUs of unshared nodes).
-POOL_OF_MECHANISM: Final[dict[Mechanism, PoolSharing]] = {
+POOL_OF_MECHANISM: Final[Mapping[str, PoolSharing]] = {
     "dra": "dra", "mps": "mps", "time-slicing": "time-slicing", "exclusive": "none",
 }
 

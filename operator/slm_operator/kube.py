@@ -26,9 +26,10 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ApiException as DynamicApiException
 
-from slm_operator import API_VERSION, GROUP, KIND
+from slm_operator.constants import API_VERSION, GROUP, KIND, OPERATOR_NAME, PLURAL
+from slm_operator.errors import ApplyRejected
 
-FIELD_MANAGER = "slm-operator"
+FIELD_MANAGER = OPERATOR_NAME
 logger = logging.getLogger(__name__)
 
 
@@ -38,11 +39,6 @@ class Outcome(enum.Enum):
     DELETED = "deleted"
     NOT_FOUND = "not-found"
     CONFLICT = "conflict"
-
-
-class ApiRejected(Exception):
-    """The API server refused an object as invalid or forbidden (a 4xx other than 404/409/429):
-    retrying the same object cannot help, so callers report it instead of looping."""
 
 
 _lock = threading.Lock()
@@ -90,7 +86,7 @@ def apply(obj: Mapping[str, Any]) -> Outcome:
     except (ApiException, DynamicApiException) as exc:
         code = _status_of(exc)
         if code is not None and 400 <= code < 500 and code not in (404, 409, 429):
-            raise ApiRejected(f"{obj['kind']} {meta.get('namespace')}/{meta['name']} rejected "
+            raise ApplyRejected(f"{obj['kind']} {meta.get('namespace')}/{meta['name']} rejected "
                               f"(HTTP {code}): {_reason_of(exc)}") from exc
         raise
     return Outcome.APPLIED
@@ -99,8 +95,8 @@ def apply(obj: Mapping[str, Any]) -> Outcome:
 def _reason_of(exc: Exception) -> str:
     body = getattr(exc, "body", None) or getattr(exc, "summary", lambda: "")()
     try:
-        return json.loads(body).get("message", str(body))
-    except (TypeError, ValueError):
+        return str(json.loads(body).get("message", body))
+    except (TypeError, ValueError, AttributeError):
         return str(body or exc)
 
 
@@ -118,7 +114,8 @@ def delete(*, api_version: str, kind: str, name: str, namespace: str | None) -> 
 
 def get(*, api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
     try:
-        return _resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+        found: dict[str, Any] = _resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+        return found
     except (ApiException, DynamicApiException) as exc:
         if _status_of(exc) == 404:
             return None
@@ -162,7 +159,7 @@ def patch_service_status(*, name: str, namespace: str, status: Mapping[str, Any]
         return Outcome.UNCHANGED
     try:
         client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
-            group=GROUP, version=API_VERSION, namespace=namespace, plural="slmservices", name=name,
+            group=GROUP, version=API_VERSION, namespace=namespace, plural=PLURAL, name=name,
             body={"status": dict(status)},
         )
     except ApiException as exc:

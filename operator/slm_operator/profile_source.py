@@ -3,7 +3,8 @@
 ``profiling.mode: auto`` measures once per cache key (model + revision, GPU product, engine image,
 workload shape, profiler version): a result ConfigMap in the profiler namespace is the cache, so a
 second SLMService of the same model, or a restarted operator, reuses it instead of profiling again.
-A measurement in progress raises :class:`ProfilePending`; the handler retries later.
+A measurement in progress raises :class:`~slm_operator.errors.ProfilePending`; the handler retries
+later. A failed one raises :class:`~slm_operator.errors.ProfilingFailed`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,17 @@ import threading
 from typing import Any
 
 from slm_operator import kube
-from slm_operator.builders.children import LABEL_MANAGED_BY, MANAGED_BY
 from slm_operator.builders.profiler_job import build_profiler_job
 from slm_operator.config import OperatorConfig
+from slm_operator.constants import (
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    PROFILE_CONFIGMAP_PREFIX,
+    PROFILE_KEY,
+    REQUEST_KEY,
+)
+from slm_operator.errors import ProfilePending, ProfilingFailed
 from slm_operator.planning.profiles import skip_profile, static_profile
 from slm_operator.profiling.cache import profile_cache_key
 from slm_operator.profiling.estimator import estimate_profile
@@ -29,33 +38,18 @@ from slm_operator.profiling.types import Profile, ProfileRequest
 from slm_operator.spec import SLMServiceSpec
 
 logger = logging.getLogger(__name__)
-PROFILE_KEY = "profile.json"
-REQUEST_KEY = "request.json"
-
-
-class ProfilePending(Exception):
-    """A measurement is running; ``progress`` is a short human string for the status."""
-
-    def __init__(self, progress: str) -> None:
-        super().__init__(progress)
-        self.progress = progress
-
-
-class ProfileFailed(Exception):
-    """A measurement failed; the message carries the profiler's own explanation (log tail)."""
-
-
 _local_runs: dict[str, LocalProfileRun] = {}
 _local_lock = threading.Lock()
 
 
 def obtain_profile(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig,
                    gpu_memory_gib: float | None = None) -> Profile:
-    """Return the profile for ``spec`` on ``gpu_product`` or raise ProfilePending/ProfileFailed.
+    """Return the profile for ``spec`` on ``gpu_product`` or raise ProfilePending/ProfilingFailed.
 
     ``gpu_memory_gib`` is one GPU's memory as the nodes label it; a measurement sizes its replicas
     from it (a product the profiler's GPU table lacks can still be profiled with several replicas).
-    Unknown models or GPUs raise the profiling package's ValueErrors, which name the field to fix.
+    Unknown models or GPUs, bad model configs and static specs raise their
+    :class:`~slm_operator.errors.PermanentError`, which names the field to fix.
     """
     profile = _obtain(spec=spec, gpu_product=gpu_product, cfg=cfg, gpu_memory_gib=gpu_memory_gib)
     # NB: the GPU table canonicalises names ("H100-SXM5-80GB"); planning matches node labels, so the
@@ -94,7 +88,7 @@ def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig, gpu_
         gpu_memory_gib=gpu_memory_gib,
     )
     key = profile_cache_key(request=request, engine_image=request.engine_image or "")
-    cm_name = f"slm-profile-{key}"
+    cm_name = f"{PROFILE_CONFIGMAP_PREFIX}{key}"
     cached = _read_cached(name=cm_name, namespace=cfg.profiler_namespace)
     if cached is not None:
         return cached
@@ -116,7 +110,7 @@ def _result_configmap(*, name: str, namespace: str, request: ProfileRequest, pro
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": name, "namespace": namespace,
-                     "labels": {LABEL_MANAGED_BY: MANAGED_BY, "app.kubernetes.io/component": "profile"}},
+                     "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "profile"}},
         "data": {PROFILE_KEY: json.dumps(profile.to_dict(), sort_keys=True),
                  REQUEST_KEY: json.dumps(request.to_dict(), sort_keys=True)},
     }
@@ -137,10 +131,10 @@ def _run_locally(*, request: ProfileRequest, key: str, cm_name: str, cfg: Operat
             run = _local_runs[key] = start_local_profile(request=request, work_dir=work_dir)
     try:
         profile = run.poll()
-    except Exception as exc:
+    except ProfilingFailed:
         with _local_lock:
             _local_runs.pop(key, None)
-        raise ProfileFailed(str(exc)) from exc
+        raise
     if profile is None:
         raise ProfilePending(_progress_text(run.progress()))
     kube.apply(_result_configmap(name=cm_name, namespace=cfg.profiler_namespace, request=request, profile=profile))
@@ -163,14 +157,14 @@ def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig) -
     finished = {c.get("type") for c in job_status.get("conditions") or () if c.get("status") == "True"}
     logs = f"kubectl logs -n {cfg.profiler_namespace} job/{cm_name}"
     if "Failed" in finished:
-        raise ProfileFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} failed; see its logs ({logs}), then "
+        raise ProfilingFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} failed; see its logs ({logs}), then "
                             f"`kubectl delete job -n {cfg.profiler_namespace} {cm_name}` to profile again")
     if "Complete" in finished:
         # NB: re-read: the Job may have written its result between our first read and now.
         cached = _read_cached(name=cm_name, namespace=cfg.profiler_namespace)
         if cached is not None:
             return cached
-        raise ProfileFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} completed without writing "
+        raise ProfilingFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} completed without writing "
                             f"ConfigMap {cm_name}; see its logs ({logs}) and the slm-profiler Role")
     raise ProfilePending(f"profiler Job {cfg.profiler_namespace}/{cm_name} running")
 

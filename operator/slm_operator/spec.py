@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from slm_operator.constants import DRA_DEVICE_CLASS, GPU_RESOURCE, SHARING_MODES, Sharing
+from slm_operator.errors import SpecError
 from slm_operator.profiling.types import Slo, Workload
 
-Sharing = Literal["auto", "mps", "time-slicing", "dra", "exclusive"]
-ProfilingMode = Literal["auto", "estimate", "static", "skip"]
+__all__ = ["SLMServiceSpec", "SpecError", "parse_spec"]
 
-SHARING_MODES: tuple[str, ...] = ("auto", "mps", "time-slicing", "dra", "exclusive")
-PROFILING_MODES: tuple[str, ...] = ("auto", "estimate", "static", "skip")
+ProfilingMode = Literal["auto", "estimate", "static", "skip"]
+PROFILING_MODES: tuple[ProfilingMode, ...] = get_args(ProfilingMode)
 
 #: vLLM flags the operator sets from the plan; a user setting them in ``engine.args`` would
 #: silently fight the plan, so they are refused with the field to use instead.
@@ -31,15 +32,6 @@ OPERATOR_OWNED_FLAGS: Mapping[str, str] = {
     "--model": "spec.model",
     "--max-model-len": "spec.workload.maxModelLen",
 }
-
-
-class SpecError(ValueError):
-    """An SLMService spec the operator cannot act on. ``field`` is the dotted path in the spec."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"spec.{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +53,9 @@ class EngineSpec:
 @dataclasses.dataclass(frozen=True)
 class GpuRequest:
     product: str | None = None
-    resource_name: str = "nvidia.com/gpu"
+    resource_name: str = GPU_RESOURCE
     sharing: Sharing = "auto"
-    device_class_name: str = "gpu.nvidia.com"
+    device_class_name: str = DRA_DEVICE_CLASS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,9 +151,9 @@ def _parse_gpu(raw: Mapping[str, Any]) -> GpuRequest:
         raise SpecError("gpu.sharing", f"{sharing!r} is not one of {', '.join(SHARING_MODES)}")
     return GpuRequest(
         product=raw.get("product") or None,
-        resource_name=raw.get("resourceName") or "nvidia.com/gpu",
+        resource_name=raw.get("resourceName") or GPU_RESOURCE,
         sharing=sharing,
-        device_class_name=raw.get("deviceClassName") or "gpu.nvidia.com",
+        device_class_name=raw.get("deviceClassName") or DRA_DEVICE_CLASS,
     )
 
 

@@ -1,56 +1,65 @@
 """Compute the SLMService status: phase, conditions, profile and placement summaries.
 
-Side-effect free. :func:`status_patch` returns only what differs from the stored status, so a
+Each outcome of a reconcile (failed, pending, profiling, serving, readiness) is a
+:class:`StatusUpdate` built by a function here; ``reporter`` writes it. Side-effect free.
+:func:`desired_patch` returns only what differs from the stored status, so a
 reconcile that changes nothing writes nothing (zero API writes once everything is Ready), and a
 condition's ``lastTransitionTime`` moves only when its ``status`` flips.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from slm_operator.errors import SLMError
+from slm_operator.planning.groups import GroupState
 from slm_operator.planning.plan import Plan
 from slm_operator.profiling.types import Profile
 
 Phase = Literal["Pending", "Profiling", "Planning", "Deploying", "Ready", "Degraded", "Failed"]
 CONDITION_TYPES = ("Profiled", "Planned", "Available", "Progressing")
+#: A condition as the CRD stores it (type, status, reason, message, and the times we add).
+Condition = dict[str, Any]
 
 
 def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def condition(type_: str, ok: bool | None, reason: str, message: str) -> dict[str, Any]:
+def condition(type_: str, ok: bool | None, reason: str, message: str) -> Condition:
     return {"type": type_, "status": "Unknown" if ok is None else ("True" if ok else "False"),
             "reason": reason, "message": message}
 
 
 def merge_conditions(
     *, current: Iterable[Mapping[str, Any]], updates: Iterable[Mapping[str, Any]], generation: int | None, now: str
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """Replace conditions by type; keep ``lastTransitionTime`` unless the status flipped."""
     by_type = {c["type"]: dict(c) for c in current}
     for update in updates:
         old = by_type.get(update["type"])
         new = dict(update) | ({"observedGeneration": generation} if generation is not None else {})
-        new["lastTransitionTime"] = (old or {}).get("lastTransitionTime") if old and old.get("status") == new["status"] else now
+        unchanged = old is not None and old.get("status") == new["status"]
+        new["lastTransitionTime"] = old.get("lastTransitionTime") if old is not None and unchanged else now
         by_type[update["type"]] = new
     ordered = [by_type[t] for t in CONDITION_TYPES if t in by_type]
     return ordered + [c for t, c in sorted(by_type.items()) if t not in CONDITION_TYPES]
 
 
 def profile_summary(profile: Profile) -> dict[str, Any]:
+    """The profile as ``status.profile`` holds it (camelCase, no empty values)."""
     summary = {
         "source": profile.source,
         "engine": profile.engine,
         "gpuProduct": profile.gpu_product,
-        "paretoBatchSize": profile.pareto_batch_size,
+        "batchSize": profile.batch_size,
         "plateauTokensPerSecond": round(profile.tokens_per_second_per_replica, 1),
         "tokensPerSecondPerGPU": round(profile.tokens_per_second_per_gpu, 1),
         "memoryPerReplicaGiB": round(profile.memory_per_replica_gib, 2),
-        "replicasPerGPU": profile.replicas_per_gpu,
+        "replicasToSaturate": profile.replicas_to_saturate,
         "interTokenLatencyMs": profile.inter_token_latency_ms,
         "profileRef": profile.profile_ref,
         "measuredAt": profile.measured_at,
@@ -60,7 +69,7 @@ def profile_summary(profile: Profile) -> dict[str, Any]:
 
 
 def placement_summary(
-    *, plan: Plan, ready_replicas: int, groups: list[dict[str, Any]], requested_gpus: int
+    *, plan: Plan, ready_replicas: int, groups: Sequence[GroupState], requested_gpus: int
 ) -> dict[str, Any]:
     return {
         "mechanism": plan.mechanism,
@@ -72,14 +81,14 @@ def placement_summary(
         "readyReplicas": ready_replicas,
         "ready": f"{ready_replicas}/{plan.total_replicas}",
         "plannedTokensPerSecond": plan.planned_tokens_per_second,
-        "nodes": sorted({g["node"] for g in groups if g.get("node")}),
-        "groups": groups,
+        "nodes": sorted({g.node for g in groups if g.node}),
+        "groups": [g.to_status() for g in groups],
     }
 
 
 def serving_phase(
     *, total_replicas: int, ready_replicas: int, placeable_gpus: int, requested_gpus: int, explanation: str
-) -> tuple[Phase, list[dict[str, Any]]]:
+) -> tuple[Phase, list[Condition]]:
     """Phase and conditions once children exist. Side-effect free.
 
     Partial placement (fewer GPUs than asked) is Degraded once something serves, never Ready.
@@ -106,3 +115,108 @@ def serving_phase(
 def status_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
     """Top-level status keys whose value differs (a merge patch). Empty when nothing changed."""
     return {k: v for k, v in desired.items() if current.get(k) != v}
+
+
+# --- Status updates: what each outcome of a reconcile writes --------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class StatusUpdate:
+    """One outcome, as the status should show it: phase, conditions, other top-level fields."""
+
+    phase: Phase
+    conditions: tuple[Condition, ...]
+    #: Other top-level status keys to set (``profile``, ``placement``, ``endpoint``).
+    fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: ``status.message``; ``None`` leaves it as it is.
+    message: str | None = None
+    #: A Warning Event reason posted with this update even when the phase does not change.
+    warning: str | None = None
+
+    def with_profile(self, profiled: Profiled | None) -> StatusUpdate:
+        """This update, also saying what profiling found (its condition and ``status.profile``)."""
+        if profiled is None:
+            return self
+        return dataclasses.replace(self, conditions=(profiled.condition, *self.conditions),
+                                   fields={"profile": profiled.summary, **self.fields})
+
+    def event_message(self) -> str:
+        return self.message or "; ".join(
+            f"{c['type']}={c['status']} ({c['reason']}): {c['message']}" for c in self.conditions)
+
+
+@dataclasses.dataclass(frozen=True)
+class Profiled:
+    """What a finished profile adds to every later update of the same reconcile."""
+
+    condition: Condition
+    summary: dict[str, Any]
+
+
+def failed(condition_type: str, error: SLMError) -> StatusUpdate:
+    """A permanent error: ``Failed`` until the spec changes, with a Warning Event of its reason."""
+    return StatusUpdate(phase="Failed", conditions=(condition(condition_type, False, error.reason, error.message),),
+                        message=error.message, warning=error.reason)
+
+
+def pending(condition_type: str, reason: str, message: str) -> StatusUpdate:
+    """Waiting for something outside the spec (a Secret, free GPUs); a timer looks again."""
+    return StatusUpdate(phase="Pending", conditions=(condition(condition_type, False, reason, message),),
+                        message=message)
+
+
+def profiling(*, current: Mapping[str, Any], progress: str) -> StatusUpdate:
+    """A measurement is running: its progress, in the condition and in ``status.profile``."""
+    return StatusUpdate(phase="Profiling", conditions=(condition("Profiled", None, "Profiling", progress),),
+                        fields={"profile": dict(current.get("profile") or {}) | {"progress": progress}},
+                        message=f"profiling: {progress}")
+
+
+def profiled(*, profile: Profile, current: Mapping[str, Any]) -> Profiled:
+    summary = profile_summary(profile)
+    if "progress" in (current.get("profile") or {}):
+        summary["progress"] = None  # a merge patch deletes it once profiling is done
+    return Profiled(condition=condition("Profiled", True, f"Profile{profile.source.capitalize()}",
+                                        profile.explanation or f"{profile.source} profile"),
+                    summary=summary)
+
+
+def serving(*, plan: Plan, groups: Sequence[GroupState], endpoint: str) -> StatusUpdate:
+    """Children are applied: phase from how many replicas are Ready, and where they run."""
+    ready = sum(g.ready_replicas for g in groups)
+    phase, conditions = serving_phase(total_replicas=plan.total_replicas, ready_replicas=ready,
+                                      placeable_gpus=plan.placeable_gpus, requested_gpus=plan.gpus,
+                                      explanation=plan.explanation)
+    placement = placement_summary(plan=plan, ready_replicas=ready, groups=groups, requested_gpus=plan.gpus)
+    return StatusUpdate(phase=phase, conditions=tuple(conditions), message=plan.explanation,
+                        fields={"placement": placement, "endpoint": endpoint})
+
+
+def readiness(*, current: Mapping[str, Any], groups: Sequence[GroupState]) -> StatusUpdate | None:
+    """The stored placement with the groups' readiness now; ``None`` before anything is placed."""
+    placement = dict(current.get("placement") or {})
+    if not placement:
+        return None
+    ready = sum(g.ready_replicas for g in groups)
+    placement |= {"readyReplicas": ready, "ready": f"{ready}/{placement.get('totalReplicas', 0)}",
+                  "groups": [g.to_status() for g in groups], "nodes": sorted({g.node for g in groups if g.node})}
+    phase, conditions = serving_phase(
+        total_replicas=placement.get("totalReplicas", 0), ready_replicas=ready,
+        placeable_gpus=placement.get("gpus", 0), requested_gpus=placement.get("requestedGPUs", 0),
+        explanation=current.get("message", ""),
+    )
+    return StatusUpdate(phase=phase, conditions=tuple(conditions), fields={"placement": placement})
+
+
+def desired_patch(
+    *, current: Mapping[str, Any], update: StatusUpdate, generation: int | None, now: str
+) -> dict[str, Any]:
+    """The merge patch that brings ``current`` to ``update``: only what changed, empty if nothing."""
+    desired = dict(update.fields)
+    desired["phase"] = update.phase
+    desired["conditions"] = merge_conditions(current=current.get("conditions") or (), updates=update.conditions,
+                                             generation=generation, now=now)
+    if generation is not None:
+        desired["observedGeneration"] = generation
+    if update.message is not None:
+        desired["message"] = update.message
+    return status_patch(current, desired)

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from tests import kubetest
+from hack.localcluster.cluster import REPO, Cluster, cluster_script, find_binaries
+from tests.kubetest import TEST_RUN_ROOT
 
 E2E_DIR = Path(__file__).parent
 #: The cluster `make kind-up` makes (hack/cluster.py's defaults): `make e2e` reuses it.
-RUN_DIR = kubetest.TEST_RUN_ROOT / "kind"
+RUN_DIR = TEST_RUN_ROOT / "kind"
 CLUSTER_NAME = "slm-gpu"
 
 
@@ -39,7 +40,7 @@ class Images:
 
 @dataclasses.dataclass(frozen=True)
 class E2E:
-    cluster: kubetest.Cluster
+    cluster: Cluster
     images: Images
 
 
@@ -52,7 +53,7 @@ def _unavailable(reason: str) -> None:
 def _stage(name: str, argv: list[str], *, timeout: float) -> str:
     """Run one setup stage, print its time, return its stdout; fail with its output's tail."""
     started = time.monotonic()
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=kubetest.REPO)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     print(f"[e2e] {name}: {time.monotonic() - started:.0f} s", flush=True)
     if result.returncode != 0:
         pytest.fail(f"{name} failed ({result.returncode}):\n{(result.stdout + result.stderr)[-4000:]}", pytrace=False)
@@ -61,11 +62,10 @@ def _stage(name: str, argv: list[str], *, timeout: float) -> str:
 
 @pytest.fixture(scope="session")
 def e2e() -> Iterator[E2E]:
-    check = subprocess.run(["bash", "hack/docker-engine.sh", "--check"], capture_output=True, text=True,
-                           cwd=kubetest.REPO)
+    check = subprocess.run(["bash", "hack/docker-engine.sh", "--check"], capture_output=True, text=True, cwd=REPO)
     if check.returncode != 0:
         _unavailable(f"no Docker engine answers ({check.stdout.strip()}); `bash hack/docker-engine.sh` starts one")
-    bin_dir, why = kubetest.find_binaries()
+    bin_dir, why = find_binaries()
     if bin_dir is None:
         _unavailable(why)
     if os.geteuid() != 0 and subprocess.run(["docker", "image", "inspect", "slm-local/debian:bookworm"],
@@ -76,17 +76,16 @@ def e2e() -> Iterator[E2E]:
                  if "=" in line)
     images = Images(operator=built["operator"], engine=built["e2e-engine"])
     _stage("kind-up", [
-        str(kubetest.REPO / ".venv" / "bin" / "python"), "hack/cluster.py", "kind-up", "--bin", bin_dir,
+        str(REPO / ".venv" / "bin" / "python"), "hack/cluster.py", "kind-up", "--bin", bin_dir,
         "--run-dir", str(RUN_DIR), "--name", CLUSTER_NAME, "--load", images.operator, "--load", images.engine,
     ], timeout=1800)
-    kubeconfig = str(RUN_DIR / "kubeconfig")
-    cluster = kubetest.Cluster(kubeconfig=kubeconfig, bin_dir=bin_dir, run_dir=str(RUN_DIR),
-                               server=kubetest.server_of(kubeconfig=kubeconfig))
+    cluster = Cluster.of_run_dir(run_dir=RUN_DIR, bin_dir=bin_dir)
     try:
         yield E2E(cluster=cluster, images=images)
     finally:
         if os.environ.get("SLM_E2E_DOWN") == "1":
-            kubetest.cluster_script("kind-down", "--bin", bin_dir, "--run-dir", str(RUN_DIR), "--name", CLUSTER_NAME,
-                                    timeout=300, check=False)
+            cluster_script("kind-down", "--bin", bin_dir, "--run-dir", str(RUN_DIR), "--name", CLUSTER_NAME,
+                           timeout=300, check=False)
         else:
-            print(f"[e2e] kind cluster {CLUSTER_NAME} left running: KUBECONFIG={kubeconfig}; `make kind-down` removes it")
+            print(f"[e2e] kind cluster {CLUSTER_NAME} left running: KUBECONFIG={cluster.kubeconfig}; "
+                  "`make kind-down` removes it")

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from slm_operator.profiling.configmap_sink import PROFILE_KEY
+from slm_operator.constants import PROFILE_KEY
 from tests.e2e.conftest import E2E
 from tests.kubetest import StopWaiting, wait_for
 
@@ -112,7 +112,8 @@ def _completion_code(url: str, *, prompt: str, max_tokens: int) -> str:
     body = json.dumps({"model": NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
     return (
         "import json, urllib.request\n"
-        f"req = urllib.request.Request({url!r}, data={body!r}.encode(), headers={{'Content-Type': 'application/json'}})\n"
+        f"req = urllib.request.Request({url!r}, data={body!r}.encode(), "
+        f"headers={{'Content-Type': 'application/json'}})\n"
         "print(urllib.request.urlopen(req, timeout=120).read().decode())\n"
     )
 
@@ -189,9 +190,10 @@ def test_auto_profile_runs_real_vllm_in_a_profiler_job(e2e: E2E):
     assert pod["spec"]["nodeName"].endswith("-control-plane"), "a profile runs on the whole (unshared) GPU"
     cache = _json(e2e, "-n", SYSTEM, "get", "configmap", job_name)
     profile = json.loads(cache["data"][PROFILE_KEY])
-    print(f"[e2e] measured profile: {json.dumps({k: profile.get(k) for k in ('source', 'engine', 'paretoBatchSize', 'replicasPerGPU', 'tokensPerSecondPerGPU')})}")
+    summary_keys = ("source", "engine", "batchSize", "replicasToSaturate", "tokensPerSecondPerGPU")
+    print(f"[e2e] measured profile: {json.dumps({k: profile.get(k) for k in summary_keys})}")
     assert profile["source"] == "measured" and profile["engine"] == "vllm"
-    assert profile["paretoBatchSize"] in (1, 2, 4)
+    assert profile["batchSize"] in (1, 2, 4)
     story.profile = profile
 
 
@@ -201,26 +203,29 @@ def _node_kind(node_name: str) -> str:
 
 
 def _pods_by_uid(pods: list[dict[str, Any]]) -> dict[str, tuple[str, int]]:
-    return {p["metadata"]["name"]: (p["metadata"]["uid"], p["status"]["containerStatuses"][0]["restartCount"]) for p in pods}
+    return {
+        p["metadata"]["name"]: (p["metadata"]["uid"], p["status"]["containerStatuses"][0]["restartCount"])
+        for p in pods
+    }
 
 
 def test_the_plan_follows_the_measurement_and_the_service_turns_ready(e2e: E2E):
     obj = _wait_phase(e2e, "Ready", timeout=1200)
     status = obj["status"]
     assert status["profile"]["source"] == "measured"
-    assert status["profile"]["paretoBatchSize"] == story.profile["paretoBatchSize"], "B* is the measured one"
+    assert status["profile"]["batchSize"] == story.profile["batchSize"], "B* is the measured one"
     placement = status["placement"]
     # k comes from the measurement too; on a CPU two servers rarely beat one, and the plan says so.
-    assert placement["replicasPerGPU"] == min(story.profile["replicasPerGPU"], 4)
+    assert placement["replicasPerGPU"] == min(story.profile["replicasToSaturate"], 4)
     pods = _model_pods(e2e)
     assert len(pods) == placement["replicasPerGPU"] and all(_ready(p) for p in pods)
     for pod in pods:
-        assert f"--max-num-seqs={story.profile['paretoBatchSize']}" in pod["spec"]["containers"][0]["args"]
+        assert f"--max-num-seqs={story.profile['batchSize']}" in pod["spec"]["containers"][0]["args"]
         assert _node_kind(pod["spec"]["nodeName"]) == placement["mechanism"]
     table = e2e.cluster.kubectl("-n", story.namespace, "get", "slms").stdout
     print(f"[e2e] kubectl get slms:\n{table}")
     row = next(line for line in table.splitlines() if line.startswith(NAME)).split()
-    assert "Ready" in row and str(story.profile["paretoBatchSize"]) in row
+    assert "Ready" in row and str(story.profile["batchSize"]) in row
     story.first_pods = _pods_by_uid(pods)
 
 
@@ -228,7 +233,9 @@ def test_a_completion_goes_through_the_services_cluster_ip(e2e: E2E):
     wait_for(lambda: _ready(_json(e2e, "-n", story.namespace, "get", "pod", story.client_pod)), timeout=120,
              message="the client pod")
     ip = _json(e2e, "-n", story.namespace, "get", "service", NAME)["spec"]["clusterIP"]
-    reply = json.loads(_in_cluster(e2e, _completion_code(f"http://{ip}/v1/completions", prompt="The operator", max_tokens=12)))
+    reply = json.loads(
+        _in_cluster(e2e, _completion_code(f"http://{ip}/v1/completions", prompt="The operator", max_tokens=12))
+    )
     text = reply["choices"][0]["text"]
     print(f"[e2e] completion through Service {NAME} ({ip}): {text!r} ({reply['usage']})")
     assert reply["model"] == NAME and reply["usage"]["completion_tokens"] > 0 and text.strip()
@@ -262,7 +269,8 @@ def test_scaling_out_while_the_operator_restarts_adds_a_group_and_keeps_ready_re
     assert len(_json(e2e, "-n", story.namespace, "get", "services")["items"]) == 1
     jobs = _json(e2e, "-n", SYSTEM, "get", "jobs", "-l", "slm.pareto.dev/role=profiler")["items"]
     assert len(jobs) == 1, "the cached profile is reused: no second profiler Job"
-    operator = next(p for p in _json(e2e, "-n", SYSTEM, "get", "pods", "-l", "app.kubernetes.io/name=slm-operator")["items"]
+    operator = next(p for p in _json(e2e, "-n", SYSTEM, "get", "pods",
+                                     "-l", "app.kubernetes.io/name=slm-operator")["items"]
                     if _ready(p))
     assert operator["metadata"]["uid"] not in deleted, "the operator that converged is the new pod"
     print(f"[e2e] scaled out to {len(pods)} replicas in 2 groups; the operator pod was replaced by "
@@ -277,7 +285,8 @@ def test_a_burst_is_spread_over_more_than_one_replica(e2e: E2E):
         "import concurrent.futures, json, urllib.request\n"
         f"body = json.dumps({{'model': {NAME!r}, 'prompt': 'hello', 'max_tokens': 4}}).encode()\n"
         "def one(_):\n"
-        f"    req = urllib.request.Request('http://{ip}/v1/completions', data=body, headers={{'Content-Type': 'application/json'}})\n"
+        f"    req = urllib.request.Request('http://{ip}/v1/completions', data=body, "
+        f"headers={{'Content-Type': 'application/json'}})\n"
         "    return urllib.request.urlopen(req, timeout=120).status\n"
         "with concurrent.futures.ThreadPoolExecutor(16) as pool:\n"
         "    print(sorted(set(pool.map(one, range(48)))))\n"

@@ -126,9 +126,11 @@ INVALID = [
      "memoryPerReplicaGiB and tokensPerSecondPerGPU"),
     ("static-incomplete", {"model": "m", "profiling": {"mode": "static", "static": {"batchSize": 8}}},
      "spec.profiling.static.tokensPerSecondPerGPU", "Required value"),
-    ("static-too-many-replicas", {"model": "m", "profiling": {"mode": "static", "static": {**STATIC, "replicasPerGPU": 65}}},
+    ("static-too-many-replicas",
+     {"model": "m", "profiling": {"mode": "static", "static": {**STATIC, "replicasPerGPU": 65}}},
      "spec.profiling.static.replicasPerGPU", "should be less than or equal to 64"),
-    ("exclusive-with-replicas", {"model": "m", "gpu": {"sharing": "exclusive"}, "profiling": {"mode": "static", "static": STATIC}},
+    ("exclusive-with-replicas",
+     {"model": "m", "gpu": {"sharing": "exclusive"}, "profiling": {"mode": "static", "static": STATIC}},
      "spec.profiling.static.replicasPerGPU",
      "gpu.sharing exclusive gives every replica a whole GPU, so profiling.static.replicasPerGPU must be 1: set it "
      "to 1, or choose gpu.sharing auto, mps, time-slicing or dra to pack several replicas per GPU"),
@@ -142,7 +144,8 @@ INVALID = [
     ("scale-bounds-with-fixed-gpus", {"model": "m", "scale": {"gpus": 2, "maxGPUs": 4}}, "spec.scale",
      "scale.minGPUs and scale.maxGPUs bound scale.targetTokensPerSecond: set them only together with "
      "targetTokensPerSecond (scale.gpus is already a fixed count)"),
-    ("skip-with-throughput-target", {"model": "m", "profiling": {"mode": "skip"}, "scale": {"targetTokensPerSecond": 1000}},
+    ("skip-with-throughput-target",
+     {"model": "m", "profiling": {"mode": "skip"}, "scale": {"targetTokensPerSecond": 1000}},
      "spec.scale.targetTokensPerSecond",
      "scale.targetTokensPerSecond needs a profile to size the GPUs, and profiling.mode skip has none: use "
      "profiling.mode auto, estimate or static, or a fixed scale.gpus"),
@@ -155,7 +158,8 @@ def test_enough_invalid_cases() -> None:
     assert len(INVALID) >= 18
 
 
-@pytest.mark.parametrize(("spec", "field", "message"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID])
+@pytest.mark.parametrize(("spec", "field", "message"), [case[1:] for case in INVALID],
+                         ids=[case[0] for case in INVALID])
 def test_invalid_spec_is_refused_with_a_clear_message(cluster, crd, namespace, spec, field, message) -> None:
     result = dry_run(cluster, namespace, spec)
     assert result.returncode != 0, f"accepted: {result.stdout}"
@@ -202,9 +206,11 @@ def test_minimal_spec_gets_every_default(cluster, crd, namespace) -> None:
     {"model": "m", "engine": {"args": ["--model-impl=vllm", "--served-model-name", "x", "--enable-prefix-caching"]}},
     {"model": "m", "engine": {"resources": {"cpu": 2, "memory": "8Gi"}}},
     {"model": "m", "engine": {"resources": {"cpu": "500m"}}},
-    {"model": "m", "gpu": {"sharing": "exclusive"}, "profiling": {"mode": "static", "static": {**STATIC, "replicasPerGPU": 1}}},
+    {"model": "m", "gpu": {"sharing": "exclusive"},
+     "profiling": {"mode": "static", "static": {**STATIC, "replicasPerGPU": 1}}},
     {"model": "m", "scale": {"targetTokensPerSecond": 5000, "minGPUs": 0, "maxGPUs": 8}},
-    {"model": "m", "profiling": {"epsilon": 0.05, "batchSizes": [1, 4096], "modelConfig": {"hidden_size": 768, "x": [1]}}},
+    {"model": "m",
+     "profiling": {"epsilon": 0.05, "batchSizes": [1, 4096], "modelConfig": {"hidden_size": 768, "x": [1]}}},
 ], ids=["scale-to-zero", "workload-exactly-max", "args-look-alikes", "int-cpu", "milli-cpu", "exclusive-one-replica",
         "target-with-bounds", "profiling-edges"])
 def test_boundary_specs_are_accepted(cluster, crd, namespace, spec) -> None:
@@ -222,9 +228,9 @@ def status_example() -> dict[str, Any]:
         "endpoint": "http://opt.ns.svc:8000/v1",
         "conditions": [{"type": "Available", "status": "True", "reason": "AllReplicasReady", "message": "4/4",
                         "lastTransitionTime": "2025-01-01T00:00:00Z", "observedGeneration": 1}],
-        "profile": {"source": "measured", "engine": "vllm", "gpuProduct": "NVIDIA-H100-80GB-HBM3", "paretoBatchSize": 64,
+        "profile": {"source": "measured", "engine": "vllm", "gpuProduct": "NVIDIA-H100-80GB-HBM3", "batchSize": 64,
                     "plateauTokensPerSecond": 9000.5, "tokensPerSecondPerGPU": 36002.0, "memoryPerReplicaGiB": 6.25,
-                    "replicasPerGPU": 4, "interTokenLatencyMs": 21.5, "profileRef": "slm-system/profile-abc",
+                    "replicasToSaturate": 4, "interTokenLatencyMs": 21.5, "profileRef": "slm-system/profile-abc",
                     "measuredAt": "2025-01-01T00:00:00Z", "explanation": "B*=64: within 10% of the plateau.",
                     "progress": "done"},
         "placement": {"mechanism": "mps", "resourceName": "nvidia.com/gpu", "gpus": 1, "requestedGPUs": 1,
@@ -236,8 +242,9 @@ def status_example() -> dict[str, Any]:
 
 
 def test_status_is_kept_whole_and_shown_in_columns(cluster, crd, namespace) -> None:
-    cluster.kubectl("create", "-f", "-", input=manifest({"model": "facebook/opt-125m", "gpu": {"product": "NVIDIA-H100-80GB-HBM3"}},
-                                                       name="opt", namespace=namespace))
+    cluster.kubectl("create", "-f", "-",
+                    input=manifest({"model": "facebook/opt-125m", "gpu": {"product": "NVIDIA-H100-80GB-HBM3"}},
+                                   name="opt", namespace=namespace))
     status = status_example()
     cluster.kubectl("patch", "slmservice", "opt", "-n", namespace, "--subresource=status", "--type=merge",
                     "-p", json.dumps({"status": status}))
@@ -248,7 +255,7 @@ def test_status_is_kept_whole_and_shown_in_columns(cluster, crd, namespace) -> N
     header, row = table[0].split(), table[1].split()
     assert header == ["NAME", "MODEL", "GPUS", "REPLICAS/GPU", "BATCH", "TOK/S", "READY", "PHASE", "AGE",
                       "SHARING", "SOURCE", "GPU", "ENDPOINT"]
-    cells = dict(zip(header, row))
+    cells = dict(zip(header, row, strict=True))
     assert (cells["MODEL"], cells["GPUS"], cells["REPLICAS/GPU"], cells["BATCH"], cells["READY"], cells["PHASE"]) == (
         "facebook/opt-125m", "1", "4", "64", "4/4", "Ready")
     assert float(cells["TOK/S"]) == 36002.0
@@ -286,7 +293,8 @@ def field_description(path: str) -> str:
     return node["description"]
 
 
-@pytest.mark.parametrize("path", ["spec.slo", "spec.slo.maxInterTokenLatencyMs", "spec.profiling.epsilon", "spec.scale"])
+@pytest.mark.parametrize("path",
+                         ["spec.slo", "spec.slo.maxInterTokenLatencyMs", "spec.profiling.epsilon", "spec.scale"])
 def test_kubectl_explain_shows_the_descriptions(cluster, crd, path) -> None:
     explained = one_line(cluster.kubectl("explain", f"slmservice.{path}").stdout)
     assert one_line(field_description(path)) in explained

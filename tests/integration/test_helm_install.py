@@ -42,7 +42,8 @@ def release(cluster) -> Iterator[Release]:
         cluster.kubectl("delete", "namespace", rel.namespace, "--wait=false", "--ignore-not-found", check=False)
 
 
-def can_i(cluster, *, account: str, verb: str, resource: str, namespace: str | None, subresource: str | None = None) -> bool:
+def can_i(cluster, *, account: str, verb: str, resource: str, namespace: str | None,
+          subresource: str | None = None) -> bool:
     args = ["auth", "can-i", verb, resource, "--as", account]
     args += ["-n", namespace] if namespace else ["--all-namespaces"]
     if subresource:
@@ -72,7 +73,9 @@ def test_release_is_deployed_with_its_objects(cluster, release) -> None:
 
 
 def test_deployment_runs_the_operator_as_configured(cluster, release) -> None:
-    deployment = json.loads(cluster.kubectl("get", "deployment", release.fullname, "-n", release.namespace, "-o", "json").stdout)
+    deployment = json.loads(
+        cluster.kubectl("get", "deployment", release.fullname, "-n", release.namespace, "-o", "json").stdout
+    )
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == release.fullname
     (container,) = pod["containers"]

@@ -103,7 +103,7 @@ def test_spec_change_patches_children(cluster, operator, namespace):
     wait_for(patched, timeout=60, message="StatefulSet args follow the spec")
     obj = wait_for(lambda: (o := slms(cluster, namespace, "u"))["status"].get("observedGeneration") ==
                    o["metadata"]["generation"] and o, timeout=60, message="observedGeneration catches up")
-    assert obj["status"]["profile"]["paretoBatchSize"] == 32
+    assert obj["status"]["profile"]["batchSize"] == 32
 
 
 def test_delete_cascades_to_every_child(cluster, operator, namespace):

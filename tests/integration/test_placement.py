@@ -78,14 +78,14 @@ def test_auto_profiles_once_with_the_simulated_engine_and_reuses_the_cache(clust
     first = wait_phase(cluster, namespace, "first", ("Ready",), timeout=240, operator=operator)
     profile = first["status"]["profile"]
     assert profile["source"] == "measured" and profile["engine"] == "simulated"
-    assert profile["paretoBatchSize"] >= 1 and profile["profileRef"].startswith("configmap/")
+    assert profile["batchSize"] >= 1 and profile["profileRef"].startswith("configmap/")
     cached = get_json(cluster, "configmap", "-n", "slm-system", profile["profileRef"].split("/")[-1])
     assert "profile.json" in cached["data"]
 
     apply_yaml(cluster, namespace, auto("second"))
     second = wait_phase(cluster, namespace, "second", ("Ready",), timeout=60, operator=operator)
     assert second["status"]["profile"]["profileRef"] == profile["profileRef"]
-    assert second["status"]["profile"]["paretoBatchSize"] == profile["paretoBatchSize"]
+    assert second["status"]["profile"]["batchSize"] == profile["batchSize"]
 
 
 def test_estimate_mode_plans_from_the_roofline_model(cluster, operator, namespace):

@@ -88,7 +88,8 @@ def test_pod_asking_more_gpus_than_any_node_has_stays_pending(cluster: Cluster, 
     apply(cluster, namespace, gpu_pod("too-big", gpus=most + 1))
 
     def failed_scheduling() -> list[dict[str, Any]]:
-        events = get_json(cluster, "events", "-n", namespace, "--field-selector", "involvedObject.name=too-big")["items"]
+        events = get_json(cluster, "events", "-n", namespace,
+                          "--field-selector", "involvedObject.name=too-big")["items"]
         return [e for e in events if e["reason"] == "FailedScheduling"]
 
     events = wait_for(failed_scheduling, timeout=30, message="a FailedScheduling event for too-big")
@@ -139,7 +140,9 @@ def test_dra_claim_is_allocated_a_device_on_the_dra_node_by_the_scheduler(cluste
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaimTemplate",
         "metadata": {"name": "one-gpu"},
-        "spec": {"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}}},
+        "spec": {
+            "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com"}}]}}
+        },
     }
     pod = {
         "apiVersion": "v1",
@@ -204,13 +207,17 @@ def one_node_config(tmp_path: Path) -> str:
     path = tmp_path / "nodes.yaml"
     path.write_text(
         yaml.safe_dump(
-            {"nodes": [{"name": "solo", "gpu": {"product": "NVIDIA-L4", "memoryMiB": 23034, "count": 1, "sharing": "none"}}]}
+            {"nodes": [
+                {"name": "solo", "gpu": {"product": "NVIDIA-L4", "memoryMiB": 23034, "count": 1, "sharing": "none"}}
+            ]}
         )
     )
     return str(path)
 
 
-def test_second_cluster_up_twice_then_down_leaves_no_process_or_port(bin_dir: str, one_node_config: str, tmp_path: Path) -> None:
+def test_second_cluster_up_twice_then_down_leaves_no_process_or_port(
+    bin_dir: str, one_node_config: str, tmp_path: Path
+) -> None:
     run_dir = str(tmp_path / "second")
     try:
         first = kubetest.cluster_script("up", "--bin", bin_dir, "--run-dir", run_dir, "--config", one_node_config)
@@ -251,7 +258,8 @@ def test_failure_part_way_through_up_stops_what_had_started(bin_dir: str, one_no
     (broken / "kwok").chmod(stat.S_IRWXU)
     run_dir = str(tmp_path / "broken")
 
-    result = kubetest.cluster_script("up", "--bin", str(broken), "--run-dir", run_dir, "--config", one_node_config, check=False)
+    result = kubetest.cluster_script("up", "--bin", str(broken), "--run-dir", run_dir, "--config", one_node_config,
+                                     check=False)
 
     assert result.returncode == 2
     assert "kwok exited with code 1" in result.stderr

@@ -46,8 +46,8 @@ def test_profiler_job_result_configmap_drives_the_plan(cluster, operator, namesp
         configmap = job["metadata"]["name"]
         assert f"{OPERATOR_NAMESPACE}/{configmap}" in pod["containers"][0]["args"]
 
-        measured = {"source": "measured", "engine": "vllm", "gpuProduct": H100, "paretoBatchSize": 96,
-                    "tokensPerSecondPerReplica": 9000.0, "tokensPerSecondPerGPU": 15000.0, "replicasPerGPU": 2,
+        measured = {"source": "measured", "engine": "vllm", "gpuProduct": H100, "batchSize": 96,
+                    "tokensPerSecondPerReplica": 9000.0, "tokensPerSecondPerGPU": 15000.0, "replicasToSaturate": 2,
                     "memoryPerReplicaGiB": 8.0, "explanation": "measured by the test in the Job's place"}
         as_profiler = serviceaccount_kubeconfig(cluster, account="slm-profiler", namespace=OPERATOR_NAMESPACE,
                                                 path=tmp_path / "profiler-kubeconfig")
@@ -57,7 +57,7 @@ def test_profiler_job_result_configmap_drives_the_plan(cluster, operator, namesp
         cluster.kubectl("--kubeconfig", str(as_profiler), "apply", "-f", "-", input=yaml.safe_dump(cm))
 
         obj = wait_phase(cluster, namespace, "jobbed", ("Ready",), timeout=60, operator=job_operator)
-        assert obj["status"]["profile"]["paretoBatchSize"] == 96
+        assert obj["status"]["profile"]["batchSize"] == 96
         assert obj["status"]["profile"]["profileRef"] == f"configmap/{OPERATOR_NAMESPACE}/{configmap}"
         assert obj["status"]["placement"]["replicasPerGPU"] == 2
     finally:

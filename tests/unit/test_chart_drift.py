@@ -34,7 +34,10 @@ def find_helm() -> str | None:
     # NB: the same folder name hack/build-binaries.sh derives from hack/versions.env.
     pins = dict(line.split("=", 1) for line in (ROOT / "hack" / "versions.env").read_text().splitlines()
                 if re.match(r"^[A-Z_]+=", line))
-    cache = pathlib.Path(os.environ.get("SLM_CACHE_DIR") or pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "slm-operator")
+    cache = pathlib.Path(
+        os.environ.get("SLM_CACHE_DIR")
+        or pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "slm-operator"
+    )
     pinned = cache / (f"k8s-{pins['KUBERNETES_VERSION']}-etcd-{pins['ETCD_VERSION']}-kwok-{pins['KWOK_VERSION']}"
                       f"-helm-{pins['HELM_VERSION']}-kind-{pins['KIND_VERSION']}") / "bin" / "helm"
     if pinned.is_file():
@@ -89,7 +92,8 @@ def test_install_yaml_matches_the_chart() -> None:
 def test_install_yaml_is_self_contained() -> None:
     docs = [d for d in yaml.safe_load_all((ROOT / render_manifests.OUTPUT).read_text()) if d]
     assert docs[0] == {"apiVersion": "v1", "kind": "Namespace", "metadata": {
-        "name": "slm-system", "labels": {"app.kubernetes.io/name": "slm-operator", "app.kubernetes.io/part-of": "slm-operator"}}}
+        "name": "slm-system",
+        "labels": {"app.kubernetes.io/name": "slm-operator", "app.kubernetes.io/part-of": "slm-operator"}}}
     crd = one(docs, "CustomResourceDefinition")
     assert crd == yaml.safe_load((ROOT / "crd" / "slmservices.yaml").read_text())
     namespaced = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "Deployment")]
@@ -212,7 +216,8 @@ def test_values_reach_the_operator_config() -> None:
     docs = objects(
         "--namespace", "gpu-ops", "--set", "operator.defaultEngineImage=vllm/vllm-openai:v0.10.2",
         "--set", "operator.defaultSharing=mps", "--set", "operator.watchNamespace=team-a",
-        "--set", "profiler.runner=local", "--set", "profiler.image.tag=dev", "--set", "profiler.serviceAccount.name=sweeper",
+        "--set", "profiler.runner=local", "--set", "profiler.image.tag=dev",
+        "--set", "profiler.serviceAccount.name=sweeper",
     )
     (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}

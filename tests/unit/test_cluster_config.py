@@ -1,14 +1,14 @@
 """The simulated-node config of hack/cluster.py: strict validation and the objects it implies.
 
 Also the command's refusals that need no running cluster (bad config, missing binaries, a taken
-port), checked through the real CLI with stand-in binaries that record being started.
+port), checked through the real CLI with stand-in binaries that record being started; the
+harness's ``wait_for`` (hack/localcluster/cluster.py) and the kind config.
 """
 
 from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from hack.localcluster import config as nodeconfig
+from hack.localcluster.cluster import REPO, cluster_script, wait_for
 from hack.localcluster.config import ConfigError, parse_config
-from tests.kubetest import REPO, wait_for
+from slm_operator.constants import POOL_SHARINGS
 
 DEFAULT_CONFIG = REPO / "hack" / "gpu-nodes.yaml"
 
@@ -37,7 +38,7 @@ def one_node(**node: Any) -> dict[str, Any]:
 
 def test_default_config_is_valid_and_covers_every_sharing_mode() -> None:
     config = nodeconfig.load_config(path=DEFAULT_CONFIG)
-    assert {n.gpu.sharing for n in config.nodes if n.gpu} == set(nodeconfig.SHARING_MODES)
+    assert {n.gpu.sharing for n in config.nodes if n.gpu} == set(POOL_SHARINGS)
 
 
 @pytest.mark.parametrize(
@@ -45,8 +46,10 @@ def test_default_config_is_valid_and_covers_every_sharing_mode() -> None:
     [
         ({"nodes": [{"name": "n0"}], "node": []}, "node", "defaults, nodes"),
         ({"nodes": [{"name": "n0", "gpus": h100()}]}, "nodes[0].gpus", "name, gpu, labels"),
-        (one_node(gpu=h100(sharingMode="mps")), "nodes[0].gpu.sharingMode", "product, memoryMiB, count, sharing, replicas"),
-        ({"defaults": {"cpus": "8"}, "nodes": [{"name": "n0"}]}, "defaults.cpus", "cpu, memory, pods, ephemeralStorage"),
+        (one_node(gpu=h100(sharingMode="mps")), "nodes[0].gpu.sharingMode",
+         "product, memoryMiB, count, sharing, replicas"),
+        ({"defaults": {"cpus": "8"}, "nodes": [{"name": "n0"}]}, "defaults.cpus",
+         "cpu, memory, pods, ephemeralStorage"),
     ],
 )
 def test_unknown_key_is_named_with_the_allowed_keys(document: dict[str, Any], bad_key: str, allowed: str) -> None:
@@ -68,7 +71,8 @@ def test_unknown_key_is_named_with_the_allowed_keys(document: dict[str, Any], ba
         (one_node(gpu=h100(count=True)), "nodes[0].gpu.count", "positive integer"),
         (one_node(gpu=h100(product="NVIDIA H100")), "nodes[0].gpu.product", "label-safe"),
         (one_node(memory="lots"), "nodes[0].memory", "Kubernetes quantity"),
-        (one_node(labels={"nvidia.com/gpu.product": "X"}), "nodes[0].labels.nvidia.com/gpu.product", "derived from `gpu`"),
+        (one_node(labels={"nvidia.com/gpu.product": "X"}), "nodes[0].labels.nvidia.com/gpu.product",
+         "derived from `gpu`"),
         (one_node(labels={"team": 7}), "nodes[0].labels.team", "quote numbers"),
         ({"nodes": [{"name": "Bad_Name"}]}, "nodes[0].name", "not a valid node name"),
         ({"nodes": [{"name": "a"}, {"name": "a"}]}, "nodes[1].name", "duplicate"),
@@ -156,7 +160,8 @@ def test_no_dra_objects_without_dra_nodes() -> None:
 def test_nodes_get_distinct_internal_ips() -> None:
     config = parse_config(data={"nodes": [{"name": f"n{i}"} for i in range(300)]})
     addresses = [
-        next(a["address"] for a in nodeconfig.node_manifest(node=n, index=i)["status"]["addresses"] if a["type"] == "InternalIP")
+        next(a["address"] for a in nodeconfig.node_manifest(node=n, index=i)["status"]["addresses"]
+             if a["type"] == "InternalIP")
         for i, n in enumerate(config.nodes)
     ]
     assert len(set(addresses)) == len(addresses)
@@ -178,7 +183,7 @@ def stand_in_bin(tmp_path: Path) -> Path:
 
 
 def cluster_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "hack" / "cluster.py"), *args], capture_output=True, text=True, timeout=60)
+    return cluster_script(*args, check=False, timeout=60)
 
 
 def started(tmp_path: Path) -> list[str]:
@@ -214,7 +219,8 @@ def test_cli_reports_a_taken_api_port(stand_in_bin: Path, tmp_path: Path) -> Non
         holder.listen()
         port = holder.getsockname()[1]
 
-        result = cluster_cli("up", "--bin", str(stand_in_bin), "--api-port", str(port), "--run-dir", str(tmp_path / "run"))
+        result = cluster_cli("up", "--bin", str(stand_in_bin), "--api-port", str(port),
+                             "--run-dir", str(tmp_path / "run"))
 
     assert result.returncode == 2
     assert f"port 127.0.0.1:{port} (for kube-apiserver) is already in use" in result.stderr

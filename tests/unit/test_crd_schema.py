@@ -79,17 +79,18 @@ def test_names_scope_and_version(crd: dict[str, Any], version: dict[str, Any]) -
 
 
 def test_names_match_the_operator_constants(crd: dict[str, Any], version: dict[str, Any]) -> None:
-    import slm_operator
+    from slm_operator import constants
 
-    assert crd["spec"]["group"] == slm_operator.GROUP
-    assert version["name"] == slm_operator.API_VERSION
-    assert crd["spec"]["names"]["kind"] == slm_operator.KIND
-    assert crd["spec"]["names"]["plural"] == slm_operator.PLURAL
+    assert crd["spec"]["group"] == constants.GROUP
+    assert version["name"] == constants.API_VERSION
+    assert crd["spec"]["names"]["kind"] == constants.KIND
+    assert crd["spec"]["names"]["plural"] == constants.PLURAL
 
 
 def test_every_field_has_a_description(root_schema: dict[str, Any]) -> None:
     # NB: metadata is the exception the API server imposes: it refuses anything but `type` there.
-    missing = [path for path, node in walk(root_schema, "") if path != ".metadata" and not node.get("description", "").strip()]
+    missing = [path for path, node in walk(root_schema, "")
+               if path != ".metadata" and not node.get("description", "").strip()]
     assert missing == []
 
 
@@ -195,7 +196,8 @@ def test_engine_args_refuse_every_flag_the_operator_owns(spec_schema: dict[str, 
     from slm_operator.spec import OPERATOR_OWNED_FLAGS
 
     rules = spec_schema["properties"]["engine"]["properties"]["args"]["x-kubernetes-validations"]
-    guarded = {flag for flag in OPERATOR_OWNED_FLAGS for rule in rules if f"'{flag}='" in rule["rule"] and flag in rule["message"]}
+    guarded = {flag for flag in OPERATOR_OWNED_FLAGS for rule in rules
+               if f"'{flag}='" in rule["rule"] and flag in rule["message"]}
     assert guarded == set(OPERATOR_OWNED_FLAGS)
 
 
@@ -218,8 +220,10 @@ def test_printer_columns(version: dict[str, Any], root_schema: dict[str, Any]) -
 def test_status_is_described_not_free_form(root_schema: dict[str, Any]) -> None:
     status = root_schema["properties"]["status"]
     assert not status.get("x-kubernetes-preserve-unknown-fields")
-    assert set(status["properties"]) == {"phase", "conditions", "observedGeneration", "profile", "placement", "endpoint", "message"}
-    assert status["properties"]["phase"]["enum"] == ["Pending", "Profiling", "Planning", "Deploying", "Ready", "Degraded", "Failed"]
+    assert set(status["properties"]) == {
+        "phase", "conditions", "observedGeneration", "profile", "placement", "endpoint", "message"}
+    assert status["properties"]["phase"]["enum"] == [
+        "Pending", "Profiling", "Planning", "Deploying", "Ready", "Degraded", "Failed"]
 
 
 def test_status_profile_holds_every_key_the_operator_writes(root_schema: dict[str, Any]) -> None:
@@ -228,8 +232,8 @@ def test_status_profile_holds_every_key_the_operator_writes(root_schema: dict[st
     from slm_operator.status import profile_summary
 
     profile = Profile(
-        source="measured", gpu_product="NVIDIA-H100-80GB-HBM3", pareto_batch_size=64,
-        tokens_per_second_per_replica=1000.0, tokens_per_second_per_gpu=4000.0, replicas_per_gpu=4,
+        source="measured", gpu_product="NVIDIA-H100-80GB-HBM3", batch_size=64,
+        tokens_per_second_per_replica=1000.0, tokens_per_second_per_gpu=4000.0, replicas_to_saturate=4,
         memory_per_replica_gib=6.0, inter_token_latency_ms=20.0, measured_at="2025-01-01T00:00:00Z",
         profile_ref="slm-system/profile-x", engine="vllm", explanation="because",
     )
@@ -283,7 +287,8 @@ def test_sample_is_accepted_by_the_operators_parser(sample: pathlib.Path) -> Non
 
 def test_check_against_schema_catches_a_typo(spec_schema: dict[str, Any]) -> None:
     problems = check_against_schema({"model": "m", "scale": {"gpu": 1}, "gpu": {"sharing": "mig"}}, spec_schema, "spec")
-    assert problems == ["spec.scale.gpu: unknown field", "spec.gpu.sharing: 'mig' not in ['auto', 'mps', 'time-slicing', 'dra', 'exclusive']"]
+    assert problems == ["spec.scale.gpu: unknown field",
+                        "spec.gpu.sharing: 'mig' not in ['auto', 'mps', 'time-slicing', 'dra', 'exclusive']"]
 
 
 def test_crd_copies_are_in_sync() -> None:

@@ -11,7 +11,7 @@ def test_estimate_mode_needs_no_api_and_labels_its_source():
     spec = parse_spec({"model": "facebook/opt-1.3b", "profiling": {"mode": "estimate"}})
     profile = obtain_profile(spec=spec, gpu_product=H100, cfg=OperatorConfig())
     assert profile.source == "estimated" and profile.gpu_product == H100
-    assert profile.pareto_batch_size >= 1 and profile.replicas_per_gpu >= 1
+    assert profile.batch_size >= 1 and profile.replicas_to_saturate >= 1
     assert profile.tokens_per_second_per_gpu >= profile.tokens_per_second_per_replica > 0
 
 

@@ -26,3 +26,50 @@ def test_phases():
 def test_patch_holds_only_changes():
     assert status_patch({"phase": "Ready", "endpoint": "e"}, {"phase": "Ready", "endpoint": "e"}) == {}
     assert status_patch({"phase": "Deploying"}, {"phase": "Ready"}) == {"phase": "Ready"}
+
+
+def test_updates_carry_their_reason_and_only_changes_are_patched():
+    from slm_operator.errors import SpecError
+    from slm_operator.status import desired_patch, failed, pending, profiling
+
+    update = failed("Planned", SpecError("scale", "set exactly one"))
+    assert (update.phase, update.warning, update.message) == ("Failed", "InvalidSpec", "spec.scale: set exactly one")
+    patch = desired_patch(current={}, update=update, generation=3, now="T1")
+    assert patch["phase"] == "Failed" and patch["observedGeneration"] == 3
+    assert patch["conditions"][0] | {"lastTransitionTime": None} == {
+        "type": "Planned", "status": "False", "reason": "InvalidSpec", "message": "spec.scale: set exactly one",
+        "observedGeneration": 3, "lastTransitionTime": None}
+    assert desired_patch(current=patch, update=update, generation=3, now="T2") == {}
+
+    waiting = pending("Available", "SecretNotFound", "create it")
+    assert waiting.warning is None and waiting.event_message() == "create it"
+    running = profiling(current={"profile": {"source": "measured"}}, progress="point 2 of 9")
+    assert running.fields == {"profile": {"source": "measured", "progress": "point 2 of 9"}}
+
+
+def test_a_finished_profile_clears_its_progress_and_joins_later_updates():
+    from slm_operator.status import pending, profiled
+    from tests.unit.factories import profile
+
+    found = profiled(profile=profile(), current={"profile": {"progress": "point 9 of 9"}})
+    assert found.summary["progress"] is None  # a merge patch deletes it
+    assert found.summary["batchSize"] == 128 and found.summary["replicasToSaturate"] == 2
+    update = pending("Planned", "NoMatchingGPUs", "add nodes").with_profile(found)
+    assert [c["type"] for c in update.conditions] == ["Profiled", "Planned"]
+    assert update.fields["profile"] is found.summary
+    assert pending("Planned", "X", "y").with_profile(None).conditions[0]["type"] == "Planned"
+
+
+def test_readiness_folds_groups_into_the_stored_placement():
+    from slm_operator.planning.groups import GroupState
+    from slm_operator.status import readiness
+
+    assert readiness(current={}, groups=[]) is None  # nothing placed yet
+    current = {"message": "mps: 2 replica(s)/GPU", "placement": {"gpus": 2, "requestedGPUs": 2, "totalReplicas": 4}}
+    groups = [GroupState(namespace="ns", name=f"opt-g{i}", service="opt", index=i, product="P", mechanism="mps",
+                         replicas=2, ready_replicas=2 - i, node="n1" if i == 0 else None) for i in range(2)]
+    update = readiness(current=current, groups=groups)
+    assert update is not None and update.phase == "Deploying"
+    placement = update.fields["placement"]
+    assert placement["ready"] == "3/4" and placement["nodes"] == ["n1"]
+    assert placement["groups"][1] == {"name": "opt-g1", "index": 1, "replicas": 2, "readyReplicas": 1}

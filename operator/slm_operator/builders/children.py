@@ -15,17 +15,29 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from slm_operator import API_VERSION, GROUP, KIND
+from slm_operator.constants import (
+    ANNOTATION_MECHANISM,
+    ANNOTATION_PRODUCT,
+    API_VERSION,
+    DRA_DEVICE_CLASS,
+    DRA_DRIVER,
+    GPU_RESOURCE,
+    GROUP,
+    KIND,
+    LABEL_COMPONENT,
+    LABEL_GPU_PRODUCT,
+    LABEL_GPU_SHARING,
+    LABEL_GROUP,
+    LABEL_MANAGED_BY,
+    LABEL_SERVICE,
+    MANAGED_BY,
+    SERVING_PORT,
+    SHARED_PRODUCT_SUFFIX,
+    group_name,
+)
 from slm_operator.planning.plan import Plan
 from slm_operator.spec import SLMServiceSpec
 
-SERVING_PORT = 8000
-LABEL_SERVICE = f"{GROUP}/service"
-LABEL_GROUP = f"{GROUP}/group"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "slm-operator"
-ANNOTATION_MECHANISM = f"{GROUP}/sharing"
-ANNOTATION_PRODUCT = f"{GROUP}/gpu-product"
 PVC_SCHEME = "pvc://"
 MODEL_MOUNT = "/models"
 
@@ -40,14 +52,10 @@ def common_labels(*, name: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "slm-model-server",
         "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": "model-server",
+        LABEL_COMPONENT: "model-server",
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_SERVICE: name,
     }
-
-
-def group_name(*, name: str, index: int) -> str:
-    return f"{name}-g{index}"
 
 
 def claim_name(*, name: str, index: int, plan: Plan) -> str:
@@ -71,7 +79,7 @@ def build_service(*, name: str, namespace: str, owner: Mapping[str, Any]) -> dic
         "metadata": _metadata(name=name, namespace=namespace, owner=owner, labels=labels),
         "spec": {
             "type": "ClusterIP",
-            "selector": {LABEL_SERVICE: name, "app.kubernetes.io/component": "model-server"},
+            "selector": {LABEL_SERVICE: name, LABEL_COMPONENT: "model-server"},
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
         },
     }
@@ -92,7 +100,7 @@ def build_resource_claim(
     labels = common_labels(name=name) | {LABEL_GROUP: str(index)}
     # NB: the driver publishes product names with spaces ("NVIDIA H100 80GB HBM3") where feature
     # discovery's label uses dashes; compare in the label's spelling.
-    selector = f'device.attributes["gpu.nvidia.com"].productName.replace(" ", "-") == "{plan.gpu_product}"'
+    selector = f'device.attributes["{DRA_DRIVER}"].productName.replace(" ", "-") == "{plan.gpu_product}"'
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
@@ -103,14 +111,14 @@ def build_resource_claim(
                 "requests": [{
                     "name": "gpu",
                     "exactly": {
-                        "deviceClassName": plan.device_class_name or "gpu.nvidia.com",
+                        "deviceClassName": plan.device_class_name or DRA_DEVICE_CLASS,
                         "selectors": [{"cel": {"expression": selector}}],
                     },
                 }],
                 "config": [{
                     "requests": ["gpu"],
                     "opaque": {
-                        "driver": "gpu.nvidia.com",
+                        "driver": DRA_DRIVER,
                         "parameters": {
                             "apiVersion": "resource.nvidia.com/v1beta1",
                             "kind": "GpuConfig",
@@ -142,92 +150,26 @@ def build_group_statefulset(
     """The k replicas of GPU group ``index``, started one after another and kept on one node."""
     group_labels = common_labels(name=name) | {LABEL_GROUP: str(index)}
     model_arg, volumes, mounts = _model_source(spec.model)
-    args = [f"--model={model_arg}", f"--port={SERVING_PORT}", f"--served-model-name={spec.served_model_name}"]
-    if spec.revision:
-        args.append(f"--revision={spec.revision}")
-    args += plan.vllm_args() + list(spec.engine.args)
-
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in spec.engine.env]
-    if spec.engine.hf_token_secret_ref:
-        ref = spec.engine.hf_token_secret_ref
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
-
-    resources: dict[str, Any] = {"requests": {}, "limits": {}}
-    if spec.engine.cpu:
-        resources["requests"]["cpu"] = spec.engine.cpu
-    if spec.engine.memory:
-        resources["requests"]["memory"] = spec.engine.memory
-        resources["limits"]["memory"] = spec.engine.memory
+    container = _vllm_container(spec=spec, plan=plan, image=image, model_arg=model_arg, mounts=mounts)
     pod_spec: dict[str, Any] = {}
     if plan.mechanism == "dra":
-        resources["claims"] = [{"name": "gpu"}]
-        pod_spec["resourceClaims"] = [{"name": "gpu", "resourceClaimName": claim_name(name=name, index=index, plan=plan)}]
+        container["resources"]["claims"] = [{"name": "gpu"}]
+        claim = claim_name(name=name, index=index, plan=plan)
+        pod_spec["resourceClaims"] = [{"name": "gpu", "resourceClaimName": claim}]
     else:
-        resources["limits"][plan.resource_name or "nvidia.com/gpu"] = 1
-    resources = {k: v for k, v in resources.items() if v}
-
-    container = {
-        "name": "vllm",
-        "image": image,
-        # NB: the module, not the `vllm serve` CLI: the CLI fails under vLLM's CPU build (it asks
-        # for the "vllm" distribution's version), and the profiler measures the same entry point.
-        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-        "args": args,
-        "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
-        "env": env,
-        "resources": resources,
-        # NB: loading weights and capturing CUDA graphs takes minutes; the startup probe allows it
-        # so the liveness of a slow start isn't confused with a dead server.
-        "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10,
-                         "timeoutSeconds": 5, "failureThreshold": 90},
-        # NB: at batch B* the server's event loop can be slow to answer /health; a 1 s timeout
-        # would let liveness kill a busy, healthy replica.
-        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 15,
-                          "timeoutSeconds": 10, "failureThreshold": 6},
-        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}, *mounts],
-        "securityContext": {"allowPrivilegeEscalation": False, "seccompProfile": {"type": "RuntimeDefault"}},
-    }
-    if not env:
-        del container["env"]
-    # GPU feature discovery may label shared nodes "<product>-SHARED"; both are this product.
-    node_terms = [{"key": "nvidia.com/gpu.product", "operator": "In",
-                   "values": [plan.gpu_product, f"{plan.gpu_product}-SHARED"]}]
-    # NB: a device-plugin slot looks the same on an MPS, a time-sliced and an exclusive node; only
-    # the strategy label tells them apart, and landing on the wrong kind breaks the memory budget.
-    if plan.mechanism in ("mps", "time-slicing"):
-        node_terms.append({"key": "nvidia.com/gpu.sharing-strategy", "operator": "In", "values": [plan.mechanism]})
-    elif plan.mechanism == "exclusive":
-        node_terms.append({"key": "nvidia.com/gpu.sharing-strategy", "operator": "NotIn",
-                           "values": ["mps", "time-slicing"]})
+        container["resources"].setdefault("limits", {})[plan.resource_name or GPU_RESOURCE] = 1
     pod_spec |= {
         "containers": [container],
         "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}, *volumes],
-        "affinity": {
-            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": node_terms}]}},
-            # The replicas of one group must share a node (and, with DRA, one GPU).
-            "podAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": [{
-                    "labelSelector": {"matchLabels": {LABEL_SERVICE: name, LABEL_GROUP: str(index)}},
-                    "topologyKey": "kubernetes.io/hostname",
-                }],
-                # Fill nodes already serving this model before spreading to new ones.
-                "preferredDuringSchedulingIgnoredDuringExecution": [{
-                    "weight": 50,
-                    "podAffinityTerm": {"labelSelector": {"matchLabels": {LABEL_SERVICE: name}},
-                                        "topologyKey": "kubernetes.io/hostname"},
-                }],
-            },
-        },
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": _affinity(name=name, index=index, plan=plan),
+        "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
         "terminationGracePeriodSeconds": 30,
         "enableServiceLinks": False,
     }
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": _metadata(name=group_name(name=name, index=index), namespace=namespace,
+        "metadata": _metadata(name=group_name(service=name, index=index), namespace=namespace,
                               owner=owner, labels=group_labels)
         | {"annotations": {ANNOTATION_MECHANISM: plan.mechanism, ANNOTATION_PRODUCT: plan.gpu_product}},
         "spec": {
@@ -247,6 +189,84 @@ def build_group_statefulset(
                 },
                 "spec": pod_spec,
             },
+        },
+    }
+
+
+def _vllm_container(
+    *, spec: SLMServiceSpec, plan: Plan, image: str, model_arg: str, mounts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The vLLM server: the plan's flags (``Plan.vllm_args``), then the user's ``engine.args``."""
+    args = [f"--model={model_arg}", f"--port={SERVING_PORT}", f"--served-model-name={spec.served_model_name}"]
+    if spec.revision:
+        args.append(f"--revision={spec.revision}")
+    args += plan.vllm_args() + list(spec.engine.args)
+
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in spec.engine.env]
+    if spec.engine.hf_token_secret_ref:
+        ref = spec.engine.hf_token_secret_ref
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if spec.engine.cpu:
+        requests["cpu"] = spec.engine.cpu
+    if spec.engine.memory:
+        requests["memory"] = limits["memory"] = spec.engine.memory
+    resources = {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+    container: dict[str, Any] = {
+        "name": "vllm",
+        "image": image,
+        # NB: the module, not the `vllm serve` CLI: the CLI fails under vLLM's CPU build (it asks
+        # for the "vllm" distribution's version), and the profiler measures the same entry point.
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": args,
+        "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
+        "resources": resources,
+        # NB: loading weights and capturing CUDA graphs takes minutes; the startup probe allows it
+        # so the liveness of a slow start isn't confused with a dead server.
+        "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10,
+                         "timeoutSeconds": 5, "failureThreshold": 90},
+        # NB: at batch B* the server's event loop can be slow to answer /health; a 1 s timeout
+        # would let liveness kill a busy, healthy replica.
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 15,
+                          "timeoutSeconds": 10, "failureThreshold": 6},
+        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}, *mounts],
+        "securityContext": {"allowPrivilegeEscalation": False, "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if env:
+        container["env"] = env
+    return container
+
+
+def _affinity(*, name: str, index: int, plan: Plan) -> dict[str, Any]:
+    """Nodes of the plan's product and sharing kind; the group's pods together on one node."""
+    # GPU feature discovery may label shared nodes "<product>-SHARED"; both are this product.
+    node_terms = [{"key": LABEL_GPU_PRODUCT, "operator": "In",
+                   "values": [plan.gpu_product, f"{plan.gpu_product}{SHARED_PRODUCT_SUFFIX}"]}]
+    # NB: a device-plugin slot looks the same on an MPS, a time-sliced and an exclusive node; only
+    # the strategy label tells them apart, and landing on the wrong kind breaks the memory budget.
+    if plan.mechanism in ("mps", "time-slicing"):
+        node_terms.append({"key": LABEL_GPU_SHARING, "operator": "In", "values": [plan.mechanism]})
+    elif plan.mechanism == "exclusive":
+        node_terms.append({"key": LABEL_GPU_SHARING, "operator": "NotIn", "values": ["mps", "time-slicing"]})
+    return {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": node_terms}]}},
+        # The replicas of one group must share a node (and, with DRA, one GPU).
+        "podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [{
+                "labelSelector": {"matchLabels": {LABEL_SERVICE: name, LABEL_GROUP: str(index)}},
+                "topologyKey": "kubernetes.io/hostname",
+            }],
+            # Fill nodes already serving this model before spreading to new ones.
+            "preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 50,
+                "podAffinityTerm": {"labelSelector": {"matchLabels": {LABEL_SERVICE: name}},
+                                    "topologyKey": "kubernetes.io/hostname"},
+            }],
         },
     }
 

@@ -12,8 +12,15 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import GROUP
-from ..profiling.types import ProfileRequest
+from slm_operator.constants import (
+    GPU_RESOURCE,
+    GROUP,
+    LABEL_GPU_PRODUCT,
+    LABEL_GPU_SHARING,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+)
+from slm_operator.profiling.types import ProfileRequest
 
 __all__ = ["build_profiler_job", "REQUEST_ENV", "PROFILER_CONTAINER"]
 
@@ -32,7 +39,7 @@ def build_profiler_job(
     result_configmap: str,
     service_account: str,
     gpu_product: str,
-    gpu_resource: str = "nvidia.com/gpu",
+    gpu_resource: str = GPU_RESOURCE,
     owner: Mapping[str, Any] | None = None,
     extra_args: Sequence[str] = (),
 ) -> dict[str, Any]:
@@ -49,7 +56,7 @@ def build_profiler_job(
         raise ValueError("gpu_product must be the node label value nvidia.com/gpu.product (e.g. NVIDIA-L4)")
     labels = {
         "app.kubernetes.io/name": "slm-profiler",
-        "app.kubernetes.io/managed-by": "slm-operator",
+        LABEL_MANAGED_BY: MANAGED_BY,
         f"{GROUP}/role": "profiler",
     }
     metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
@@ -94,10 +101,10 @@ def build_profiler_job(
     pod_spec = {
         "restartPolicy": "Never",
         "serviceAccountName": service_account,
-        "nodeSelector": {"nvidia.com/gpu.product": gpu_product},
+        "nodeSelector": {LABEL_GPU_PRODUCT: gpu_product},
         # NB: a slot of an MPS or time-sliced GPU is a fraction of it; a profile must see a whole GPU.
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "nvidia.com/gpu.sharing-strategy", "operator": "NotIn",
+            {"matchExpressions": [{"key": LABEL_GPU_SHARING, "operator": "NotIn",
                                    "values": ["mps", "time-slicing"]}]}]}}},
         "tolerations": [{"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"}],
         "securityContext": {

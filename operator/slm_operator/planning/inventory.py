@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
-NodeSharing = Literal["none", "mps", "time-slicing", "dra"]
-
-LABEL_PRODUCT = "nvidia.com/gpu.product"
-LABEL_MEMORY_MIB = "nvidia.com/gpu.memory"
-LABEL_COUNT = "nvidia.com/gpu.count"
-LABEL_REPLICAS = "nvidia.com/gpu.replicas"
-LABEL_SHARING = "nvidia.com/gpu.sharing-strategy"
-DRA_DRIVER = "gpu.nvidia.com"
-SHARED_SUFFIX = "-SHARED"
-#: NB: the device plugin can rename the shared resource (``renameByDefault``); both are recognised.
-DEVICE_PLUGIN_RESOURCES = ("nvidia.com/gpu", "nvidia.com/gpu.shared")
+from slm_operator.constants import (
+    DEVICE_PLUGIN_RESOURCES,
+    DRA_DRIVER,
+    LABEL_GPU_COUNT,
+    LABEL_GPU_MEMORY_MIB,
+    LABEL_GPU_PRODUCT,
+    LABEL_GPU_REPLICAS,
+    LABEL_GPU_SHARING,
+    POOL_OF_MECHANISM,
+    SHARED_PRODUCT_SUFFIX,
+    PoolSharing,
+)
+from slm_operator.planning.groups import GroupState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +37,7 @@ class GpuPool:
     product: str
     memory_mib: int
     gpu_count: int
-    sharing: NodeSharing
+    sharing: PoolSharing
     #: Device-plugin slots per physical GPU (``nvidia.com/gpu.replicas``); 1 for DRA and ``none``.
     slots_per_gpu: int
     #: Extended resource the pods request (device plugin), or ``None`` for DRA.
@@ -63,21 +65,6 @@ class Inventory:
 
 
 @dataclasses.dataclass(frozen=True)
-class PlacedGroup:
-    """One GPU group the operator created (a StatefulSet), as the inventory needs it."""
-
-    key: str  # "<namespace>/<statefulset>"
-    service: str  # "<namespace>/<slmservice>"
-    product: str
-    mechanism: str  # dra | mps | time-slicing | exclusive
-    replicas: int
-    claim: str | None = None  # "<namespace>/<claim>" for DRA
-
-
-_POOL_OF_MECHANISM = {"dra": "dra", "mps": "mps", "time-slicing": "time-slicing", "exclusive": "none"}
-
-
-@dataclasses.dataclass(frozen=True)
 class Demand:
     """Capacity promised to groups but not yet bound.
 
@@ -92,7 +79,7 @@ class Demand:
 
 def unbound_demand(
     *,
-    groups: Iterable[PlacedGroup],
+    groups: Iterable[GroupState],
     bound_pods: Mapping[str, int],
     group_nodes: Mapping[str, str] | None = None,
     allocated_claims: Iterable[str],
@@ -109,11 +96,12 @@ def unbound_demand(
     on_nodes: dict[str, int] = {}
     anywhere: dict[tuple[str, str], int] = {}
     for group in groups:
-        if group.service == exclude_service or group.mechanism not in _POOL_OF_MECHANISM:
+        pool_sharing = POOL_OF_MECHANISM.get(group.mechanism)
+        if group.service_key == exclude_service or pool_sharing is None:
             continue
-        pool = (group.product, _POOL_OF_MECHANISM[group.mechanism])
+        pool = (group.product, pool_sharing)
         if group.mechanism == "dra":
-            if group.claim not in allocated:
+            if group.claim_key not in allocated:
                 anywhere[pool] = anywhere.get(pool, 0) + 1
             continue
         missing = max(0, group.replicas - bound_pods.get(group.key, 0))
@@ -171,26 +159,25 @@ def build_inventory(
         meta = node.get("metadata") or {}
         name = meta.get("name", "")
         labels = meta.get("labels") or {}
-        if not _schedulable(node) or LABEL_PRODUCT not in labels:
+        if not _schedulable(node) or LABEL_GPU_PRODUCT not in labels:
             continue
         # NB: GPU feature discovery appends "-SHARED" to the product of MPS/time-sliced nodes
         # (unless renameByDefault); it is the same GPU, and the sharing strategy label says how.
-        product = labels[LABEL_PRODUCT].removesuffix(SHARED_SUFFIX)
-        memory_mib = _int(labels.get(LABEL_MEMORY_MIB))
-        count = _int(labels.get(LABEL_COUNT))
+        product = labels[LABEL_GPU_PRODUCT].removesuffix(SHARED_PRODUCT_SUFFIX)
+        memory_mib = _int(labels.get(LABEL_GPU_MEMORY_MIB))
+        count = _int(labels.get(LABEL_GPU_COUNT))
         allocatable = (node.get("status") or {}).get("allocatable") or {}
-        resource = next((r for r in DEVICE_PLUGIN_RESOURCES if _int(allocatable.get(r)) > 0), None)
-        if resource is not None:
-            strategy = labels.get(LABEL_SHARING, "none")
-            sharing: NodeSharing = strategy if strategy in ("mps", "time-slicing") else "none"
-            slots = max(1, _int(labels.get(LABEL_REPLICAS)) or 1)
-            total = _int(allocatable.get(resource))
+        plugin_resource = next((r for r in DEVICE_PLUGIN_RESOURCES if _int(allocatable.get(r)) > 0), None)
+        if plugin_resource is not None:
+            sharing = _device_plugin_sharing(labels.get(LABEL_GPU_SHARING))
+            slots = max(1, _int(labels.get(LABEL_GPU_REPLICAS)) or 1)
+            total = _int(allocatable.get(plugin_resource))
             owed = demand.on_nodes.get(name, 0) if demand else 0
             pools.append(GpuPool(
                 node=name, product=product, memory_mib=memory_mib,
                 gpu_count=count or total // slots, sharing=sharing,
-                slots_per_gpu=slots if sharing != "none" else 1, resource_name=resource,
-                free=max(0, total - used_slots.get((name, resource), 0) - owed),
+                slots_per_gpu=slots if sharing != "none" else 1, resource_name=plugin_resource,
+                free=max(0, total - used_slots.get((name, plugin_resource), 0) - owed),
             ))
         if name in devices_by_node:
             free_devices = tuple(sorted(d for d, _ in devices_by_node[name]))
@@ -215,6 +202,15 @@ def _pod_gpu_requests(pod: Mapping[str, Any]) -> dict[str, int]:
     return totals
 
 
+def _device_plugin_sharing(strategy: str | None) -> PoolSharing:
+    """The device plugin's ``nvidia.com/gpu.sharing-strategy`` label; unshared when absent."""
+    if strategy == "mps":
+        return "mps"
+    if strategy == "time-slicing":
+        return "time-slicing"
+    return "none"
+
+
 def _schedulable(node: Mapping[str, Any]) -> bool:
     if (node.get("spec") or {}).get("unschedulable"):
         return False
@@ -237,7 +233,7 @@ def product_memory_gib(*, nodes: Iterable[Mapping[str, Any]], product: str) -> f
     NB: a profile measured on a GPU the profiler's table does not know (or on a MIG slice) is
     sized from this, not from the table.
     """
-    sizes = [_int(labels.get(LABEL_MEMORY_MIB)) for node in nodes
-             if (labels := (node.get("metadata") or {}).get("labels") or {}).get(LABEL_PRODUCT) == product]
+    sizes = [_int(labels.get(LABEL_GPU_MEMORY_MIB)) for node in nodes
+             if (labels := (node.get("metadata") or {}).get("labels") or {}).get(LABEL_GPU_PRODUCT) == product]
     known = [mib for mib in sizes if mib > 0]
     return round(min(known) / 1024, 3) if known else None

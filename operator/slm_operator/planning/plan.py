@@ -1,7 +1,9 @@
 """The planner: from a profile, a spec and the GPU inventory, decide how replicas share GPUs.
 
-A *GPU group* is one GPU's worth of replicas: ``replicas_per_gpu`` vLLM pods kept together, each
-started with ``--max-num-seqs B*`` and a memory budget that lets them coexist. The number of groups
+A *GPU group* is one GPU's worth of replicas: ``replicas_per_gpu`` vLLM pods kept together (at
+most the profile's ``replicas_to_saturate``; fewer where a sharing slot is too small), each
+started with the profile's ``batch_size`` as ``--max-num-seqs`` and a memory budget that lets them
+coexist. The number of groups
 comes from ``scale`` (a GPU count, or a throughput target divided by what one GPU delivers).
 
 Mechanisms, and what each guarantees:
@@ -21,42 +23,38 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
 
+from slm_operator.constants import (
+    GIB,
+    GPU_RESOURCE,
+    MECHANISMS,
+    POOL_OF_MECHANISM,
+    SHARED_MECHANISMS,
+    USABLE_MEMORY_FRACTION,
+    Mechanism,
+)
+from slm_operator.errors import PlanningError
 from slm_operator.planning.inventory import GpuPool, Inventory
 from slm_operator.profiling.gpus import lookup_gpu
 from slm_operator.profiling.types import Profile
 from slm_operator.spec import SLMServiceSpec
 
-Mechanism = Literal["dra", "mps", "time-slicing", "exclusive"]
-
-#: Share of a GPU's memory we let replicas budget for; the rest is CUDA contexts, the MPS
-#: server, allocator fragmentation and the activations vLLM profiles at start.
-USABLE_MEMORY_FRACTION = 0.92
 #: Runtime overhead of one vLLM replica outside weights and KV cache (CUDA graphs, activations).
 DEFAULT_REPLICA_OVERHEAD_GIB = 1.5
-GIB = 1024**3
-
-_POOL_SHARING: dict[Mechanism, str] = {"dra": "dra", "mps": "mps", "time-slicing": "time-slicing", "exclusive": "none"}
-
-
-class PlanningError(Exception):
-    """No placement is possible. ``reason`` is a CamelCase condition reason."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+    """How one SLMService runs: the input of every child builder."""
+
     mechanism: Mechanism
     gpu_product: str
     #: Extended resource each pod requests (device-plugin mechanisms) or ``None`` (DRA).
     resource_name: str | None
     device_class_name: str | None
+    #: Each replica's batch size: the one place it becomes vLLM's ``--max-num-seqs``.
     batch_size: int
+    #: Replicas each GPU group runs (its StatefulSet's replicas).
     replicas_per_gpu: int
     #: GPU groups the spec asks for, and how many of them fit in the cluster now.
     gpus: int
@@ -123,6 +121,25 @@ def make_plan(
     re-plan (operator restart, a freed GPU elsewhere) never moves or restarts Ready replicas.
     """
     product = spec.gpu.product or profile.gpu_product
+    pools = _pools_of(inventory, product)
+    memory_mib = _gpu_memory_mib(pools, product)
+    usable_gib = memory_mib / 1024 * USABLE_MEMORY_FRACTION
+    _check_one_replica_fits(profile=profile, product=product, usable_gib=usable_gib)
+
+    # Each mechanism that could work, in order of preference, with what it would hold.
+    sharing = spec.gpu.sharing if spec.gpu.sharing != "auto" else default_sharing
+    options = [
+        _option(mechanism, pools, profile, usable_gib, spec,
+                existing_groups if mechanism == current_mechanism else 0,
+                reserved=inventory.reserved.get((product, POOL_OF_MECHANISM[mechanism]), 0))
+        for mechanism in _mechanisms(sharing, profile, current_mechanism=current_mechanism,
+                                     existing_groups=existing_groups)
+    ]
+    chosen = _choose(options, sharing=sharing, product=product)
+    return _plan_of(chosen, spec=spec, profile=profile, product=product, memory_mib=memory_mib)
+
+
+def _pools_of(inventory: Inventory, product: str) -> list[GpuPool]:
     pools = inventory.for_product(product)
     if not pools:
         known = ", ".join(inventory.products()) or "none"
@@ -132,59 +149,50 @@ def make_plan(
             "Set spec.gpu.product to one of them, or add nodes labelled nvidia.com/gpu.product="
             f"{product} by NVIDIA GPU feature discovery.",
         )
-    memory_mib = _gpu_memory_mib(pools, product)
-    usable_gib = memory_mib / 1024 * USABLE_MEMORY_FRACTION
+    return pools
+
+
+def _check_one_replica_fits(*, profile: Profile, product: str, usable_gib: float) -> None:
     need_gib = profile.memory_per_replica_gib
     if need_gib > usable_gib:
         raise PlanningError(
             "ModelTooLarge",
-            f"one replica needs {need_gib:.1f} GiB at batch {profile.pareto_batch_size} but a {product} "
+            f"one replica needs {need_gib:.1f} GiB at batch {profile.batch_size} but a {product} "
             f"offers {usable_gib:.1f} GiB usable; lower spec.workload (maxModelLen) or the batch size, "
             "or pick a larger spec.gpu.product.",
         )
 
-    sharing = spec.gpu.sharing if spec.gpu.sharing != "auto" else default_sharing
-    known_memory = need_gib > 0
-    if not known_memory and sharing in ("mps", "time-slicing", "dra"):
-        raise PlanningError("UnknownMemory", f"sharing: {sharing} needs the memory of one replica, and this "
-                            "profile has none (profiling.mode skip?); use profiling.mode auto/estimate/static")
-    mechanisms = _mechanisms(sharing, profile) if known_memory else ["exclusive"]
-    if sharing == "auto" and current_mechanism in mechanisms and existing_groups:
-        mechanisms.remove(current_mechanism)  # keep what runs unless it no longer works
-        mechanisms.insert(0, current_mechanism)  # type: ignore[arg-type]
-    options = []
-    for mechanism in mechanisms:
-        option = _option(mechanism, pools, profile, usable_gib, need_gib, spec,
-                         existing_groups if mechanism == current_mechanism else 0,
-                         reserved=inventory.reserved.get((product, _POOL_SHARING[mechanism]), 0))
-        if option.replicas_per_gpu:
-            per_gpu = tokens_per_second_per_gpu(profile=profile, replicas=option.replicas_per_gpu)
-            option = dataclasses.replace(option, desired=desired_gpus(spec=spec, per_gpu=per_gpu))
-        options.append(option)
+
+def _choose(options: list[_Option], *, sharing: str, product: str) -> _Option:
+    """The first mechanism (in order of isolation) that holds every group, else the one that holds
+    the most: a partial placement is reported as Degraded, never silently."""
     usable = [o for o in options if o.replicas_per_gpu >= 1 and not o.why_not]
     if not usable:
         raise PlanningError(
-            "NoSharedGPUs" if sharing in ("mps", "time-slicing", "dra") else "InsufficientSlots",
+            "NoSharedGPUs" if sharing in SHARED_MECHANISMS else "InsufficientSlots",
             "; ".join(o.why_not for o in options) + ". " + _how_to_enable(sharing, product),
         )
-    # Prefer the first mechanism (in order of isolation) that holds every group, else the one
-    # that holds the most: a partial placement is reported as Degraded, never silently.
     chosen = next((o for o in usable if o.capacity >= o.desired),
                   max(usable, key=lambda o: min(o.capacity, o.desired) / max(o.desired, 1)))
-    desired = chosen.desired
-    placeable = min(desired, chosen.capacity)
-    if placeable == 0 and desired > 0:
+    if chosen.capacity == 0 and chosen.desired > 0:
         raise PlanningError(
             "InsufficientSlots",
-            f"every {product} {chosen.mechanism} slot is taken ({desired} GPU(s) wanted, "
+            f"every {product} {chosen.mechanism} slot is taken ({chosen.desired} GPU(s) wanted, "
             f"{chosen.replicas_per_gpu} replica(s) each); free GPUs, add nodes, or lower spec.scale.",
         )
-    tps_gpu = tokens_per_second_per_gpu(profile=profile, replicas=chosen.replicas_per_gpu)
+    return chosen
+
+
+def _plan_of(chosen: _Option, *, spec: SLMServiceSpec, profile: Profile, product: str, memory_mib: int) -> Plan:
+    """The plan for the chosen option: flags, memory budgets and limits of one replica."""
+    need_gib = profile.memory_per_replica_gib
+    known_memory = need_gib > 0
+    k = chosen.replicas_per_gpu
+    placeable = min(chosen.desired, chosen.capacity)
     kv_bytes = None
     if known_memory:
-        overhead_gib = _overhead_gib(profile)
-        kv_bytes = int(max(chosen.budget_gib - (profile.weights_gib or 0.0) - overhead_gib,
-                           profile.kv_cache_gib or 0.0) * GIB)
+        kv_gib = chosen.budget_gib - (profile.weights_gib or 0.0) - _overhead_gib(profile)
+        kv_bytes = int(max(kv_gib, profile.kv_cache_gib or 0.0) * GIB)
     shared = chosen.mechanism != "exclusive"
     dra = chosen.mechanism == "dra"
     return Plan(
@@ -192,23 +200,23 @@ def make_plan(
         gpu_product=product,
         resource_name=None if dra else chosen.pools[0].resource_name,
         device_class_name=spec.gpu.device_class_name if dra else None,
-        batch_size=profile.pareto_batch_size,
-        replicas_per_gpu=chosen.replicas_per_gpu,
-        gpus=desired,
+        batch_size=profile.batch_size,
+        replicas_per_gpu=k,
+        gpus=chosen.desired,
         placeable_gpus=placeable,
         max_model_len=spec.workload.effective_max_model_len(),
         memory_budget_gib=round(chosen.budget_gib, 2),
         kv_cache_memory_bytes=kv_bytes,
         gpu_memory_utilization=(math.floor(chosen.budget_gib * 1024 / memory_mib * 1000) / 1000) if shared else None,
-        tokens_per_second_per_gpu=round(tps_gpu, 1),
-        active_thread_percentage=100 // chosen.replicas_per_gpu if dra else None,
+        tokens_per_second_per_gpu=round(tokens_per_second_per_gpu(profile=profile, replicas=k), 1),
+        active_thread_percentage=100 // k if dra else None,
         # NB: the hard MPS limit is the physical share, above the 0.92 budget vLLM plans with, so an
         # underestimated CUDA graph or workspace doesn't hit the wall.
-        pinned_memory_limit_mib=memory_mib // chosen.replicas_per_gpu if dra else None,
+        pinned_memory_limit_mib=memory_mib // k if dra else None,
         explanation=(
-            f"{chosen.mechanism}: {chosen.replicas_per_gpu} replica(s)/GPU × batch {profile.pareto_batch_size}, "
+            f"{chosen.mechanism}: {k} replica(s)/GPU × batch {profile.batch_size}, "
             + (f"{chosen.budget_gib:.1f} GiB each (needs {need_gib:.1f}); " if known_memory else "")
-            + f"{placeable}/{desired} GPU(s) placeable"
+            + f"{placeable}/{chosen.desired} GPU(s) placeable"
         ),
     )
 
@@ -226,14 +234,15 @@ def desired_gpus(*, spec: SLMServiceSpec, per_gpu: float) -> int:
 def tokens_per_second_per_gpu(*, profile: Profile, replicas: int) -> float:
     """Aggregate tokens/s of ``replicas`` replicas on one GPU.
 
-    The profile knows one replica and k* replicas; between them we interpolate linearly, which
-    under-promises (measured gains flatten as bandwidth saturates, so the curve is concave).
+    The profile knows one replica and the replicas that saturate the GPU; between them we
+    interpolate linearly, which under-promises (measured gains flatten as bandwidth saturates, so
+    the curve is concave).
     """
-    k_star = max(profile.replicas_per_gpu, 1)
-    if replicas >= k_star or k_star == 1:
+    saturating = max(profile.replicas_to_saturate, 1)
+    if replicas >= saturating or saturating == 1:
         return profile.tokens_per_second_per_gpu
     one = profile.tokens_per_second_per_replica
-    return one + (profile.tokens_per_second_per_gpu - one) * (replicas - 1) / (k_star - 1)
+    return one + (profile.tokens_per_second_per_gpu - one) * (replicas - 1) / (saturating - 1)
 
 
 def _gpu_memory_mib(pools: list[GpuPool], product: str) -> int:
@@ -247,12 +256,31 @@ def _gpu_memory_mib(pools: list[GpuPool], product: str) -> int:
                             "product is not in the GPU table; install GPU feature discovery") from None
 
 
-def _mechanisms(sharing: str, profile: Profile) -> list[Mechanism]:
-    if sharing in ("dra", "mps", "time-slicing", "exclusive"):
-        return [sharing]  # type: ignore[list-item]
-    if profile.replicas_per_gpu <= 1:
-        return ["exclusive", "dra", "mps", "time-slicing"]
-    return ["dra", "mps", "time-slicing", "exclusive"]
+def _mechanisms(
+    sharing: str, profile: Profile, *, current_mechanism: str | None, existing_groups: int
+) -> list[Mechanism]:
+    """The mechanisms to try, best first.
+
+    A profile without memory (``skip``) can only run one replica per whole GPU. With ``auto``,
+    packing comes first when the profile says several replicas saturate a GPU, and the mechanism
+    existing groups run under stays first while it still works.
+    """
+    if profile.memory_per_replica_gib <= 0:
+        if sharing in SHARED_MECHANISMS:
+            raise PlanningError("UnknownMemory", f"sharing: {sharing} needs the memory of one replica, and this "
+                                "profile has none (profiling.mode skip?); use profiling.mode auto/estimate/static")
+        return ["exclusive"]
+    for mechanism in MECHANISMS:
+        if sharing == mechanism:
+            return [mechanism]
+    order: list[Mechanism] = (["exclusive", "dra", "mps", "time-slicing"] if profile.replicas_to_saturate <= 1
+                              else ["dra", "mps", "time-slicing", "exclusive"])
+    for mechanism in order:
+        if mechanism == current_mechanism and existing_groups:
+            order.remove(mechanism)  # keep what runs unless it no longer works
+            order.insert(0, mechanism)
+            break
+    return order
 
 
 def _option(
@@ -260,21 +288,22 @@ def _option(
     pools: list[GpuPool],
     profile: Profile,
     usable_gib: float,
-    need_gib: float,
     spec: SLMServiceSpec,
     existing_groups: int,
     *,
     reserved: int = 0,
 ) -> _Option:
-    mine = tuple(p for p in pools if p.sharing == _POOL_SHARING[mechanism]
+    """What ``mechanism`` would give: replicas per GPU, each one's memory budget, groups that fit."""
+    need_gib = profile.memory_per_replica_gib
+    mine = tuple(p for p in pools if p.sharing == POOL_OF_MECHANISM[mechanism]
                  and (mechanism == "dra" or p.resource_name == spec.gpu.resource_name
-                      or spec.gpu.resource_name == "nvidia.com/gpu"))
+                      or spec.gpu.resource_name == GPU_RESOURCE))
     if mine and mechanism != "dra":
         # NB: pods request one resource name; don't count another name's slots as ours.
         mine = tuple(p for p in mine if p.resource_name == mine[0].resource_name)
     if not mine:
         return _Option(mechanism, mine, 0, 0.0, 0, why_not=f"no {mechanism} GPUs of this product")
-    k_star = max(profile.replicas_per_gpu, 1)
+    saturating = max(profile.replicas_to_saturate, 1)
     if mechanism == "exclusive":
         k, budget = 1, usable_gib
     elif mechanism in ("mps", "time-slicing"):
@@ -286,9 +315,9 @@ def _option(
         if need_gib > budget:
             return _Option(mechanism, mine, 0, budget, 0, why_not=(
                 f"a {mechanism} slot ({slots} per GPU) gives {budget:.1f} GiB, a replica needs {need_gib:.1f}"))
-        k = min(k_star, slots)
+        k = min(saturating, slots)
     else:
-        k = max(1, min(k_star, int(usable_gib // need_gib))) if need_gib > 0 else 1
+        k = max(1, min(saturating, int(usable_gib // need_gib))) if need_gib > 0 else 1
         budget = usable_gib / k
     # A DRA group takes one whole device; a device-plugin group takes k slots of one node. What
     # other groups were promised but don't hold yet is not free.
@@ -296,7 +325,8 @@ def _option(
         fits = max(0, sum(p.free for p in mine) - reserved)
     else:
         fits = max(0, sum(p.free // k for p in mine) - math.ceil(reserved / k))
-    return _Option(mechanism, mine, k, budget, existing_groups + fits)
+    desired = desired_gpus(spec=spec, per_gpu=tokens_per_second_per_gpu(profile=profile, replicas=k))
+    return _Option(mechanism, mine, k, budget, existing_groups + fits, desired=desired)
 
 
 def _overhead_gib(profile: Profile) -> float:

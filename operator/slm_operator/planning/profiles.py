@@ -5,8 +5,9 @@ Side-effect free.
 
 from __future__ import annotations
 
+from slm_operator.errors import SpecError
 from slm_operator.profiling.types import Profile
-from slm_operator.spec import SLMServiceSpec, SpecError
+from slm_operator.spec import SLMServiceSpec
 
 #: vLLM's own default for ``--max-num-seqs``, used when profiling is skipped.
 VLLM_DEFAULT_MAX_NUM_SEQS = 256
@@ -21,10 +22,10 @@ def static_profile(*, spec: SLMServiceSpec, gpu_product: str) -> Profile:
     return Profile(
         source="static",
         gpu_product=gpu_product,
-        pareto_batch_size=static.batch_size,
+        batch_size=static.batch_size,
         tokens_per_second_per_replica=static.tokens_per_second_per_gpu / k,
         tokens_per_second_per_gpu=static.tokens_per_second_per_gpu,
-        replicas_per_gpu=k,
+        replicas_to_saturate=k,
         memory_per_replica_gib=static.memory_per_replica_gib,
         explanation=f"static profile from the spec: batch {static.batch_size}, {k} replica(s)/GPU",
     )
@@ -38,10 +39,10 @@ def skip_profile(*, spec: SLMServiceSpec, gpu_product: str) -> Profile:
     return Profile(
         source="static",
         gpu_product=gpu_product,
-        pareto_batch_size=VLLM_DEFAULT_MAX_NUM_SEQS,
+        batch_size=VLLM_DEFAULT_MAX_NUM_SEQS,
         tokens_per_second_per_replica=0.0,
         tokens_per_second_per_gpu=0.0,
-        replicas_per_gpu=1,
+        replicas_to_saturate=1,
         memory_per_replica_gib=0.0,
         explanation="profiling skipped: one replica per GPU with vLLM's default max-num-seqs",
     )

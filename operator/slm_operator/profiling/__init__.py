@@ -1,4 +1,5 @@
-"""Profiling: measure or estimate a model's throughput/latency/memory curve and select B* and k*.
+"""Profiling: measure or estimate a model's throughput/latency/memory curve; select the batch size
+(the papers' B*) and the replicas that saturate one GPU (k*).
 
 Public API the operator calls (keyword-only; see docs/profiling.md):
 
@@ -15,4 +16,9 @@ an OpenAI-compatible engine. NB: ``configmap_sink`` is the one module that uses 
 client, imported lazily inside its function, reached only by ``slm-profiler run
 --write-configmap`` in the profiler Job. Nothing is imported here, so ``import
 slm_operator.profiling`` stays cheap.
+
+Layers, each importing only those below it (the ``profiling-layers`` contract in .importlinter):
+``cli``; ``sweep``, ``calibration``, ``runner_local``, ``configmap_sink``; the measuring tools
+(``engines``, ``loadgen``, ``metrics``, ``nvml``); ``estimator``, ``results``, ``cache``;
+``selection``, ``gpus``, ``modelconfig``, ``processes``; ``types`` at the bottom.
 """

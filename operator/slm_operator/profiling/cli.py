@@ -1,8 +1,10 @@
 """``slm-profiler``: estimate, measure, analyse and plot a model's batch curve.
 
-    slm-profiler estimate --model-config config.json --gpu NVIDIA-L4 --input-tokens 512 --output-tokens 256 --json
+    slm-profiler estimate --model-config config.json --gpu NVIDIA-L4 --input-tokens 512 --output-tokens 256
+                          --json
     slm-profiler analyze sweep.json|reference.csv [--where output_len=390] [--epsilon 0.1] [--max-itl-ms 50] [--json]
-    slm-profiler run --request request.json --output profile.json [--engine simulated|vllm] [--url URL] [--progress FILE]
+    slm-profiler run --request request.json --output profile.json [--engine simulated|vllm] [--url URL]
+                     [--progress FILE]
     slm-profiler plot sweep.json --output curve.png
     slm-profiler calibrate REFERENCE_DIR [--fit]
 
@@ -20,12 +22,15 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from .engines.base import EngineError
-from .estimator import estimate_curve
+from slm_operator.constants import LABEL_MANAGED_BY, MANAGED_BY
+from slm_operator.errors import ModelConfigError
+
+from .engines.base import EngineError, EngineServer
+from .estimator import CALIBRATION, estimate_curve
 from .gpus import lookup_gpu
-from .modelconfig import ModelConfig, ModelConfigError, load_model_config_file, parse_model_config, resolve_model_config
+from .modelconfig import ModelConfig, load_model_config_file, parse_model_config, resolve_model_config
 from .results import SweepFormatError, SweepResult, load_sweep, to_csv
-from .selection import SelectionError, select_batch, select_replicas
+from .selection import BatchSelection, ReplicaSelection, SelectionError, select_batch, select_replicas
 from .types import ProfileRequest, Slo, Workload
 
 log = logging.getLogger("slm_profiler")
@@ -53,7 +58,9 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     elif args.model:
         model = resolve_model_config(model=args.model, inline=None)
     else:
-        raise UsageError("give --model-config CONFIG.json (the model's config.json) or --model NAME of a built-in model")
+        raise UsageError(
+            "give --model-config CONFIG.json (the model's config.json) or --model NAME of a built-in model"
+        )
     gpu = lookup_gpu(args.gpu, memory_gib=args.gpu_memory_gib)
     if args.input_tokens < 1 or args.output_tokens < 1:
         raise UsageError("--input-tokens and --output-tokens must be >= 1")
@@ -67,16 +74,18 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         return 0
     print(f"# ESTIMATE (roofline, not measured): {model.model_type} {model.num_params / 1e9:.2f}B params, "
           f"{model.weights_gib:.2f} GiB weights, {model.kv_bytes_per_token} KV bytes/token on {gpu.name}")
-    print(f"{'batch':>6} {'tok/s':>10} {'out tok/s':>10} {'ITL ms':>8} {'TTFT ms':>8} {'KV GiB':>8} {'mem GiB':>8}  bound")
+    print(f"{'batch':>6} {'tok/s':>10} {'out tok/s':>10} {'ITL ms':>8} {'TTFT ms':>8} {'KV GiB':>8} "
+          f"{'mem GiB':>8}  bound")
     for e in curve:
         flag = "  PREEMPTS" if e.preempts else ""
         print(f"{e.batch_size:>6} {e.total_token_throughput_tok_s:>10,.0f} {e.output_throughput_tok_s:>10,.0f} "
-              f"{e.inter_token_latency_ms:>8.2f} {e.ttft_ms:>8.1f} {e.kv_cache_gib:>8.2f} {e.memory_gib:>8.2f}  {e.bound}{flag}")
+              f"{e.inter_token_latency_ms:>8.2f} {e.ttft_ms:>8.1f} {e.kv_cache_gib:>8.2f} {e.memory_gib:>8.2f}  "
+              f"{e.bound}{flag}")
     return 0
 
 
 def _where(items: Sequence[str] | None) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -85,13 +94,20 @@ def _where(items: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
-def _analysis(sweep: SweepResult, *, epsilon: float, slo: Slo) -> dict[str, object]:
+def _analysis(sweep: SweepResult, *, epsilon: float, slo: Slo) -> tuple[BatchSelection, ReplicaSelection | None]:
+    """The batch size (B*) of the sweep's batch points; k* too when the sweep measured replication."""
     batch = select_batch(points=[p.selection_point() for p in sweep.points], slo=slo, epsilon=epsilon)
-    result = {"engine": sweep.engine, "model": sweep.model, "gpu": sweep.gpu_product, **batch.to_dict()}
+    if not sweep.replication:
+        return batch, None
     replicas = [*(p.replica_point() for p in sweep.points), *(p.replica_point() for p in sweep.replication)]
-    if sweep.replication:
-        packing = select_replicas(options=replicas, slo=slo)
-        result.update(replicasPerGPU=packing.replicas, aggregateTokensPerSecond=packing.aggregate_tok_s,
+    return batch, select_replicas(options=replicas, slo=slo)
+
+
+def _analysis_dict(sweep: SweepResult, batch: BatchSelection, packing: ReplicaSelection | None) -> dict[str, object]:
+    """``analyze --json``: the selection's keys, and k* (``replicasToSaturate``) when measured."""
+    result = {"engine": sweep.engine, "model": sweep.model, "gpu": sweep.gpu_product, **batch.to_dict()}
+    if packing is not None:
+        result.update(replicasToSaturate=packing.replicas, aggregateTokensPerSecond=packing.aggregate_tok_s,
                       replicaBatchSize=packing.batch_size, replicaExplanation=packing.explanation)
     return result
 
@@ -99,38 +115,39 @@ def _analysis(sweep: SweepResult, *, epsilon: float, slo: Slo) -> dict[str, obje
 def _cmd_analyze(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.file, where=_where(args.where))
     slo = Slo(max_inter_token_latency_ms=args.max_itl_ms, max_time_to_first_token_ms=args.max_ttft_ms)
-    result = _analysis(sweep, epsilon=args.epsilon, slo=slo)
+    batch, packing = _analysis(sweep, epsilon=args.epsilon, slo=slo)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(_analysis_dict(sweep, batch, packing), indent=2))
     else:
-        _print_table(sweep, result)
-        print(result["explanation"])
-        if "replicaExplanation" in result:
-            print(result["replicaExplanation"])
-    return 0 if result["paretoBatchSize"] is not None else 1
+        _print_table(sweep, batch)
+        print(batch.explanation)
+        if packing is not None:
+            print(packing.explanation)
+    return 0 if batch.batch_size is not None else 1
 
 
-def _print_table(sweep: SweepResult, result: dict[str, object]) -> None:
-    frontier = set(result.get("frontier") or ())
-    rejected = result.get("rejected") or {}
+def _print_table(sweep: SweepResult, batch: BatchSelection) -> None:
+    frontier = set(batch.frontier)
     label = "SIMULATED " if sweep.engine == "simulated" else ""
     print(f"# {label}sweep of {sweep.model} on {sweep.gpu_product} ({sweep.engine}), "
           f"{sweep.input_tokens} in / {sweep.output_tokens} out tokens")
     print(f"{'batch':>6} {'tok/s':>10} {'ITL ms':>8} {'TTFT ms':>9} {'running':>8} {'preempt':>7}  notes")
     for p in sweep.points:
         marks = []
-        if p.batch_size == result.get("paretoBatchSize"):
+        if p.batch_size == batch.batch_size:
             marks.append("B*")
         if p.batch_size in frontier:
             marks.append("frontier")
-        if str(p.batch_size) in rejected:
-            marks.append(str(rejected[str(p.batch_size)]))
+        if p.batch_size in batch.rejected:
+            marks.append(batch.rejected[p.batch_size])
         itl = f"{p.mean_itl_ms:8.2f}" if p.mean_itl_ms is not None else f"{'-':>8}"
         ttft = f"{p.mean_ttft_ms:9.0f}" if p.mean_ttft_ms is not None else f"{'-':>9}"
         running = f"{p.mean_running_requests:8.1f}" if p.mean_running_requests is not None else f"{'-':>8}"
-        print(f"{p.batch_size:>6} {p.total_token_throughput_tok_s:>10,.0f} {itl} {ttft} {running} {p.num_preemptions:>7}  {', '.join(marks)}")
+        print(f"{p.batch_size:>6} {p.total_token_throughput_tok_s:>10,.0f} {itl} {ttft} {running} "
+              f"{p.num_preemptions:>7}  {', '.join(marks)}")
     for p in sweep.replication:
-        print(f"{p.replicas}x{p.batch_size:<4} {p.total_token_throughput_tok_s:>10,.0f} aggregate, ITL {p.mean_itl_ms} ms, preemptions {p.num_preemptions}")
+        print(f"{p.replicas}x{p.batch_size:<4} {p.total_token_throughput_tok_s:>10,.0f} aggregate, "
+              f"ITL {p.mean_itl_ms} ms, preemptions {p.num_preemptions}")
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -141,29 +158,29 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.file, where=_where(args.where))
     slo = Slo(max_inter_token_latency_ms=args.max_itl_ms)
-    result = _analysis(sweep, epsilon=args.epsilon, slo=slo)
-    _print_table(sweep, result)
+    batch, _ = _analysis(sweep, epsilon=args.epsilon, slo=slo)
+    _print_table(sweep, batch)
     pts = [p for p in sweep.points if p.status == "ok"]
     if not pts:
         raise UsageError(f"{args.file}: no successful points to plot")
     xs = [p.batch_size for p in pts]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     ax1.plot(xs, [p.total_token_throughput_tok_s for p in pts], "o-", label="total tok/s")
-    frontier = set(result.get("frontier") or ())
+    frontier = set(batch.frontier)
     fx = [p for p in pts if p.batch_size in frontier]
     ax1.plot([p.batch_size for p in fx], [p.total_token_throughput_tok_s for p in fx], "s", mfc="none", ms=11,
              label="Pareto frontier")
     itl_pts = [p for p in pts if p.mean_itl_ms is not None]
-    ax2.plot([p.batch_size for p in itl_pts], [p.mean_itl_ms for p in itl_pts], "o-", color="tab:orange", label="mean ITL")
-    b_star = result.get("paretoBatchSize")
+    ax2.plot([p.batch_size for p in itl_pts], [p.mean_itl_ms for p in itl_pts], "o-", color="tab:orange",
+             label="mean ITL")
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size (concurrent requests)")
-        if b_star:
-            ax.axvline(b_star, color="tab:green", ls="--", label=f"B* = {b_star}")
+        if batch.batch_size:
+            ax.axvline(batch.batch_size, color="tab:green", ls="--", label=f"B* = {batch.batch_size}")
         ax.grid(alpha=0.3)
-    if result.get("thresholdTokensPerSecond"):
-        ax1.axhline(result["thresholdTokensPerSecond"], color="grey", ls=":", label=f"(1-ε) x best, ε={args.epsilon}")
+    if batch.threshold_tok_s:
+        ax1.axhline(round(batch.threshold_tok_s, 1), color="grey", ls=":", label=f"(1-ε) x best, ε={args.epsilon}")
     if args.max_itl_ms:
         ax2.axhline(args.max_itl_ms, color="red", ls=":", label="ITL SLO")
     ax1.set_ylabel("tokens/s (input+output)")
@@ -235,39 +252,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics_interval_s=args.metrics_interval_s if args.metrics_interval_s else (0.05 if simulated else 0.5),
     )
     attached = bool(args.url)
+    # NB: without a pinned KV pool, k replicas split vLLM's default share of the device.
+    utilization = CALIBRATION.gpu_memory_utilization
     if simulated:
         if model_config is None:
             raise UsageError(
                 f"the simulated engine needs the architecture of {request.model!r}: put its config.json in the "
                 "request's modelConfig (spec.profiling.modelConfig)"
             )
+        architecture: ModelConfig = model_config
         gpu = lookup_gpu(request.gpu_product, memory_gib=request.gpu_memory_gib)
         from .engines.simulated import SimulatedDevice, start_simulated
 
         device = SimulatedDevice()
 
-        def start(max_num_seqs: int, index: int, replicas: int, kv_bytes: int | None):
+        def start(max_num_seqs: int, index: int, replicas: int, kv_bytes: int | None) -> EngineServer:
             return start_simulated(
-                model_config=model_config, gpu=gpu, workload=request.workload, max_num_seqs=max_num_seqs,
+                model_config=architecture, gpu=gpu, workload=request.workload, max_num_seqs=max_num_seqs,
                 served_model_name=request.model, kv_cache_memory_bytes=kv_bytes,
-                gpu_memory_utilization=None if kv_bytes else 0.9 / replicas, time_scale=args.time_scale,
+                gpu_memory_utilization=None if kv_bytes else utilization / replicas, time_scale=args.time_scale,
                 startup_s=0.0 if args.time_scale == 0 else 30.0, device=device,
             )
     elif attached:
         from .engines.vllm import attach
 
-        def start(max_num_seqs: int, index: int, replicas: int, kv_bytes: int | None):
+        def start(max_num_seqs: int, index: int, replicas: int, kv_bytes: int | None) -> EngineServer:
             return attach(args.url)
     else:
         from .engines.base import find_free_port
         from .engines.vllm import start_vllm
 
-        def start(max_num_seqs: int, index: int, replicas: int, kv_bytes: int | None):
+        def start(max_num_seqs: int, index: int, replicas: int, kv_bytes: int | None) -> EngineServer:
             return start_vllm(
                 model=args.model_path or request.model, port=find_free_port(), max_num_seqs=max_num_seqs,
                 max_model_len=request.workload.effective_max_model_len(), log_dir=work_dir / "logs",
                 python=args.vllm_python, kv_cache_memory_bytes=kv_bytes,
-                gpu_memory_utilization=None if kv_bytes or replicas == 1 else 0.9 / replicas,
+                gpu_memory_utilization=None if kv_bytes or replicas == 1 else utilization / replicas,
                 served_model_name=request.model, extra_args=args.vllm_arg or (),
                 ready_timeout_s=args.ready_timeout_s,
             )
@@ -291,7 +311,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from .configmap_sink import write_profile_configmap
 
         write_profile_configmap(target=args.write_configmap, profile=profile.to_dict(), sweep=sweep.to_dict(),
-                                labels={"app.kubernetes.io/managed-by": "slm-operator"})
+                                labels={LABEL_MANAGED_BY: MANAGED_BY})
         log.info("profile written to ConfigMap %s", args.write_configmap)
     return 0
 
@@ -307,13 +327,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r.sweep} | {r.max_num_seqs} | {r.measured_tok_s:,.0f} | {r.predicted_tok_s:,.0f} | "
-              f"{r.tok_s_error:+.1%} | {r.tok_s_error_at_observed:+.1%} | {r.measured_itl_ms:.2f} | {r.itl_error:+.1%} |")
+              f"{r.tok_s_error:+.1%} | {r.tok_s_error_at_observed:+.1%} | {r.measured_itl_ms:.2f} | "
+              f"{r.itl_error:+.1%} |")
     print()
     print("| replicas x N | measured tok/s | estimate | error | kept by the paper |")
     print("|---|---:|---:|---:|---|")
-    for r in replication:
-        print(f"| {r.replicas}x{r.max_num_seqs} | {r.measured_tok_s:,.0f} | {r.predicted_tok_s:,.0f} | {r.tok_s_error:+.1%} | "
-              f"{'no (preemptions)' if r.excluded else 'yes'} |")
+    for rep in replication:
+        print(f"| {rep.replicas}x{rep.max_num_seqs} | {rep.measured_tok_s:,.0f} | {rep.predicted_tok_s:,.0f} | "
+              f"{rep.tok_s_error:+.1%} | {'no (preemptions)' if rep.excluded else 'yes'} |")
     return 0
 
 
@@ -334,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--json", action="store_true")
     est.set_defaults(func=_cmd_estimate)
 
-    ana = sub.add_parser("analyze", help="select B* (and k*) from a sweep: our JSON or a reference CSV")
+    ana = sub.add_parser("analyze", help="select the batch size B* (and k*) from a sweep: our JSON or a reference CSV")
     ana.add_argument("file")
     ana.add_argument("--where", action="append", help="CSV filter COLUMN=VALUE (repeatable)")
     ana.add_argument("--epsilon", type=float, default=0.1)
@@ -368,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="simulated engine: wall seconds per engine second (0 = as fast as Python streams)")
     run.set_defaults(func=_cmd_run)
 
-    plot = sub.add_parser("plot", help="throughput and ITL vs batch, frontier and B* marked (PNG)")
+    plot = sub.add_parser("plot", help="throughput and ITL vs batch, frontier and the batch size B* marked (PNG)")
     plot.add_argument("file")
     plot.add_argument("--output", required=True)
     plot.add_argument("--where", action="append")

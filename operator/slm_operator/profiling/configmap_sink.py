@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-__all__ = ["write_profile_configmap", "parse_target", "PROFILE_KEY", "SWEEP_KEY"]
+from slm_operator.constants import PROFILE_KEY, SWEEP_KEY
 
-#: Keys of the result ConfigMap's ``data``.
-PROFILE_KEY = "profile.json"
-SWEEP_KEY = "sweep.json"
+__all__ = ["write_profile_configmap", "parse_target"]
 
 
 def parse_target(target: str) -> tuple[str, str]:
@@ -27,7 +25,11 @@ def parse_target(target: str) -> tuple[str, str]:
 
 
 def write_profile_configmap(
-    *, target: str, profile: Mapping[str, object], sweep: Mapping[str, object] | None, labels: Mapping[str, str] | None = None
+    *,
+    target: str,
+    profile: Mapping[str, object],
+    sweep: Mapping[str, object] | None,
+    labels: Mapping[str, str] | None = None,
 ) -> None:
     """Create or replace the ConfigMap ``target`` with the profile (and sweep) as JSON."""
     namespace, name = parse_target(target)

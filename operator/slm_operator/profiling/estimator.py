@@ -1,36 +1,46 @@
 """Roofline estimate of one model's serving curve on one GPU, without running it.
 
-Model of one engine step (steady state: a closed loop keeps ``b`` requests of ``I`` input and
-``O`` output tokens in flight; each step emits one token per running request)::
+Every term is bytes moved, FLOPs done or a fixed engine cost, and every constant belongs to one
+of three owners (docs/profiling.md lists each with its source):
 
-    t_gpu  = max(weights / (η_mem·BW), 2·P·n_tokens / (η_flop·F))   # weights read once per step vs GEMMs
-           + b · ctx · kv_bytes_per_token / (η_mem·BW)               # every sequence reads its KV cache
-    t_seq  = a0 + a1·b                                               # per step, per sequence
-    ITL    = t_seq + t_gpu (+ the prefill steps that interrupt decoding, when prefill is not chunked)
+* **model** (``config.json``, :mod:`.modelconfig`): weights read per step ``W`` (every matrix
+  once, the LM head included, embedding gathers not), matmul parameters ``P``, layers ``L``, KV
+  bytes per token ``kv`` (2 × L × kv_heads × head_dim × dtype: GQA/MQA shrink it), sliding window.
+* **GPU** (:mod:`.gpus`): peak bandwidth ``BW`` and bf16 tensor rate ``F`` of the datasheet; the
+  effective bandwidth ``BW_eff = η_mem·BW`` with one efficiency per memory technology.
+* **engine** (:class:`Calibration`, one set per engine version, fitted on measured curves by
+  :mod:`.calibration`): host time per step ``a0`` and per running sequence ``a1``, GPU time per
+  decoder layer ``t_L`` beyond what its bytes cost (kernel launch and tail floors), GEMM
+  efficiency ``η_F``, paged-attention efficiency ``η_A``.
 
-``ctx = I + O/2`` is the mean context; ``n_tokens`` counts the decode tokens plus, with chunked
-prefill, the prefill tokens admitted in the same step (``b·I/O`` in steady state). The prefill
-budget ``max_num_batched_tokens`` therefore caps the batch at ``budget·O/(I+O)``, and the KV pool
-caps it at ``pool_tokens/(I+O)`` (beyond that the engine preempts). Output tok/s is ``b/ITL``;
-total (input+output) tok/s is that times ``(I+O)/O``, the quantity the reference data reports.
+One decode step of ``b`` sequences whose mean context is ``c`` tokens::
 
-The per-step overhead ``a0`` (scheduling, launches) is why throughput grows almost linearly at
-small batches; the per-sequence term ``a1·b`` plus the KV reads are why it flattens into a
-plateau. ``a1`` lumps what grows with the batch besides the ideal KV read: CPU work per sequence
-(scheduling, sampling, detokenising) and attention kernels running below peak bandwidth; the
-reference data cannot tell them apart, and the replication data say about half of it is GPU time
-(replicas overlap only partly).
+    host  = a0 + a1·b                                           # scheduling, inputs, sampling: CPU
+    gpu   = L·t_L + max(W / BW_eff, (2·P·n + attn) / (η_F·F))   # weights read once, or GEMM-bound
+          + b · kv·c / (η_A·BW_eff)                             # paged attention reads the KV cache
+    ITL   = host + gpu (+ the prefill steps that interrupt decoding, when prefill is not chunked)
 
-k replicas on one GPU (MPS): each replica's step stretches by a share ``γ`` of a solo step per
-other replica, and the GPU's own time bounds it from below::
+``n`` is the tokens of the step: ``b`` decode tokens plus, with chunked prefill, the prompt
+tokens admitted alongside (``b·I/O`` in steady state, capped by ``max_num_batched_tokens``, which
+also caps ``b`` at ``budget·O/(I+O)``). ``c = I + O·(1+cv²)/2``: fixed output lengths (``cv = 0``,
+our load generator) give ``I + O/2``; EOS-terminated, geometric-like lengths (``cv = 1``, chat
+traces) give ``I + O``, because a request in flight is more likely a long one.
 
-    ITL_k = max(ITL_1 · (1 + γ·(k−1)),  k · t_gpu)
+**KV pool and preemption**: the pool is what vLLM leaves at start-up, ``util·memory − weights −
+profiling peak`` (activations of one ``max_num_batched_tokens`` step and the sampler's fp32
+vocabulary rows for ``max_num_seqs`` sequences). A request may grow to ``I + O`` tokens, so the
+pool holds ``pool / ((I+O)·kv)`` requests; past that batch the engine preempts and the curve stops.
 
-The constants in :data:`CALIBRATION` were fitted ONCE against the OPT-1.3B / H100 64 GB reference
-sweeps (``shared/reference``); :mod:`.calibration` reproduces the fit and reports the errors
-(docs/profiling.md). They describe vLLM 0.6 (V0 engine) on that machine; a newer engine with less
-CPU overhead per step makes real batches cheaper than estimated. Everything here is side-effect
-free.
+**k replicas on one GPU** (MPS, each at ``util/k``): host work of one replica overlaps the GPU
+work of the others; the GPU parts share the GPU (processor sharing, each replica reads its own
+weights every step). A replica's GPU phase stretches by the other replicas' expected presence on
+the GPU, ``g_k = g·(1 + (k−1)·g_k/(h + g_k))``, whose positive root is
+``g_k = ((k·g − h) + √((k·g − h)² + 4·g·h)) / 2``; ``ITL_k = h + g_k``. Small models with a large
+host share gain most; a GPU-bound replica gains nothing.
+
+The HBM roofline of a step is ``(W + b·kv·c) / BW`` at the *peak* bandwidth: the fastest any
+engine could decode that batch. :attr:`BatchEstimate.roofline_fraction` is that over the ITL.
+Everything here is side-effect free.
 """
 
 from __future__ import annotations
@@ -39,8 +49,10 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+from slm_operator.constants import GIB
+
 from .gpus import GpuSpec
-from .modelconfig import GIB, ModelConfig
+from .modelconfig import ModelConfig
 from .selection import SelectionPoint, select_batch, select_replicas
 from .types import Profile, Slo, Workload
 
@@ -49,12 +61,16 @@ __all__ = [
     "CALIBRATION",
     "BatchEstimate",
     "ReplicaEstimate",
+    "StepTime",
     "DEFAULT_BATCH_SIZES",
     "estimate_batch",
     "estimate_curve",
     "estimate_replicas",
     "estimate_profile",
+    "kv_pool_gib",
     "replica_memory_gib",
+    "roofline_fraction",
+    "step_time",
 ]
 
 #: Batch sizes the estimate evaluates when none are given: geometric with ×1.5 steps past 32.
@@ -63,34 +79,78 @@ DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-    """Efficiency factors and overheads of the step model (see the module docstring)."""
+    """Engine constants of the step model (see the module docstring): one set per engine version."""
 
-    #: a0: fixed time per engine step (s): scheduling, kernel launches.
+    #: a0: host time per engine step (s): scheduling, input preparation, graph launch, sampling sync.
     step_overhead_s: float
-    #: a1: time per running sequence per step (s) beyond the ideal KV read.
+    #: a1: host time per running sequence per step (s): per-sequence scheduling, metadata, sampling,
+    #: detokenisation.
     per_sequence_overhead_s: float
-    #: η_mem: achieved share of peak memory bandwidth (weights and KV reads).
-    memory_efficiency: float
-    #: η_flop: achieved share of peak tensor throughput in the GEMMs.
-    compute_efficiency: float
-    #: γ: slowdown of one replica's step per other replica sharing the GPU (MPS).
-    replica_contention: float
-    #: Device memory of the CUDA context, allocator and graphs, besides weights and KV (GiB).
+    #: t_L: GPU time per decoder layer per step beyond its bytes and FLOPs (s): the launch and tail
+    #: floors of the layer's ~10 small kernels. It occupies the GPU (replicas do not overlap it).
+    per_layer_overhead_s: float
+    #: η_F: achieved share of the peak tensor rate in the GEMMs (a prior; the reference decodes
+    #: are rarely compute-bound, so they barely constrain it).
+    compute_efficiency: float = 0.7
+    #: η_A: paged-attention KV reads relative to the GPU's effective bandwidth.
+    attention_efficiency: float = 1.0
+    #: Memory vLLM's start-up profiling holds per ``max_num_seqs`` sequence, in fp32 vocabulary rows
+    #: (logits, probabilities, log-probabilities, sorting): 9 on the reference (1.28 GiB between
+    #: max_num_seqs 1 and 768 for OPT-1.3B's 50,272-token vocabulary).
+    sampler_vocab_rows: float = 9.0
+    #: Activations of the profiling step, in units of ``(4·hidden + 2·ffn)·dtype`` bytes per
+    #: batched token: 2.4 on the reference (0.23 GiB for 2,048 OPT-1.3B tokens).
+    activation_factor: float = 2.4
+    #: Device memory of the CUDA context and allocator outside vLLM's pool accounting (GiB): the
+    #: reference's "initial memory usage" (3.11 GiB) minus its weights (2.45 GiB).
     runtime_overhead_gib: float = 0.7
     #: Share of device memory the engine may use (vLLM's --gpu-memory-utilization default).
     gpu_memory_utilization: float = 0.9
+    #: The engine these constants describe.
+    engine: str = "vllm-0.6.3-v0"
 
 
-#: Fitted on shared/reference (OPT-1.3B, H100 64 GB, vLLM 0.6 V0); see calibration.py and
-#: docs/profiling.md for the fit and its errors. NB: the 0.7 GiB runtime overhead is the
-#: reference's "initial memory usage" (3.11 GiB) minus its weights (2.45 GiB).
+#: vLLM 0.6.3 (V0 engine, CUDA graphs, async output processing) on the reference host: fitted on
+#: the OPT-1.3B / H100 64 GB sweeps and replication table (``shared/reference``) by
+#: :func:`~slm_operator.profiling.calibration.fit_calibration`, with the GPU's effective
+#: bandwidth fixed by the GPU table. docs/profiling.md has the fit and its leave-one-out errors.
+#: A newer engine (V1: async scheduling, less Python per sequence) has smaller a0 and a1, so these
+#: are pessimistic for it.
 CALIBRATION = Calibration(
-    step_overhead_s=2.55e-3,
-    per_sequence_overhead_s=7.52e-5,
-    memory_efficiency=1.0,
-    compute_efficiency=0.7,  # NB: a prior, not fitted (see calibration.fit_calibration)
-    replica_contention=0.545,
+    step_overhead_s=3.22e-4,
+    per_sequence_overhead_s=5.47e-5,
+    per_layer_overhead_s=6.63e-5,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTime:
+    """One engine step's time split by who pays it (seconds). Prefill terms are the mean per
+    decode step of the prefill steps that interrupt decoding (non-chunked engines only)."""
+
+    host_s: float
+    layers_s: float
+    dense_s: float
+    kv_s: float
+    prefill_gpu_s: float
+    compute_bound: bool
+    #: (W + b·kv·c) / peak bandwidth: the HBM roofline of the decode step.
+    roofline_s: float
+
+    @property
+    def gpu_s(self) -> float:
+        return self.layers_s + self.dense_s + self.kv_s + self.prefill_gpu_s
+
+    @property
+    def itl_s(self) -> float:
+        return self.host_s + self.gpu_s
+
+    def shared_itl_s(self, replicas: int) -> float:
+        """ITL when ``replicas`` identical replicas share the GPU (processor sharing of the GPU
+        phase, host phases overlapped): the positive root of ``g_k = g·(1 + (k−1)·g_k/(h+g_k))``."""
+        h, g, k = self.host_s, self.gpu_s, replicas
+        g_k = ((k * g - h) + math.sqrt((k * g - h) ** 2 + 4 * g * h)) / 2
+        return h + g_k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,11 +166,15 @@ class BatchEstimate:
     ttft_ms: float
     kv_cache_gib: float
     memory_gib: float
-    #: The largest part of a step: "step-overhead" (a0), "per-sequence" (a1·b), "weights" (reading
-    #: them), "compute" (GEMMs), "kv-cache" (reading it).
+    #: The largest part of a step: "step-overhead" (a0 + L·t_L), "per-sequence" (a1·b), "weights"
+    #: (reading them), "compute" (GEMMs), "kv-cache" (reading it).
     bound: str
     #: The KV cache of ``batch_size`` requests does not fit the GPU: the engine would preempt.
     preempts: bool = False
+    #: Requests of the workload shape the KV pool holds at full length (past it: preemption).
+    kv_pool_requests: float = math.inf
+    #: Share of the HBM roofline (peak bandwidth) this point reaches: roofline step time / ITL.
+    roofline_fraction: float = math.nan
 
     def to_dict(self) -> dict[str, object]:
         """The CLI's JSON shape (camelCase)."""
@@ -123,6 +187,8 @@ class BatchEstimate:
             "timeToFirstTokenMs": round(self.ttft_ms, 3),
             "kvCacheGiB": round(self.kv_cache_gib, 4),
             "memoryGiB": round(self.memory_gib, 3),
+            "kvPoolRequests": round(self.kv_pool_requests, 1) if math.isfinite(self.kv_pool_requests) else None,
+            "rooflineFraction": round(self.roofline_fraction, 4),
             "bound": self.bound,
             "preempts": self.preempts,
         }
@@ -138,6 +204,8 @@ class ReplicaEstimate:
     inter_token_latency_ms: float
     memory_per_replica_gib: float
     fits_memory: bool
+    #: Each replica's KV pool (at ``util/k``) cannot hold ``batch_size`` requests: it would preempt.
+    preempts: bool = False
 
 
 def _check_workload(workload: Workload) -> None:
@@ -148,6 +216,18 @@ def _check_workload(workload: Workload) -> None:
         )
 
 
+def _profile_peak_gib(m: ModelConfig, c: Calibration, *, max_num_seqs: float, tokens: float) -> float:
+    """vLLM's start-up profiling peak besides the weights: one step's activations, sampler rows."""
+    activations = c.activation_factor * tokens * (4 * m.hidden_size + 2 * m.intermediate_size) * m.dtype_bytes
+    sampler = c.sampler_vocab_rows * max_num_seqs * m.vocab_size * 4
+    return (activations + sampler) / GIB
+
+
+def _profile_tokens(workload: Workload, max_num_batched_tokens: int | None) -> int:
+    # NB: without chunked prefill vLLM's budget is max(max_model_len, 2048) and profiling uses it.
+    return max_num_batched_tokens or max(workload.effective_max_model_len(), 2048)
+
+
 def replica_memory_gib(
     *,
     model_config: ModelConfig,
@@ -156,26 +236,119 @@ def replica_memory_gib(
     max_num_batched_tokens: int | None = 2048,
     calibration: Calibration = CALIBRATION,
 ) -> tuple[float, float]:
-    """(KV GiB, total GiB) one replica needs for ``batch_size`` requests at their full length."""
-    kv = batch_size * workload.tokens_per_request * model_config.kv_bytes_per_token / GIB
-    tokens = max_num_batched_tokens or workload.effective_max_model_len()
-    # NB: activations of one step's tokens (hidden, attention output, MLP) and fp32 logits.
-    activations = (
-        tokens * (4 * model_config.hidden_size + 2 * model_config.intermediate_size) * model_config.dtype_bytes
-        + batch_size * model_config.vocab_size * 4
-    ) / GIB
-    return kv, model_config.weights_gib + kv + calibration.runtime_overhead_gib + activations
+    """(KV GiB, total GiB) one replica needs for ``batch_size`` requests at their full length:
+    weights + KV + runtime (CUDA context) + the profiling peak (activations, sampler)."""
+    m, c = model_config, calibration
+    kv = batch_size * workload.tokens_per_request * m.kv_bytes_per_token / GIB
+    peak = _profile_peak_gib(
+        m, c, max_num_seqs=batch_size, tokens=_profile_tokens(workload, max_num_batched_tokens)
+    )
+    return kv, m.weights_gib + kv + c.runtime_overhead_gib + peak
 
 
-def _gpu_times(
-    *, m: ModelConfig, gpu: GpuSpec, c: Calibration, decoding: float, tokens: float, context: float
-) -> tuple[float, float, float]:
-    """(weights-or-GEMM time, KV read time, GEMM time) of one step, in seconds."""
-    bandwidth = c.memory_efficiency * gpu.bandwidth_bytes_s
-    weights = m.weights_bytes / bandwidth
-    gemm = 2 * m.matmul_params * tokens / (c.compute_efficiency * gpu.flops)
-    kv = decoding * context * m.kv_bytes_per_token / bandwidth
-    return max(weights, gemm), kv, gemm
+def kv_pool_gib(
+    *,
+    model_config: ModelConfig,
+    gpu: GpuSpec,
+    workload: Workload,
+    max_num_seqs: float,
+    max_num_batched_tokens: int | None = 2048,
+    gpu_memory_utilization: float | None = None,
+    calibration: Calibration = CALIBRATION,
+) -> float:
+    """The KV pool vLLM allocates at start-up: ``util·memory − weights − profiling peak`` (GiB, ≥ 0).
+    On the reference it gives 54.4 GiB for OPT-1.3B at max_num_seqs 1 (measured 54.41) and 53.1 at
+    768 (53.13)."""
+    return _pool_gib(
+        model_config, gpu, workload, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+        gpu_memory_utilization=gpu_memory_utilization, calibration=calibration,
+    )
+
+
+def _pool_gib(
+    m: ModelConfig, gpu: GpuSpec, workload: Workload, *, max_num_seqs: float, max_num_batched_tokens: int | None,
+    gpu_memory_utilization: float | None, calibration: Calibration,
+) -> float:
+    c = calibration
+    util = c.gpu_memory_utilization if gpu_memory_utilization is None else gpu_memory_utilization
+    peak = _profile_peak_gib(
+        m, c, max_num_seqs=max_num_seqs, tokens=_profile_tokens(workload, max_num_batched_tokens)
+    )
+    return max(gpu.memory_gib * util - m.weights_gib - peak, 0.0)
+
+
+def _context(workload: Workload, length_cv: float) -> float:
+    return workload.input_tokens + workload.output_tokens * (1 + length_cv**2) / 2
+
+
+def step_time(
+    *,
+    model_config: ModelConfig,
+    gpu: GpuSpec,
+    workload: Workload,
+    decoding: float,
+    max_num_batched_tokens: int | None = 2048,
+    length_cv: float = 0.0,
+    calibration: Calibration = CALIBRATION,
+) -> StepTime:
+    """The step model of the module docstring for ``decoding`` running sequences. Side-effect free."""
+    m, c = model_config, calibration
+    inp, out = float(workload.input_tokens), float(workload.output_tokens)
+    bandwidth = gpu.effective_bandwidth_bytes_s
+    flops = c.compute_efficiency * gpu.flops
+    context = _context(workload, length_cv)
+    kv_bytes = decoding * m.kv_read_bytes(context)
+    weights = m.weights_read_bytes / bandwidth
+    layers = m.num_layers * c.per_layer_overhead_s
+    host = c.step_overhead_s + c.per_sequence_overhead_s * decoding
+    prefill_gpu = 0.0
+    if max_num_batched_tokens:
+        # Steady state admits b·I/O prompt tokens per step alongside the b decode tokens.
+        prompt = min(decoding * inp / out, max(max_num_batched_tokens - decoding, 0.0))
+        gemm = (2 * m.matmul_params * (decoding + prompt) + m.attention_flops(prompt, inp / 2)) / flops
+    else:
+        gemm = 2 * m.matmul_params * decoding / flops
+        # Each decode step in which a request finished is followed by a prefill step for its
+        # replacement(s): P(at least one of b finishes) with geometric-like lengths.
+        finishing = decoding / out
+        share = -math.expm1(-finishing)
+        prompt = finishing / share * inp
+        pre_gemm = (2 * m.matmul_params * prompt + m.attention_flops(prompt, inp / 2)) / flops
+        host += share * c.step_overhead_s
+        prefill_gpu = share * (layers + max(weights, pre_gemm))
+    return StepTime(
+        host_s=host,
+        layers_s=layers,
+        dense_s=max(weights, gemm),
+        kv_s=kv_bytes / (c.attention_efficiency * bandwidth),
+        prefill_gpu_s=prefill_gpu,
+        compute_bound=gemm > weights,
+        roofline_s=(m.weights_read_bytes + kv_bytes) / gpu.bandwidth_bytes_s,
+    )
+
+
+def _effective_batch(
+    *, batch_size: float, workload: Workload, pool_gib: float, kv_bytes_per_token: int,
+    max_num_batched_tokens: int | None,
+) -> tuple[float, float]:
+    """(requests decoding together, requests the pool holds at full length)."""
+    pool_requests = pool_gib * GIB / kv_bytes_per_token / workload.tokens_per_request
+    decoding = min(float(batch_size), max(pool_requests, 1.0))
+    if max_num_batched_tokens:
+        # Decode and prefill share the budget: steady state admits b·I/O prompt tokens per step.
+        decoding = min(decoding, max_num_batched_tokens * workload.output_tokens / workload.tokens_per_request)
+    return max(decoding, 1.0), pool_requests
+
+
+def _bound(step: StepTime, c: Calibration, decoding: float) -> str:
+    per_seq = c.per_sequence_overhead_s * decoding
+    parts = {
+        "step-overhead": step.host_s - per_seq + step.layers_s,
+        "per-sequence": per_seq,
+        "compute" if step.compute_bound else "weights": step.dense_s + step.prefill_gpu_s,
+        "kv-cache": step.kv_s,
+    }
+    return max(parts, key=parts.__getitem__)
 
 
 def estimate_batch(
@@ -187,12 +360,14 @@ def estimate_batch(
     max_num_batched_tokens: int | None = 2048,
     kv_pool_gib: float | None = None,
     calibration: Calibration = CALIBRATION,
+    length_cv: float = 0.0,
 ) -> BatchEstimate:
     """Predict one replica at ``batch_size`` concurrent requests. Side-effect free.
 
     ``max_num_batched_tokens`` is the chunked-prefill budget per step (vLLM's V1 engine always
     chunks); ``None`` models an engine that runs prefills as separate steps. ``kv_pool_gib``
-    defaults to what is left of the GPU after weights and overheads.
+    defaults to what vLLM leaves at start-up (:func:`kv_pool_gib`). ``length_cv`` is the
+    coefficient of variation of the output length (0: fixed lengths; 1: EOS-terminated chat).
     """
     _check_workload(workload)
     if not batch_size >= 1:
@@ -205,44 +380,29 @@ def estimate_batch(
         max_num_batched_tokens=max_num_batched_tokens, calibration=c,
     )
     if kv_pool_gib is None:
-        fixed = memory - kv_gib
-        kv_pool_gib = max(gpu.memory_gib * c.gpu_memory_utilization - fixed, 0.0)
-    pool_requests = kv_pool_gib * GIB / m.kv_bytes_per_token / per_request
-    decoding = min(float(batch_size), max(pool_requests, 1.0))
-    preempts = batch_size > pool_requests
-    if max_num_batched_tokens:
-        # Steady state admits b·I/O prefill tokens per step; decode + prefill share the budget.
-        decoding = min(decoding, max_num_batched_tokens * out / per_request)
-    context = inp + out / 2
-    per_step = c.step_overhead_s + c.per_sequence_overhead_s * decoding
-
-    if max_num_batched_tokens:
-        dense, kv, gemm = _gpu_times(
-            m=m, gpu=gpu, c=c, decoding=decoding, tokens=decoding * per_request / out, context=context
+        kv_pool_gib = _pool_gib(
+            m, gpu, workload, max_num_seqs=batch_size, max_num_batched_tokens=max_num_batched_tokens,
+            gpu_memory_utilization=None, calibration=c,
         )
-        itl = per_step + dense + kv
+    decoding, pool_requests = _effective_batch(
+        batch_size=batch_size, workload=workload, pool_gib=kv_pool_gib, kv_bytes_per_token=m.kv_bytes_per_token,
+        max_num_batched_tokens=max_num_batched_tokens,
+    )
+    step = step_time(
+        model_config=m, gpu=gpu, workload=workload, decoding=decoding,
+        max_num_batched_tokens=max_num_batched_tokens, length_cv=length_cv, calibration=c,
+    )
+    itl = step.itl_s
+    if max_num_batched_tokens:
         prefill_steps = math.ceil(inp / max(max_num_batched_tokens - decoding, 1.0))
         ttft = prefill_steps * itl
     else:
-        dense, kv, gemm = _gpu_times(m=m, gpu=gpu, c=c, decoding=decoding, tokens=decoding, context=context)
-        # Each decode step in which a request finished is followed by a prefill step for its
-        # replacement(s): P(at least one of b finishes) with exponential-ish lengths.
-        finishing = decoding / out
-        share = -math.expm1(-finishing)
-        prefill_tokens = finishing / share * inp
-        pre_dense, _, _ = _gpu_times(m=m, gpu=gpu, c=c, decoding=0, tokens=prefill_tokens, context=0)
-        prefill_step = c.step_overhead_s + pre_dense
-        itl = per_step + dense + kv + share * prefill_step
-        ttft = prefill_step + itl / 2
-
+        prompt_gpu = m.num_layers * c.per_layer_overhead_s + max(
+            m.weights_read_bytes / gpu.effective_bandwidth_bytes_s,
+            (2 * m.matmul_params * inp + m.attention_flops(inp, inp / 2)) / (c.compute_efficiency * gpu.flops),
+        )
+        ttft = c.step_overhead_s + prompt_gpu + itl / 2
     output_tok_s = decoding / itl
-    parts = {
-        "step-overhead": c.step_overhead_s,
-        "per-sequence": c.per_sequence_overhead_s * decoding,
-        "compute" if gemm >= dense else "weights": dense,
-        "kv-cache": kv,
-    }
-    bound = max(parts, key=parts.__getitem__)
     return BatchEstimate(
         batch_size=int(batch_size),
         effective_batch=decoding,
@@ -252,8 +412,11 @@ def estimate_batch(
         ttft_ms=ttft * 1e3,
         kv_cache_gib=kv_gib,
         memory_gib=memory,
-        bound=bound,
-        preempts=preempts,
+        bound=_bound(step, c, decoding),
+        # NB: a hair of tolerance so a pool sized for exactly b requests is not a preemption.
+        preempts=batch_size > pool_requests * (1 + 1e-9),
+        kv_pool_requests=pool_requests,
+        roofline_fraction=step.roofline_s / itl,
     )
 
 
@@ -265,13 +428,14 @@ def estimate_curve(
     batch_sizes: Sequence[int] | None = None,
     max_num_batched_tokens: int | None = 2048,
     calibration: Calibration = CALIBRATION,
+    length_cv: float = 0.0,
 ) -> list[BatchEstimate]:
     """:func:`estimate_batch` for each batch size (default :data:`DEFAULT_BATCH_SIZES`)."""
     sizes = sorted(set(batch_sizes or DEFAULT_BATCH_SIZES))
     return [
         estimate_batch(
             model_config=model_config, gpu=gpu, workload=workload, batch_size=b,
-            max_num_batched_tokens=max_num_batched_tokens, calibration=calibration,
+            max_num_batched_tokens=max_num_batched_tokens, calibration=calibration, length_cv=length_cv,
         )
         for b in sizes
     ]
@@ -282,40 +446,68 @@ def estimate_replicas(
     model_config: ModelConfig,
     gpu: GpuSpec,
     workload: Workload,
-    batch_size: int,
+    batch_size: float,
     replicas: int,
     max_num_batched_tokens: int | None = 2048,
     calibration: Calibration = CALIBRATION,
+    length_cv: float = 0.0,
+    kv_pool_gib_per_replica: float | None = None,
 ) -> ReplicaEstimate:
-    """k replicas of ``batch_size`` each on one GPU, under the contention model. Side-effect free."""
+    """k replicas of ``batch_size`` each on one GPU (MPS, each at ``util/k`` of its memory), under
+    the processor-sharing model of the module docstring. Side-effect free."""
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
-    c = calibration
-    share_gib = gpu.memory_gib * c.gpu_memory_utilization / replicas
+    _check_workload(workload)
+    m, c = model_config, calibration
+    util = c.gpu_memory_utilization / replicas
     _, need = replica_memory_gib(
-        model_config=model_config, workload=workload, batch_size=batch_size,
+        model_config=m, workload=workload, batch_size=batch_size,
         max_num_batched_tokens=max_num_batched_tokens, calibration=c,
     )
-    solo = estimate_batch(
-        model_config=model_config, gpu=gpu, workload=workload, batch_size=batch_size,
-        max_num_batched_tokens=max_num_batched_tokens, calibration=c,
+    pool = kv_pool_gib_per_replica
+    if pool is None:
+        pool = _pool_gib(
+            m, gpu, workload, max_num_seqs=batch_size, max_num_batched_tokens=max_num_batched_tokens,
+            gpu_memory_utilization=util, calibration=c,
+        )
+    decoding, pool_requests = _effective_batch(
+        batch_size=batch_size, workload=workload, pool_gib=pool, kv_bytes_per_token=m.kv_bytes_per_token,
+        max_num_batched_tokens=max_num_batched_tokens,
     )
-    per_request = workload.tokens_per_request
-    dense, kv, _ = _gpu_times(
-        m=model_config, gpu=gpu, c=c, decoding=solo.effective_batch,
-        tokens=solo.effective_batch * (per_request / workload.output_tokens if max_num_batched_tokens else 1),
-        context=workload.input_tokens + workload.output_tokens / 2,
+    step = step_time(
+        model_config=m, gpu=gpu, workload=workload, decoding=decoding,
+        max_num_batched_tokens=max_num_batched_tokens, length_cv=length_cv, calibration=c,
     )
-    itl_s = max(solo.inter_token_latency_ms / 1e3 * (1 + c.replica_contention * (replicas - 1)), replicas * (dense + kv))
-    aggregate = replicas * solo.effective_batch / itl_s * per_request / workload.output_tokens
+    itl_s = step.shared_itl_s(replicas)
+    aggregate = replicas * decoding / itl_s * workload.tokens_per_request / workload.output_tokens
     return ReplicaEstimate(
         replicas=replicas,
-        batch_size=batch_size,
+        batch_size=int(batch_size),
         aggregate_tok_s=aggregate,
         inter_token_latency_ms=itl_s * 1e3,
         memory_per_replica_gib=need,
-        fits_memory=need <= share_gib,
+        fits_memory=need <= gpu.memory_gib * util,
+        preempts=batch_size > pool_requests * (1 + 1e-9),
     )
+
+
+def roofline_fraction(
+    *,
+    model_config: ModelConfig,
+    gpu: GpuSpec,
+    workload: Workload,
+    batch_size: float,
+    inter_token_latency_ms: float,
+    length_cv: float = 0.0,
+) -> float:
+    """Share of the GPU's HBM roofline a decode at ``batch_size`` with this ITL reaches: the time
+    the step's bytes (weights once, the batch's KV) take at the peak bandwidth ÷ the ITL. Works for
+    a measured ITL as well as an estimated one. Side-effect free."""
+    if not inter_token_latency_ms > 0:
+        raise ValueError(f"inter-token latency must be > 0 ms, got {inter_token_latency_ms!r}")
+    m = model_config
+    moved = m.weights_read_bytes + batch_size * m.kv_read_bytes(_context(workload, length_cv))
+    return moved / gpu.bandwidth_bytes_s / (inter_token_latency_ms / 1e3)
 
 
 def estimate_profile(
@@ -329,7 +521,8 @@ def estimate_profile(
     max_num_batched_tokens: int | None = 2048,
     calibration: Calibration = CALIBRATION,
 ) -> Profile:
-    """An estimated :class:`Profile`: B* by the same rules as measured data, k* from memory.
+    """An estimated :class:`Profile`: the batch size (B*) by the same rules as measured data, the
+    replicas that saturate the GPU (k*) from the same step model and memory.
 
     Raises :class:`~slm_operator.profiling.selection.SelectionError` when no batch size meets
     the SLO or fits the GPU. Side-effect free.
@@ -350,18 +543,17 @@ def estimate_profile(
         for e in curve
     ]
     batch = select_batch(points=points, slo=slo, epsilon=epsilon)
-    batch.raise_if_unselected()
-    b_star = batch.b_star
-    at_b = next(e for e in curve if e.batch_size == b_star)
+    batch_size = batch.selected_batch_size()
+    at_b = next(e for e in curve if e.batch_size == batch_size)
 
     options = []
     replicas = 1
     while True:
         est = estimate_replicas(
-            model_config=model_config, gpu=gpu, workload=workload, batch_size=b_star, replicas=replicas,
+            model_config=model_config, gpu=gpu, workload=workload, batch_size=batch_size, replicas=replicas,
             max_num_batched_tokens=max_num_batched_tokens, calibration=calibration,
         )
-        if not est.fits_memory and replicas > 1:
+        if (not est.fits_memory or est.preempts) and replicas > 1:
             break
         options.append(est)
         replicas += 1
@@ -372,31 +564,36 @@ def estimate_profile(
         slo=slo,
         estimated=True,
     )
-    k = packing.replicas
-    chosen = next(o for o in options if o.replicas == k)
-    if len(options) == k:
-        limit = "memory"
-    elif str(k + 1) in packing.rejected:
+    saturating = packing.replicas
+    chosen = next(o for o in options if o.replicas == saturating)
+    if len(options) == saturating:
+        limit = "memory (each replica's KV pool at 0.9/k of the GPU)"
+    elif str(saturating + 1) in packing.rejected:
         limit = "the ITL SLO"
     else:
-        limit = "aggregate throughput"
+        limit = "aggregate throughput: the GPU phases of the replicas no longer overlap"
+    bandwidth = gpu.effective_bandwidth_bytes_s / 1e12
     explanation = (
-        f"Estimated (roofline, not measured) on {gpu.name}: {batch.explanation} "
-        f"k*={k} replicas per GPU from a memory estimate ({at_b.memory_gib:.1f} GiB each, "
-        f"{gpu.memory_gib:.0f} GiB GPU; limited by {limit}); aggregate {chosen.aggregate_tok_s:,.0f} tok/s "
-        f"assumes replicas slow each other by {calibration.replica_contention:.0%} of a step each."
+        f"Estimated (roofline, not measured) on {gpu.name}: {batch.explanation} At B*={batch_size} one replica "
+        f"reaches {at_b.roofline_fraction:.0%} of the HBM roofline ({gpu.hbm_bandwidth_gbs / 1e3:.2f} TB/s peak, "
+        f"{bandwidth:.2f} TB/s effective); the KV pool holds {at_b.kv_pool_requests:,.0f} requests of "
+        f"{workload.tokens_per_request} tokens. k*={saturating} replicas per GPU from the step model and a memory "
+        f"estimate ({at_b.memory_gib:.1f} GiB each, {gpu.memory_gib:.0f} GiB GPU; limited by {limit}); aggregate "
+        f"{chosen.aggregate_tok_s:,.0f} tok/s assumes MPS: host work overlaps, GPU work is shared. Engine "
+        f"constants: {calibration.engine}."
     )
     return Profile(
         source="estimated",
         gpu_product=gpu.name,
-        pareto_batch_size=b_star,
+        batch_size=batch_size,
         tokens_per_second_per_replica=round(at_b.total_token_throughput_tok_s, 1),
         tokens_per_second_per_gpu=round(chosen.aggregate_tok_s, 1),
-        replicas_per_gpu=k,
+        replicas_to_saturate=saturating,
         memory_per_replica_gib=round(at_b.memory_gib, 3),
         weights_gib=round(model_config.weights_gib, 3),
         kv_cache_gib=round(at_b.kv_cache_gib, 3),
         inter_token_latency_ms=round(chosen.inter_token_latency_ms, 3),
         engine=None,
         explanation=explanation,
+        roofline_fraction=round(at_b.roofline_fraction, 4),
     )

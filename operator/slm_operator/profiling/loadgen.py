@@ -26,6 +26,7 @@ import json
 import logging
 import random
 import time
+from typing import Any
 
 import aiohttp
 
@@ -100,11 +101,11 @@ class _Window:
     input_tokens: int = 0
     output_tokens: int = 0
     completed: int = 0
-    gaps: list = dataclasses.field(default_factory=list)
-    ttfts: list = dataclasses.field(default_factory=list)
+    gaps: list[float] = dataclasses.field(default_factory=list)
+    ttfts: list[float] = dataclasses.field(default_factory=list)
     #: TTFTs of requests whose first token came before the window (warm-up included): the fallback
     #: when requests outlast the window, so none starts inside it (long outputs, short windows).
-    early_ttfts: list = dataclasses.field(default_factory=list)
+    early_ttfts: list[float] = dataclasses.field(default_factory=list)
     errors: int = 0
     first_error: str | None = None
 
@@ -113,7 +114,8 @@ class _Window:
 
 
 async def _one_request(
-    session: aiohttp.ClientSession, *, url: str, body: dict, clock: _Clock, window: _Window, input_tokens: int
+    session: aiohttp.ClientSession, *, url: str, body: dict[str, Any], clock: _Clock, window: _Window,
+    input_tokens: int,
 ) -> None:
     # NB: the window is updated chunk by chunk, so requests still streaming when the load stops
     # (cancelled) have their in-window tokens counted.
@@ -201,7 +203,9 @@ async def run_load(
                 "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             }
             try:
-                await _one_request(session, url=endpoint, body=body, clock=clock, window=window, input_tokens=input_tokens)
+                await _one_request(
+                    session, url=endpoint, body=body, clock=clock, window=window, input_tokens=input_tokens,
+                )
             except asyncio.CancelledError:
                 raise
             except (LoadError, aiohttp.ClientError, json.JSONDecodeError, asyncio.TimeoutError) as exc:

@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Mapping
 
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = ["EngineMetrics", "parse_metrics", "MetricsSampler", "MetricsSummary", "METRIC_NAMES"]
@@ -124,26 +125,23 @@ class MetricsSampler:
     """Scrapes ``/metrics`` every ``interval_s`` while running; :meth:`summary` aggregates.
 
     The preemption count is the counter's increase over the sampling window (it counts from
-    server start). A scrape error is counted and the sampler goes on.
+    server start). A failed scrape is skipped and the sampler goes on.
     """
 
-    def __init__(self, *, session, url: str, interval_s: float = 0.5) -> None:
+    def __init__(self, *, session: aiohttp.ClientSession, url: str, interval_s: float = 0.5) -> None:
         self._session = session
         self._url = url.rstrip("/") + "/metrics"
         self._interval = interval_s
         self._samples: list[EngineMetrics] = []
-        self._task: asyncio.Task | None = None
-        self.errors = 0
+        self._task: asyncio.Task[None] | None = None
 
     async def scrape(self) -> EngineMetrics | None:
         try:
             async with self._session.get(self._url) as resp:
                 if resp.status != 200:
-                    self.errors += 1
                     return None
                 return parse_metrics(await resp.text())
         except Exception:
-            self.errors += 1
             return None
 
     async def _loop(self) -> None:
@@ -179,10 +177,12 @@ class MetricsSampler:
         for x in s:
             names.update(x.names)
         pools = [x.kv_pool_tokens for x in s if x.kv_pool_tokens]
-        timed = [x for x in s if x.itl_sum is not None and x.itl_count is not None]
+        # (sum, count) of the engine's ITL histogram, cumulative since the server started.
+        timed = [(x.itl_sum, x.itl_count) for x in s if x.itl_sum is not None and x.itl_count is not None]
         engine_itl = None
-        if len(timed) >= 2 and timed[-1].itl_count > timed[0].itl_count:  # type: ignore[operator]
-            engine_itl = (timed[-1].itl_sum - timed[0].itl_sum) / (timed[-1].itl_count - timed[0].itl_count) * 1e3  # type: ignore[operator]
+        if len(timed) >= 2 and timed[-1][1] > timed[0][1]:
+            (first_sum, first_count), (last_sum, last_count) = timed[0], timed[-1]
+            engine_itl = (last_sum - first_sum) / (last_count - first_count) * 1e3
         return MetricsSummary(
             samples=len(s),
             # NB: mean over busy samples, as the reference's mean_running_requests.

@@ -8,7 +8,14 @@ downloads anything.
 
 The parameter count is computed from the architecture (embedding, attention, MLP, norms, head),
 not read from the model card. ``kv_bytes_per_token = 2 (K and V) × layers × kv_heads × head_dim ×
-dtype bytes``. Side-effect free except :func:`load_model_config_file` (reads one file).
+dtype bytes``, so grouped-query (GQA) and multi-query (MQA) attention shrink it by heads/kv_heads.
+
+What one decode step reads (:attr:`ModelConfig.weights_read_bytes`) is every matrix once: the
+input embedding and learned position embeddings are gathered (a few rows per token), so they are
+not read, unless the embedding is tied to the LM head, which reads it whole. Sliding-window
+attention (Mistral, Phi-3, Gemma 2 on every other layer) reads at most the window of KV per
+sequence (:meth:`ModelConfig.kv_read_bytes`). Side-effect free except :func:`load_model_config_file`
+(reads one file).
 """
 
 from __future__ import annotations
@@ -21,17 +28,16 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
+from slm_operator.constants import GIB
+from slm_operator.errors import ModelConfigError, UnknownModelError
+
 __all__ = [
     "ModelConfig",
-    "ModelConfigError",
-    "UnknownModelError",
     "parse_model_config",
     "resolve_model_config",
     "load_model_config_file",
     "known_model_names",
 ]
-
-GIB = 1 << 30
 
 _DTYPE_BYTES = {
     "float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2,
@@ -41,14 +47,6 @@ _DTYPE_BYTES = {
 _LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "granite", "olmo2", "stablelm"}
 #: Of those, the ones with biases on q/k/v.
 _QKV_BIAS = {"qwen2"}
-
-
-class ModelConfigError(ValueError):
-    """A config.json that lacks a field we need or holds a value that makes no sense."""
-
-
-class UnknownModelError(ValueError):
-    """No inline config.json and the model is not in the built-in table."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +65,11 @@ class ModelConfig:
     dtype: str
     max_position_embeddings: int | None = None
     tie_word_embeddings: bool = False
+    #: Learned position-embedding parameters (OPT); gathered per token, never read whole.
+    position_embedding_params: int = 0
+    #: Sliding attention window (tokens) and the share of layers that use it (Gemma 2: every other).
+    sliding_window: int | None = None
+    sliding_window_layer_share: float = 1.0
 
     @property
     def dtype_bytes(self) -> int:
@@ -92,12 +95,28 @@ class ModelConfig:
     @property
     def matmul_params(self) -> int:
         """Parameters that take part in a matrix product per token (the LM head included)."""
-        return self.num_params - self.embedding_params + (self.embedding_params if self.tie_word_embeddings else 0)
+        return (
+            self.num_params - self.embedding_params - self.position_embedding_params
+            + (self.embedding_params if self.tie_word_embeddings else 0)
+        )
 
-    def flops_per_token(self, *, context: float = 0.0) -> float:
-        """Forward FLOPs for one token attending to ``context`` earlier tokens."""
-        attention = 4 * self.num_layers * self.num_attention_heads * self.head_dim * context
-        return 2 * self.matmul_params + attention
+    @property
+    def weights_read_bytes(self) -> int:
+        """Bytes one decode step reads from the weights: every matrix once (the LM head included),
+        not the gathered embedding rows."""
+        return self.matmul_params * self.dtype_bytes
+
+    def kv_read_bytes(self, context_tokens: float) -> float:
+        """KV bytes one decoding sequence of ``context_tokens`` reads per step (windowed layers read
+        at most their window)."""
+        if self.sliding_window is None or context_tokens <= self.sliding_window:
+            return context_tokens * self.kv_bytes_per_token
+        share = self.sliding_window_layer_share
+        return self.kv_bytes_per_token * (share * self.sliding_window + (1 - share) * context_tokens)
+
+    def attention_flops(self, tokens: float, context_tokens: float) -> float:
+        """FLOPs of ``tokens`` query tokens attending to ``context_tokens`` each (QKᵀ and PV)."""
+        return 4.0 * self.num_layers * self.num_attention_heads * self.head_dim * tokens * context_tokens
 
 
 def _get(config: Mapping[str, Any], *names: str, default: Any = None, required: bool = True) -> Any:
@@ -166,6 +185,7 @@ def _parse_opt(config: Mapping[str, Any]) -> ModelConfig:
     return ModelConfig(
         model_type="opt",
         num_params=embed + layers * per_layer + final_norm,
+        position_embedding_params=(max_pos + 2) * hidden,
         num_layers=layers,
         hidden_size=hidden,
         num_attention_heads=heads,
@@ -197,6 +217,7 @@ def _parse_llama_like(config: Mapping[str, Any], model_type: str) -> ModelConfig
     per_layer = attention + mlp + 2 * hidden
     params = vocab * hidden + layers * per_layer + hidden + (0 if tie else vocab * hidden)
     max_pos = config.get("max_position_embeddings")
+    window, window_share = _sliding_window(config, model_type)
     return ModelConfig(
         model_type=model_type,
         num_params=params,
@@ -210,7 +231,22 @@ def _parse_llama_like(config: Mapping[str, Any], model_type: str) -> ModelConfig
         dtype=_dtype(config),
         max_position_embeddings=int(max_pos) if isinstance(max_pos, int) and max_pos > 0 else None,
         tie_word_embeddings=tie,
+        sliding_window=window,
+        sliding_window_layer_share=window_share,
     )
+
+
+def _sliding_window(config: Mapping[str, Any], model_type: str) -> tuple[int | None, float]:
+    """(window, share of layers using it). Qwen2/3 configs carry a window they do not use unless
+    ``use_sliding_window``; Gemma 2 alternates windowed and global layers; Gemma 1 has none."""
+    window = config.get("sliding_window")
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        return None, 1.0
+    if model_type in ("qwen2", "qwen3") and not config.get("use_sliding_window", False):
+        return None, 1.0
+    if model_type == "gemma":
+        return None, 1.0
+    return window, 0.5 if model_type == "gemma2" else 1.0
 
 
 @functools.lru_cache(maxsize=1)
@@ -238,8 +274,9 @@ def _find_known(model: str) -> dict[str, Any] | None:
 def resolve_model_config(*, model: str, inline: Mapping[str, Any] | None) -> ModelConfig:
     """The architecture for ``model``: the inline config.json when given, else the built-in table.
 
-    Raises :class:`UnknownModelError` when neither knows the model, :class:`ModelConfigError` when
-    the inline config is unusable. Side-effect free (the table is package data).
+    Raises :class:`~slm_operator.errors.UnknownModelError` when neither knows the model,
+    :class:`~slm_operator.errors.ModelConfigError` when the inline config is unusable. Side-effect
+    free (the table is package data).
     """
     if inline:
         return parse_model_config(inline)

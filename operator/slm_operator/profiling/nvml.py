@@ -52,10 +52,6 @@ class NvmlSampler:
     def available(self) -> bool:
         return self._nvml is not None
 
-    @property
-    def device_name(self) -> str | None:
-        return self._device_name
-
     def reset(self) -> None:
         self._rows = []
 

@@ -7,7 +7,7 @@ import signal
 import subprocess
 
 
-def stop_process_group(process: subprocess.Popen, *, grace_s: float) -> None:
+def stop_process_group(process: subprocess.Popen[bytes], *, grace_s: float) -> None:
     """SIGTERM the process group ``process`` leads, SIGKILL it after ``grace_s``. Idempotent.
 
     NB: the children were started with ``start_new_session=True``; a vLLM server forks engine-core

@@ -14,7 +14,7 @@ import io
 import json
 import math
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from .selection import ReplicaPoint, SelectionPoint
@@ -118,7 +118,8 @@ class SweepResult:
             raise SweepFormatError(f"{source}: not a sweep file (format {data.get('format')!r}, want {SWEEP_FORMAT!r})")
         if data.get("version") != PROFILE_FORMAT_VERSION:
             raise SweepFormatError(
-                f"{source}: sweep format version {data.get('version')!r}, this profiler reads {PROFILE_FORMAT_VERSION}; re-run the sweep"
+                f"{source}: sweep format version {data.get('version')!r}, this profiler reads "
+                f"{PROFILE_FORMAT_VERSION}; re-run the sweep"
             )
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in fields}
@@ -182,6 +183,13 @@ def _num(row: Mapping[str, str], column: str, source: str, *, required: bool = F
     return value if math.isfinite(value) else None
 
 
+def _batch_size(row: Mapping[str, str], column: str, source: str) -> int:
+    value = _num(row, column, source, required=True)
+    if value is None:
+        raise SweepFormatError(f"{source}: column {column!r} holds {row.get(column)!r}, not a finite number")
+    return int(value)
+
+
 def _from_csv(text: str, *, source: str, where: Mapping[str, str]) -> SweepResult:
     reader = csv.DictReader(io.StringIO(text))
     columns = set(reader.fieldnames or ())
@@ -200,7 +208,7 @@ def _from_csv(text: str, *, source: str, where: Mapping[str, str]) -> SweepResul
     # mixing them would make nonsense, so ask which one.
     for key in ("model", "output_len", "chunked_prefill"):
         if key in columns:
-            values = sorted({r.get(key) for r in rows if r.get(key)})
+            values = sorted({value for r in rows if (value := r.get(key))})
             if len(values) > 1:
                 raise SweepFormatError(
                     f"{source}: the rows hold {len(values)} different {key} values {values}; "
@@ -208,13 +216,14 @@ def _from_csv(text: str, *, source: str, where: Mapping[str, str]) -> SweepResul
                 )
     if not rows:
         raise SweepFormatError(f"{source}: no rows (after --where filters {dict(where)})")
-    points, replication = [], []
+    points: list[SweepPoint] = []
+    replication: list[SweepPoint] = []
     for r in rows:
         status = (r.get("status") or "ok").strip() or "ok"
         ok = status == "ok"
         preempt = _num(r, "num_preemptions", source) or 0
         point = SweepPoint(
-            batch_size=int(_num(r, batch_col, source, required=True)),  # type: ignore[arg-type]
+            batch_size=_batch_size(r, batch_col, source),
             total_token_throughput_tok_s=(_num(r, "total_token_throughput_tok_s", source, required=ok) or 0.0),
             output_throughput_tok_s=_num(r, "output_throughput_tok_s", source),
             replicas=int(_num(r, "replicas", source) or 1),
@@ -271,6 +280,3 @@ def load_sweep(path: str | pathlib.Path, *, where: Mapping[str, str] | None = No
         return SweepResult.from_dict(data, source=str(path))
     return _from_csv(text, source=str(path), where=where or {})
 
-
-def points_for_selection(points: Iterable[SweepPoint]) -> list[SelectionPoint]:
-    return [p.selection_point() for p in points]

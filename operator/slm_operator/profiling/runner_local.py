@@ -15,31 +15,25 @@ import pathlib
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+from slm_operator.errors import ProfilingFailed
 
 from .processes import stop_process_group
 from .types import Profile, ProfileRequest
 
-__all__ = ["LocalProfileRun", "ProfileFailed", "start_local_profile"]
-
-
-class ProfileFailed(RuntimeError):
-    """The profiler subprocess failed; the message holds its exit code and log tail."""
+__all__ = ["LocalProfileRun", "start_local_profile"]
 
 
 class LocalProfileRun:
     """Handle of one running (or finished) local profile."""
 
-    def __init__(self, *, process: subprocess.Popen, work_dir: pathlib.Path) -> None:
+    def __init__(self, *, process: subprocess.Popen[bytes], work_dir: pathlib.Path) -> None:
         self.process = process
         self.work_dir = work_dir
         self.output = work_dir / "profile.json"
         self.progress_file = work_dir / "progress.json"
         self.log_file = work_dir / "profiler.log"
-        self.sweep_file = work_dir / "profile.sweep.json"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -49,23 +43,25 @@ class LocalProfileRun:
             return "(no log)"
 
     def poll(self) -> Profile | None:
-        """``None`` while running; the Profile once done; raises :class:`ProfileFailed` on failure."""
+        """``None`` while running; the Profile once done. Raises
+        :class:`~slm_operator.errors.ProfilingFailed` (exit code and log tail) on failure."""
         code = self.process.poll()
         if code is None:
             return None
         if code != 0:
-            raise ProfileFailed(f"slm-profiler run exited with code {code}. Log tail:\n{self.log_tail()}")
+            raise ProfilingFailed(f"slm-profiler run exited with code {code}. Log tail:\n{self.log_tail()}")
         try:
             return Profile.from_dict(json.loads(self.output.read_text()))
-        except (OSError, ValueError) as exc:
-            raise ProfileFailed(f"slm-profiler run exited 0 but {self.output} is unusable: {exc}") from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise ProfilingFailed(f"slm-profiler run exited 0 but {self.output} is unusable: {exc}") from None
 
-    def progress(self) -> dict | None:
+    def progress(self) -> dict[str, Any] | None:
         """The latest progress document (phase, point, of, elapsedSeconds, message), if any yet."""
         try:
-            return json.loads(self.progress_file.read_text())
+            document = json.loads(self.progress_file.read_text())
         except (OSError, ValueError):
             return None
+        return document if isinstance(document, dict) else None
 
     def cancel(self, *, grace_s: float = 10.0) -> None:
         stop_process_group(self.process, grace_s=grace_s)

@@ -1,4 +1,5 @@
-"""Choosing B* (batch per replica) and k* (replicas per GPU) from a throughput/latency curve.
+"""Choosing the batch size (the papers' B*) and the replicas that saturate one GPU (k*) from a
+throughput/latency curve.
 
 The rules, all side-effect free:
 
@@ -9,9 +10,9 @@ The rules, all side-effect free:
    meets the SLO: mean inter-token latency ≤ ``slo.max_inter_token_latency_ms`` and mean TTFT ≤
    ``slo.max_time_to_first_token_ms`` (unset = unconstrained).
 3. **Pareto frontier** (throughput vs ITL): the points no other point beats on both throughput
-   (higher) and ITL (lower). Shown to the user; B* is always on it up to noise.
-4. **B* = start of the plateau**: with ``best`` the highest feasible throughput, B* is the
-   smallest feasible batch whose throughput reaches ``(1 − ε)·best``. The comparison uses a
+   (higher) and ITL (lower). Shown to the user; the batch size B* is always on it up to noise.
+4. **Batch size B* = start of the plateau**: with ``best`` the highest feasible throughput, B* is
+   the smallest feasible batch whose throughput reaches ``(1 − ε)·best``. The comparison uses a
    non-decreasing (isotonic) fit of throughput over batch size, so a lone noisy spike at a small
    batch is pooled with its neighbours instead of being picked. Because a pooled block's first
    value is at least the block mean, the measured throughput at B* is still ≥ ``(1 − ε)·best``.
@@ -25,7 +26,7 @@ its rule A keeps the *largest* B whose per-request efficiency ``T(B)/(B·T(1))``
 batching stops paying per request; ours stops where batching stops paying in total throughput,
 which is what a throughput-packing operator needs, and the SLO replaces their fixed latency
 factor. On the reference OPT-1.3B sweeps the two land within one sweep step of each other
-(tests/unit/test_profiling_selection.py); :func:`advisor_rule_a` and :func:`advisor_rule_b`
+(tests/unit/profiling/test_selection.py); :func:`advisor_rule_a` and :func:`advisor_rule_b`
 implement theirs for that comparison.
 
 Noise: on a flat plateau the "smallest batch within ε" moves when noise moves the threshold.
@@ -58,7 +59,7 @@ __all__ = [
 
 
 class SelectionError(ValueError):
-    """The data cannot give a B* (or k*): bad input, or nothing feasible. The message says why."""
+    """The data cannot give a batch size (or k*): bad input, or nothing feasible. The message says why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +87,12 @@ class ReplicaPoint:
 
 @dataclasses.dataclass(frozen=True)
 class BatchSelection:
-    """The outcome of :func:`select_batch`, with everything needed to explain it."""
+    """The outcome of :func:`select_batch`, with everything needed to explain it.
 
-    b_star: int | None
+    ``batch_size`` is the chosen batch size (B*), ``None`` when nothing qualifies.
+    """
+
+    batch_size: int | None
     epsilon: float
     best_tok_s: float | None
     threshold_tok_s: float | None
@@ -101,16 +105,18 @@ class BatchSelection:
 
     @property
     def point(self) -> SelectionPoint | None:
-        return next((p for p in self.points if p.batch_size == self.b_star), None)
+        return next((p for p in self.points if p.batch_size == self.batch_size), None)
 
-    def raise_if_unselected(self) -> None:
-        if self.b_star is None:
+    def selected_batch_size(self) -> int:
+        """The chosen batch size; :class:`SelectionError` with the explanation when there is none."""
+        if self.batch_size is None:
             raise SelectionError(self.explanation)
+        return self.batch_size
 
     def to_dict(self) -> dict[str, object]:
         point = self.point
         return {
-            "paretoBatchSize": self.b_star,
+            "batchSize": self.batch_size,
             "plateauTokensPerSecond": round(point.throughput_tok_s, 1) if point else None,
             "bestTokensPerSecond": round(self.best_tok_s, 1) if self.best_tok_s else None,
             "thresholdTokensPerSecond": round(self.threshold_tok_s, 1) if self.threshold_tok_s else None,
@@ -126,6 +132,8 @@ class BatchSelection:
 
 @dataclasses.dataclass(frozen=True)
 class ReplicaSelection:
+    """The outcome of :func:`select_replicas`: ``replicas`` is k*, the count that saturates one GPU."""
+
     replicas: int
     aggregate_tok_s: float | None
     estimated: bool
@@ -197,14 +205,14 @@ def pareto_frontier(points: Sequence[SelectionPoint]) -> list[SelectionPoint]:
 
     Points without an ITL are left out; equal points are all kept. Side-effect free.
     """
-    timed = [p for p in points if p.itl_ms is not None and math.isfinite(p.itl_ms)]
+    timed = [(p, p.itl_ms) for p in points if p.itl_ms is not None and math.isfinite(p.itl_ms)]
     frontier = []
-    for p in timed:
+    for p, itl in timed:
         dominated = any(
             q.throughput_tok_s >= p.throughput_tok_s
-            and q.itl_ms <= p.itl_ms  # type: ignore[operator]
-            and (q.throughput_tok_s > p.throughput_tok_s or q.itl_ms < p.itl_ms)  # type: ignore[operator]
-            for q in timed
+            and q_itl <= itl
+            and (q.throughput_tok_s > p.throughput_tok_s or q_itl < itl)
+            for q, q_itl in timed
         )
         if not dominated:
             frontier.append(p)
@@ -230,7 +238,7 @@ def select_batch(*, points: Iterable[SelectionPoint], slo: Slo, epsilon: float) 
     """Apply rules 1-4 of the module docstring. Side-effect free.
 
     Never raises for data that merely gives no answer (everything breaches the SLO, all
-    throughputs zero): ``b_star`` is then ``None`` and ``explanation`` says why, with the partial
+    throughputs zero): ``batch_size`` is then ``None`` and ``explanation`` says why, with the partial
     results (frontier, rejections) kept. Raises :class:`SelectionError` for malformed input.
     """
     if not isinstance(epsilon, (int, float)) or not 0 <= epsilon < 1:
@@ -250,7 +258,7 @@ def select_batch(*, points: Iterable[SelectionPoint], slo: Slo, epsilon: float) 
 
     def unselected(reason: str) -> BatchSelection:
         return BatchSelection(
-            b_star=None, epsilon=epsilon, best_tok_s=None, threshold_tok_s=None, points=tuple(cleaned),
+            batch_size=None, epsilon=epsilon, best_tok_s=None, threshold_tok_s=None, points=tuple(cleaned),
             frontier=frontier, feasible=tuple(p.batch_size for p in feasible), smoothed={},
             rejected=dict(sorted(rejected.items())), explanation=reason,
         )
@@ -262,7 +270,7 @@ def select_batch(*, points: Iterable[SelectionPoint], slo: Slo, epsilon: float) 
         return unselected(f"no batch size meets the SLO without preemptions ({details}); relax the SLO")
 
     fitted = isotonic_increasing([p.throughput_tok_s for p in feasible])
-    smoothed = {p.batch_size: f for p, f in zip(feasible, fitted)}
+    smoothed = {p.batch_size: f for p, f in zip(feasible, fitted, strict=True)}
     best = max(feasible, key=lambda p: p.throughput_tok_s)
     threshold = (1 - epsilon) * best.throughput_tok_s
     # NB: when the fit pools the best point with lower ones, no fitted value may reach the
@@ -285,7 +293,7 @@ def select_batch(*, points: Iterable[SelectionPoint], slo: Slo, epsilon: float) 
         f"B={best.batch_size}{itl_text}).{tail}"
     )
     return BatchSelection(
-        b_star=chosen.batch_size,
+        batch_size=chosen.batch_size,
         epsilon=epsilon,
         best_tok_s=best.throughput_tok_s,
         threshold_tok_s=threshold,
@@ -335,14 +343,18 @@ def select_replicas(
     best = max(feasible, key=lambda p: (p.aggregate_tok_s, -p.replicas))
     singles = [p for p in feasible if p.replicas == 1]
     single = max(singles, key=lambda p: p.aggregate_tok_s) if singles else None
-    gain = f" ({best.aggregate_tok_s / single.aggregate_tok_s - 1:+.0%} over the best single replica)" if single else ""
+    gain = ""
+    if single:
+        gain = f" ({best.aggregate_tok_s / single.aggregate_tok_s - 1:+.0%} over the best single replica)"
     at = f" at B={best.batch_size} each" if best.batch_size else ""
     return ReplicaSelection(
         replicas=best.replicas,
         aggregate_tok_s=best.aggregate_tok_s,
         estimated=estimated,
         rejected=rejected,
-        explanation=f"k*={best.replicas}{at}: highest {label} aggregate, {best.aggregate_tok_s:,.0f} tok/s per GPU{gain}.",
+        explanation=(
+            f"k*={best.replicas}{at}: highest {label} aggregate, {best.aggregate_tok_s:,.0f} tok/s per GPU{gain}."
+        ),
         batch_size=best.batch_size,
         itl_ms=best.itl_ms,
     )
@@ -367,9 +379,9 @@ def advisor_rule_a(
 
 def advisor_rule_b(*, points: Sequence[SelectionPoint], latency_factor: float = 3.0) -> int | None:
     """Variant B: largest B with mean TPOT ≤ f·TPOT(B≈32) (``itl_ms`` carries the TPOT here)."""
-    by_batch = {p.batch_size: p for p in _clean(points)[0] if p.itl_ms is not None}
-    if not by_batch:
+    itl_by_batch = {p.batch_size: p.itl_ms for p in _clean(points)[0] if p.itl_ms is not None}
+    if not itl_by_batch:
         return None
-    ref = by_batch[min(by_batch, key=lambda b: abs(b - 32))]
-    ok = [b for b, p in by_batch.items() if p.itl_ms <= latency_factor * ref.itl_ms]  # type: ignore[operator]
+    ref = itl_by_batch[min(itl_by_batch, key=lambda b: abs(b - 32))]
+    ok = [b for b, itl in itl_by_batch.items() if itl <= latency_factor * ref]
     return max(ok) if ok else None

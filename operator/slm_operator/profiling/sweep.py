@@ -4,14 +4,16 @@ Batch phase — ONE server with a generous ``--max-num-seqs``; the client's conc
 size. Concurrency doubles (1, 2, 4, ...) until one of: the throughput gain of a doubling is
 below ε (plateau), the SLO is breached, the engine preempts, or the engine cannot run the batch
 (mean running requests well below the concurrency: KV pool or max-num-seqs). Then up to
-``refine_steps`` midpoints between B* and the step below it refine the knee. This needs one
-server start instead of one per ``max-num-seqs`` value (bench/profiling_cost.py counts both).
+``refine_steps`` midpoints between the selected batch size (B*) and the step below it refine the
+knee. This needs one server start instead of one per ``max-num-seqs`` value
+(bench/profiling_cost.py counts both).
 
 Replication phase — for k = 2, 3, ... while memory allows: k servers started one after another
 (several vLLM servers starting at once misread free memory), each with
-``--kv-cache-memory-bytes`` sized for B* (else ``--gpu-memory-utilization`` 0.9/k), each driven
-at B*; stop when the aggregate gains < ε, the SLO breaks, or anything preempts. An MPS daemon, if
-wanted, is the node's business (device plugin); the Job only inherits it.
+``--kv-cache-memory-bytes`` sized for the batch size (else ``--gpu-memory-utilization`` 0.9/k),
+each driven at that batch size; stop when the aggregate gains < ε, the SLO breaks, or anything
+preempts. An MPS daemon, if wanted, is the node's business (device plugin); the Job only inherits
+it.
 
 Progress (point i of n, elapsed) goes to the log and, atomically, to a JSON file the operator reads.
 """
@@ -31,12 +33,15 @@ from collections.abc import Callable, Sequence
 
 import aiohttp
 
+from slm_operator.constants import GIB, LABEL_GPU_MEMORY_MIB
+from slm_operator.errors import ModelConfigError, UnknownGpuError, UnknownModelError
+
 from .engines.base import EngineError, EngineServer
 from .estimator import CALIBRATION, replica_memory_gib
 from .gpus import lookup_gpu
-from .loadgen import LoadError, run_load
-from .metrics import MetricsSampler
-from .modelconfig import GIB, ModelConfig, ModelConfigError, UnknownModelError, resolve_model_config
+from .loadgen import LoadError, LoadResult, run_load
+from .metrics import MetricsSampler, MetricsSummary
+from .modelconfig import ModelConfig, resolve_model_config
 from .nvml import NvmlSampler
 from .results import SweepPoint, SweepResult
 from .selection import select_batch, select_replicas
@@ -68,7 +73,7 @@ class SweepSettings:
     engine_warmup_s: float = 5.0
     engine_warmup_concurrency: int = 4
     metrics_interval_s: float = 0.5
-    #: Extra KV headroom per replica over what B* needs at full length.
+    #: Extra KV headroom per replica over what its batch size needs at full length.
     kv_headroom: float = 1.2
 
 
@@ -124,7 +129,7 @@ async def _warm_up(*, servers: Sequence[EngineServer], request: ProfileRequest, 
 async def _measure_async(
     *, servers: Sequence[EngineServer], concurrency: int, request: ProfileRequest, settings: SweepSettings,
     nvml: NvmlSampler, seed: int,
-) -> tuple[list, list]:
+) -> tuple[list[LoadResult], list[MetricsSummary]]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         samplers = [MetricsSampler(session=session, url=s.url, interval_s=settings.metrics_interval_s) for s in servers]
         for sampler in samplers:
@@ -169,10 +174,10 @@ def _memory_gib(
 
 
 def _point(
-    *, batch: int, replicas: int, loads: list, summaries: list, nvml: NvmlSampler,
-    model_config: ModelConfig | None, request: ProfileRequest,
+    *, batch: int, replicas: int, loads: Sequence[LoadResult], summaries: Sequence[MetricsSummary],
+    nvml: NvmlSampler, model_config: ModelConfig | None, request: ProfileRequest,
 ) -> tuple[SweepPoint, dict[str, str]]:
-    def mean(values: list) -> float | None:
+    def mean(values: Sequence[float | None]) -> float | None:
         present = [v for v in values if v is not None]
         return sum(present) / len(present) if present else None
 
@@ -219,6 +224,109 @@ def _batch_plan(max_batch: int) -> list[int]:
     return plan
 
 
+@dataclasses.dataclass
+class _BatchPhase:
+    """The batch phase on its one server: the points measured so far and why it stopped.
+
+    ``stop_reason`` is set by the rule that ended the phase or by a failed point; ``failed`` says
+    it was a failure (nothing more is measured on this server then).
+    """
+
+    server: EngineServer
+    request: ProfileRequest
+    settings: SweepSettings
+    progress: ProgressReporter
+    nvml: NvmlSampler
+    model_config: ModelConfig | None
+    points: list[SweepPoint] = dataclasses.field(default_factory=list)
+    #: Which engine metric names were read (quantity -> name).
+    names: dict[str, str] = dataclasses.field(default_factory=dict)
+    stop_reason: str | None = None
+    failed: bool = False
+    #: Metric scrapes behind the last point: too few say nothing about the engine.
+    samples: int = 0
+
+    def measure(self, batch: int) -> SweepPoint | None:
+        """Measure one batch size (client concurrency); ``None``, with ``stop_reason``, on failure."""
+        self.progress.update(phase="batch", message=f"measuring batch {batch}", batchSize=batch)
+        try:
+            loads, summaries = asyncio.run(_measure_async(
+                servers=[self.server], concurrency=batch, request=self.request, settings=self.settings,
+                nvml=self.nvml, seed=batch,
+            ))
+        except (LoadError, aiohttp.ClientError, OSError) as exc:
+            self.stop_reason = f"batch {batch} failed: {exc}"
+            self.failed = True
+            self.points.append(SweepPoint(batch_size=batch, total_token_throughput_tok_s=0.0, status=f"failed: {exc}"))
+            self.progress.update(phase="batch", message=self.stop_reason, point_done=True)
+            return None
+        point, found = _point(batch=batch, replicas=1, loads=loads, summaries=summaries, nvml=self.nvml,
+                              model_config=self.model_config, request=self.request)
+        self.samples = min(s.samples for s in summaries)
+        self.names.update(found)
+        self.points.append(point)
+        itl = point.mean_itl_ms if point.mean_itl_ms is not None else float("nan")
+        self.progress.update(
+            phase="batch", point_done=True, batchSize=batch,
+            message=f"batch {batch}: {point.total_token_throughput_tok_s:,.0f} tok/s, ITL {itl:.2f} ms, "
+            f"running {point.mean_running_requests}, preemptions {point.num_preemptions}",
+        )
+        return point
+
+    def measure_each(self, plan: Sequence[int]) -> None:
+        """Explicit batch sizes: every one is measured, no stop rule; a failed point ends the phase."""
+        for batch in plan:
+            if self.measure(batch) is None:
+                return
+
+    def double_until_stop(self, plan: Sequence[int]) -> None:
+        """Measure the plan (1, 2, 4, ...) until a stop rule of the module docstring holds."""
+        previous: SweepPoint | None = None
+        for batch in plan:
+            point = self.measure(batch)
+            if point is None:
+                return
+            why = self._why_stop(point, previous)
+            if why:
+                self.stop_reason = why
+                self.progress.update(phase="batch", message=f"stop: {why}")
+                return
+            previous = point
+        self.stop_reason = f"reached the largest planned batch ({plan[-1]}) without a plateau"
+
+    def _why_stop(self, point: SweepPoint, previous: SweepPoint | None) -> str | None:
+        batch, epsilon = point.batch_size, self.request.epsilon
+        why = _breaches(point, self.request.slo)
+        if point.num_preemptions:
+            why = f"{point.num_preemptions} preemptions at batch {batch}"
+        elif (point.mean_running_requests is not None and batch > 1 and self.samples >= 5
+              and point.mean_running_requests < self.settings.min_running_share * batch):
+            why = f"the engine ran only {point.mean_running_requests:.0f} of {batch} requests at once"
+        elif previous is not None and previous.total_token_throughput_tok_s > 0:
+            gain = point.total_token_throughput_tok_s / previous.total_token_throughput_tok_s - 1
+            if gain < epsilon:
+                why = f"plateau: doubling to {batch} gained {gain:+.1%} < ε={epsilon:.0%}"
+        return why
+
+    def refine(self, steps: int) -> None:
+        """Up to ``steps`` midpoints between the batch size selected so far and the size below it."""
+        for _ in range(steps):
+            selection = select_batch(
+                points=[p.selection_point() for p in self.points], slo=self.request.slo, epsilon=self.request.epsilon,
+            )
+            if selection.batch_size is None:
+                return
+            below = [p.batch_size for p in self.points if p.batch_size < selection.batch_size]
+            if not below:
+                return
+            mid = (max(below) + selection.batch_size) // 2
+            if mid in {p.batch_size for p in self.points} or mid <= max(below):
+                return
+            if self.measure(mid) is None:
+                return
+            self.points.sort(key=lambda p: p.batch_size)
+
+
 def run_sweep(
     *,
     request: ProfileRequest,
@@ -245,87 +353,26 @@ def run_sweep(
     plan = explicit or _batch_plan(settings.max_batch)
     progress = progress or ProgressReporter(None, planned=len(plan))
     progress.planned = len(plan) + (settings.refine_steps if not explicit else 0)
-    names: dict[str, str] = {}
-    points: list[SweepPoint] = []
-    stop_reason: str | None = None
     max_num_seqs = max(plan)
 
     progress.update(phase="batch", message=f"starting {engine_kind} engine (max-num-seqs {max_num_seqs})")
     server = start_engine(max_num_seqs, 0, 1, None)
+    batches = _BatchPhase(server=server, request=request, settings=settings, progress=progress, nvml=nvml,
+                          model_config=model_config)
     try:
         progress.update(phase="batch", message=f"warming the engine up for {settings.engine_warmup_s:g} s")
         asyncio.run(_warm_up(servers=[server], request=request, settings=settings))
-        samples = [0]  # metric scrapes behind the last point: too few say nothing about the engine
-
-        def measure(batch: int) -> SweepPoint | None:
-            nonlocal stop_reason
-            progress.update(phase="batch", message=f"measuring batch {batch}", batchSize=batch)
-            try:
-                loads, summaries = asyncio.run(_measure_async(
-                    servers=[server], concurrency=batch, request=request, settings=settings, nvml=nvml, seed=batch,
-                ))
-            except (LoadError, aiohttp.ClientError, OSError) as exc:
-                stop_reason = f"batch {batch} failed: {exc}"
-                points.append(SweepPoint(batch_size=batch, total_token_throughput_tok_s=0.0, status=f"failed: {exc}"))
-                progress.update(phase="batch", message=stop_reason, point_done=True)
-                return None
-            point, found = _point(batch=batch, replicas=1, loads=loads, summaries=summaries, nvml=nvml,
-                                  model_config=model_config, request=request)
-            samples[0] = min(s.samples for s in summaries)
-            names.update(found)
-            points.append(point)
-            progress.update(
-                phase="batch", point_done=True, batchSize=batch,
-                message=f"batch {batch}: {point.total_token_throughput_tok_s:,.0f} tok/s, ITL "
-                f"{point.mean_itl_ms if point.mean_itl_ms is not None else float('nan'):.2f} ms, "
-                f"running {point.mean_running_requests}, preemptions {point.num_preemptions}",
-            )
-            return point
-
-        previous: SweepPoint | None = None
-        for batch in plan:
-            point = measure(batch)
-            if point is None:
-                break
-            if explicit:
-                continue
-            why = _breaches(point, request.slo)
-            if point.num_preemptions:
-                why = f"{point.num_preemptions} preemptions at batch {batch}"
-            elif (point.mean_running_requests is not None and batch > 1 and samples[0] >= 5
-                  and point.mean_running_requests < settings.min_running_share * batch):
-                why = f"the engine ran only {point.mean_running_requests:.0f} of {batch} requests at once"
-            elif previous is not None and previous.total_token_throughput_tok_s > 0:
-                gain = point.total_token_throughput_tok_s / previous.total_token_throughput_tok_s - 1
-                if gain < request.epsilon:
-                    why = f"plateau: doubling to {batch} gained {gain:+.1%} < ε={request.epsilon:.0%}"
-            if why:
-                stop_reason = why
-                progress.update(phase="batch", message=f"stop: {why}")
-                break
-            previous = point
+        if explicit:
+            batches.measure_each(explicit)
         else:
-            if not explicit:
-                stop_reason = f"reached the largest planned batch ({plan[-1]}) without a plateau"
-
-        if not explicit and stop_reason and not stop_reason.startswith("batch "):
-            for _ in range(settings.refine_steps):
-                selection = select_batch(points=[p.selection_point() for p in points], slo=request.slo, epsilon=request.epsilon)
-                if selection.b_star is None:
-                    break
-                below = [p.batch_size for p in points if p.batch_size < selection.b_star]
-                if not below:
-                    break
-                mid = (max(below) + selection.b_star) // 2
-                if mid in {p.batch_size for p in points} or mid <= max(below):
-                    break
-                if measure(mid) is None:
-                    break
-                points.sort(key=lambda p: p.batch_size)
+            batches.double_until_stop(plan)
+            if not batches.failed:
+                batches.refine(settings.refine_steps)
     finally:
         server.stop()
 
-    points.sort(key=lambda p: p.batch_size)
+    points = sorted(batches.points, key=lambda p: p.batch_size)
+    names = batches.names
     replication: list[SweepPoint] = []
     if settings.replication and not attached:
         replication = _replication_phase(
@@ -334,7 +381,9 @@ def run_sweep(
         )
     elif attached:
         notes.append("attached to a running server: replication not measured")
-    progress.update(phase="done", message=f"sweep finished: {len(points)} batch points, {len(replication)} replication points")
+    progress.update(
+        phase="done", message=f"sweep finished: {len(points)} batch points, {len(replication)} replication points",
+    )
     return SweepResult(
         engine=engine_kind,
         model=request.model,
@@ -346,7 +395,7 @@ def run_sweep(
         created_at=_now(),
         metric_names=names,
         notes=tuple(notes),
-        stop_reason=stop_reason,
+        stop_reason=batches.stop_reason,
     )
 
 
@@ -356,37 +405,39 @@ def _replication_phase(
     notes: list[str],
 ) -> list[SweepPoint]:
     selection = select_batch(points=[p.selection_point() for p in points], slo=request.slo, epsilon=request.epsilon)
-    if selection.b_star is None:
+    if selection.batch_size is None:
         notes.append(f"replication skipped: {selection.explanation}")
         return []
-    b_star = selection.b_star
-    solo = next(p for p in points if p.batch_size == b_star)
+    batch_size = selection.batch_size
+    solo = next(p for p in points if p.batch_size == batch_size)
     # NB: the memory the request names (the nodes' label) is enough: a GPU the table lacks can
     # still be packed.
     memory_gib = _gpu_memory_gib(request)
     if model_config is None or memory_gib is None:
         notes.append("replication skipped: needs the model's config.json and the GPU's memory (a known GPU "
-                     "or the nodes' nvidia.com/gpu.memory label) to size replicas")
+                     f"or the nodes' {LABEL_GPU_MEMORY_MIB} label) to size replicas")
         return []
-    kv_gib, need_gib = replica_memory_gib(model_config=model_config, workload=request.workload, batch_size=b_star)
+    kv_gib, need_gib = replica_memory_gib(model_config=model_config, workload=request.workload, batch_size=batch_size)
     usable = memory_gib * CALIBRATION.gpu_memory_utilization
     k_max = min(settings.max_replicas, max(int(usable // need_gib), 1))
     if k_max < 2:
-        notes.append(f"replication skipped: one replica at B*={b_star} needs {need_gib:.1f} of {usable:.1f} GiB")
+        notes.append(f"replication skipped: one replica at B*={batch_size} needs {need_gib:.1f} of {usable:.1f} GiB")
         return []
     kv_bytes = int(kv_gib * settings.kv_headroom * GIB)
     progress.planned += k_max - 1
     out: list[SweepPoint] = []
     best = solo.total_token_throughput_tok_s
     for k in range(2, k_max + 1):
-        progress.update(phase="replication", message=f"starting {k} replicas at B*={b_star}, one after another", replicas=k)
+        progress.update(
+            phase="replication", message=f"starting {k} replicas at B*={batch_size}, one after another", replicas=k,
+        )
         servers: list[EngineServer] = []
         try:
             for i in range(k):
-                servers.append(start_engine(b_star, i, k, kv_bytes))
+                servers.append(start_engine(batch_size, i, k, kv_bytes))
             asyncio.run(_warm_up(servers=servers, request=request, settings=settings))
             loads, summaries = asyncio.run(_measure_async(
-                servers=servers, concurrency=b_star, request=request, settings=settings, nvml=nvml, seed=1000 * k,
+                servers=servers, concurrency=batch_size, request=request, settings=settings, nvml=nvml, seed=1000 * k,
             ))
         except (EngineError, LoadError, aiohttp.ClientError, OSError) as exc:
             notes.append(f"replication stopped at k={k}: {exc}")
@@ -395,13 +446,14 @@ def _replication_phase(
         finally:
             for s in servers:
                 s.stop()
-        point, found = _point(batch=b_star, replicas=k, loads=loads, summaries=summaries, nvml=nvml,
+        point, found = _point(batch=batch_size, replicas=k, loads=loads, summaries=summaries, nvml=nvml,
                               model_config=model_config, request=request)
         names.update(found)
         out.append(point)
         progress.update(
             phase="replication", point_done=True, replicas=k,
-            message=f"{k}x{b_star}: {point.total_token_throughput_tok_s:,.0f} tok/s aggregate, ITL {point.mean_itl_ms} ms",
+            message=f"{k}x{batch_size}: {point.total_token_throughput_tok_s:,.0f} tok/s aggregate, "
+            f"ITL {point.mean_itl_ms} ms",
         )
         why = _breaches(point, request.slo)
         if point.num_preemptions:
@@ -421,7 +473,7 @@ def _gpu_memory_gib(request: ProfileRequest) -> float | None:
         return request.gpu_memory_gib
     try:
         return lookup_gpu(request.gpu_product).memory_gib
-    except ValueError:
+    except UnknownGpuError:
         return None
 
 
@@ -434,18 +486,18 @@ def request_model_config(request: ProfileRequest) -> ModelConfig | None:
 
 
 def profile_from_sweep(*, sweep: SweepResult, request: ProfileRequest, model_config: ModelConfig | None) -> Profile:
-    """Select B* and k* from measured data and build the Profile. Side-effect free.
+    """Select the batch size (B*) and the replicas that saturate the GPU (k*) from measured data,
+    and build the Profile. Side-effect free.
 
     Raises :class:`~slm_operator.profiling.selection.SelectionError` when nothing qualifies.
     """
     batch = select_batch(points=[p.selection_point() for p in sweep.points], slo=request.slo, epsilon=request.epsilon)
-    batch.raise_if_unselected()
-    at = batch.point
-    assert at is not None
-    solo = next(p for p in sweep.points if p.batch_size == batch.b_star)
-    replica_options = [solo.replica_point(), *(p.replica_point() for p in sweep.replication if p.batch_size == batch.b_star)]
+    batch_size = batch.selected_batch_size()
+    solo = next(p for p in sweep.points if p.batch_size == batch_size)
+    replica_options = [
+        solo.replica_point(), *(p.replica_point() for p in sweep.replication if p.batch_size == batch_size),
+    ]
     packing = select_replicas(options=replica_options, slo=request.slo)
-    k = packing.replicas
     aggregate = packing.aggregate_tok_s or solo.total_token_throughput_tok_s
     itl = packing.itl_ms if packing.itl_ms is not None else solo.mean_itl_ms
     weights = model_config.weights_gib if model_config else None
@@ -467,16 +519,18 @@ def profile_from_sweep(*, sweep: SweepResult, request: ProfileRequest, model_con
     return Profile(
         source="measured",
         gpu_product=request.gpu_product,
-        pareto_batch_size=batch.b_star,  # type: ignore[arg-type]
+        batch_size=batch_size,
         tokens_per_second_per_replica=round(solo.total_token_throughput_tok_s, 1),
         tokens_per_second_per_gpu=round(aggregate, 1),
-        replicas_per_gpu=k,
+        replicas_to_saturate=packing.replicas,
         memory_per_replica_gib=round(memory, 3) if math.isfinite(memory) else 0.0,
         weights_gib=round(weights, 3) if weights is not None else None,
         kv_cache_gib=round(kv, 3) if kv is not None else None,
         inter_token_latency_ms=round(itl, 3) if itl is not None else None,
         measured_at=sweep.created_at,
         engine=sweep.engine,
-        explanation=f"Measured ({label}{len(sweep.points)} batch points): {batch.explanation} {replicas_note}{memory_note}",
+        explanation=(
+            f"Measured ({label}{len(sweep.points)} batch points): {batch.explanation} {replicas_note}{memory_note}"
+        ),
     )
 

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 #: Bumped when the meaning of a stored profile or sweep changes; part of the profile cache key.
-PROFILE_FORMAT_VERSION = 1
+#: 2: the batch size and k* fields were renamed (see :data:`DEPRECATED_PROFILE_KEYS`).
+PROFILE_FORMAT_VERSION = 2
 
 ProfileSource = Literal["measured", "estimated", "static"]
 
@@ -58,18 +59,21 @@ class Slo:
 class Profile:
     """What one GPU can do for one model and workload: the input of the planner.
 
-    ``tokens_per_second_per_replica`` is input+output tokens/s of one replica at B*;
-    ``tokens_per_second_per_gpu`` is the aggregate of ``replicas_per_gpu`` replicas on one GPU.
-    ``memory_per_replica_gib`` is the device memory one replica needs at B* (weights + KV for
-    B* requests of the workload shape + runtime overhead).
+    ``batch_size`` is the batch size each replica runs (the papers' B*; vLLM's ``--max-num-seqs``).
+    ``tokens_per_second_per_replica`` is input+output tokens/s of one replica at that batch size;
+    ``tokens_per_second_per_gpu`` is the aggregate of ``replicas_to_saturate`` replicas on one GPU,
+    the replica count past which one GPU gains no throughput (the papers' k*). What a plan runs
+    per GPU is the planner's choice, at most this many.
+    ``memory_per_replica_gib`` is the device memory one replica needs at its batch size (weights +
+    KV for ``batch_size`` requests of the workload shape + runtime overhead).
     """
 
     source: ProfileSource
     gpu_product: str
-    pareto_batch_size: int
+    batch_size: int
     tokens_per_second_per_replica: float
     tokens_per_second_per_gpu: float
-    replicas_per_gpu: int
+    replicas_to_saturate: int
     memory_per_replica_gib: float
     weights_gib: float | None = None
     kv_cache_gib: float | None = None
@@ -78,19 +82,38 @@ class Profile:
     profile_ref: str | None = None
     #: ``vllm`` or ``simulated`` for measured profiles; a simulated one is labelled as such in status.
     engine: str | None = None
-    #: One or two sentences a user reads in ``kubectl describe``: why this B* and this k.
+    #: One or two sentences a user reads in ``kubectl describe``: why this batch size and this k.
     explanation: str = ""
+    #: Share (0-1) of the GPU's HBM roofline one replica reaches at ``batch_size``: the time the
+    #: step's bytes (weights once + the batch's KV cache) take at the datasheet peak bandwidth,
+    #: divided by the inter-token latency. The physical limit for decode is 1.0. ``None`` when
+    #: not computed (measured profiles may leave it out).
+    roofline_fraction: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {_camel(k): v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Profile:
+        """Read :meth:`to_dict`'s shape; keys of :data:`DEPRECATED_PROFILE_KEYS` are read as their
+        new names (a profile stored before format 2, in a ConfigMap or a CLI output file)."""
         by_camel = {_camel(f.name): f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - set(by_camel)
+        for old, new in DEPRECATED_PROFILE_KEYS.items():
+            if old in data and new in data:
+                raise ValueError(f"profile has both {new!r} and its old name {old!r}")
+        current = {DEPRECATED_PROFILE_KEYS.get(k, k): v for k, v in data.items()}
+        unknown = set(current) - set(by_camel)
         if unknown:
             raise ValueError(f"unknown profile fields: {sorted(unknown)}")
-        return cls(**{by_camel[k]: v for k, v in data.items()})
+        return cls(**{by_camel[k]: v for k, v in current.items()})
+
+
+#: Profile keys of format 1 -> their names since format 2. :meth:`Profile.from_dict` still reads
+#: them: result ConfigMaps and ``slm-profiler run`` output files written before keep them.
+DEPRECATED_PROFILE_KEYS: Mapping[str, str] = {
+    "paretoBatchSize": "batchSize",
+    "replicasPerGPU": "replicasToSaturate",
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,17 +17,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import functools
 import json
 import logging
 import threading
 import time
+from typing import Any
 
 from aiohttp import web
 
+from slm_operator.constants import GIB
+
 from ..estimator import CALIBRATION, Calibration, estimate_batch, estimate_replicas, replica_memory_gib
 from ..gpus import GpuSpec
-from ..modelconfig import GIB, ModelConfig
+from ..modelconfig import ModelConfig
 from ..types import Workload
 from .base import EngineError, find_free_port, port_in_use
 
@@ -64,7 +66,8 @@ class _Request:
     prompt_tokens: int
     max_tokens: int
     arrival: float
-    queue: asyncio.Queue
+    #: (engine time, finished) per generated token.
+    queue: asyncio.Queue[tuple[float, bool]]
     generated: int = 0
     aborted: bool = False
 
@@ -143,7 +146,9 @@ class SimulatedEngine:
         self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._scheduler_task: asyncio.Task | None = None
+        self._scheduler_task: asyncio.Task[None] | None = None
+        #: (batch, engines sharing the device) -> step seconds: the estimator is pure, so cache it.
+        self._step_cache: dict[tuple[int, int], float] = {}
         # NB: closed-loop clients answer a finished request with a new one; until they have (or a
         # short wall-clock grace passed) the engine's clock must not run on, or the Python client's
         # own latency would show up as idle engine time.
@@ -152,20 +157,24 @@ class SimulatedEngine:
 
     # -- the step model -------------------------------------------------------------------
     def step_seconds(self, batch: int) -> float:
-        return self._step_seconds(max(batch, 1), self.device.engines)
+        key = (max(batch, 1), self.device.engines)
+        if key not in self._step_cache:
+            self._step_cache[key] = self._step_seconds(*key)
+        return self._step_cache[key]
 
-    @functools.lru_cache(maxsize=4096)
     def _step_seconds(self, batch: int, engines: int) -> float:
-        common = dict(
-            model_config=self.model_config, gpu=self.gpu, workload=self.workload,
-            max_num_batched_tokens=self.max_num_batched_tokens, calibration=self.calibration,
-        )
         if engines > 1:
-            return estimate_replicas(batch_size=batch, replicas=engines, **common).inter_token_latency_ms / 1e3
-        est = estimate_batch(
-            batch_size=batch, kv_pool_gib=self.pool_tokens * self.model_config.kv_bytes_per_token / GIB, **common
+            shared = estimate_replicas(
+                model_config=self.model_config, gpu=self.gpu, workload=self.workload, batch_size=batch,
+                replicas=engines, max_num_batched_tokens=self.max_num_batched_tokens, calibration=self.calibration,
+            )
+            return shared.inter_token_latency_ms / 1e3
+        solo = estimate_batch(
+            model_config=self.model_config, gpu=self.gpu, workload=self.workload, batch_size=batch,
+            max_num_batched_tokens=self.max_num_batched_tokens, calibration=self.calibration,
+            kv_pool_gib=self.pool_tokens * self.model_config.kv_bytes_per_token / GIB,
         )
-        return est.inter_token_latency_ms / 1e3
+        return solo.inter_token_latency_ms / 1e3
 
     def _used_blocks(self) -> int:
         return sum(-(-r.tokens // BLOCK_SIZE) for r in self.running)
@@ -246,7 +255,9 @@ class SimulatedEngine:
         elif isinstance(prompt, str):
             prompt_tokens = max(1, len(prompt.split()))
         else:
-            return web.json_response({"error": {"message": "prompt must be a string or a list of token ids"}}, status=400)
+            return web.json_response(
+                {"error": {"message": "prompt must be a string or a list of token ids"}}, status=400
+            )
         max_tokens = body.get("max_tokens", 16)
         if not isinstance(max_tokens, int) or max_tokens < 1:
             return web.json_response({"error": {"message": "max_tokens must be a positive integer"}}, status=400)
@@ -257,7 +268,9 @@ class SimulatedEngine:
         self._arrived.set()
         self._wake.set()
         created = int(time.time())
-        base = {"id": f"cmpl-sim-{id(req):x}", "object": "text_completion", "created": created, "model": self.model_name}
+        base = {
+            "id": f"cmpl-sim-{id(req):x}", "object": "text_completion", "created": created, "model": self.model_name,
+        }
         try:
             if not body.get("stream"):
                 while True:
@@ -282,8 +295,10 @@ class SimulatedEngine:
             # NB: a client that goes away aborts its request, as vLLM does.
             req.aborted = True
 
-    async def _stream(self, req: _Request, resp: web.StreamResponse, base: dict, body: dict, prompt_tokens: int,
-                      max_tokens: int) -> None:
+    async def _stream(
+        self, req: _Request, resp: web.StreamResponse, base: dict[str, Any], body: dict[str, Any],
+        prompt_tokens: int, max_tokens: int,
+    ) -> None:
         try:
             first = True
             while True:
@@ -405,6 +420,6 @@ class SimulatedEngine:
             self._thread.join(timeout=10)
 
 
-def start_simulated(**kwargs) -> SimulatedEngine:
+def start_simulated(**kwargs: Any) -> SimulatedEngine:
     """Create and start a :class:`SimulatedEngine` (keyword arguments as its constructor)."""
     return SimulatedEngine(**kwargs).start()

@@ -77,8 +77,9 @@ class VllmServer:
 
     kind = "vllm"
 
-    def __init__(self, *, cmd: list[str], port: int, host: str, log_path: pathlib.Path, env: Mapping[str, str] | None) -> None:
-        self.cmd = cmd
+    def __init__(
+        self, *, cmd: list[str], port: int, host: str, log_path: pathlib.Path, env: Mapping[str, str] | None,
+    ) -> None:
         self.url = f"http://{host}:{port}"
         self.model_name = ""
         self.log_path = log_path

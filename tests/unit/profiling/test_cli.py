@@ -7,7 +7,7 @@ import pytest
 from slm_operator.profiling.cli import main
 from slm_operator.profiling.types import Profile, ProfileRequest, Workload
 
-from .test_profiling_results import reference_dir
+from .test_results import reference_dir
 
 
 def _run(capsys, *argv):
@@ -31,8 +31,8 @@ def test_estimate_json_has_the_documented_keys(capsys, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["estimate", "--model", "facebook/opt-1.3b", "--gpu", "GTX-480", "--input-tokens", "1", "--output-tokens", "1"],
-         "known GPUs"),
+        (["estimate", "--model", "facebook/opt-1.3b", "--gpu", "GTX-480", "--input-tokens", "1",
+          "--output-tokens", "1"], "known GPUs"),
         (["estimate", "--model", "acme/x", "--gpu", "L4", "--input-tokens", "1", "--output-tokens", "1"],
          "spec.profiling.modelConfig"),
         (["estimate", "--model", "facebook/opt-1.3b", "--gpu", "L4", "--input-tokens", "1", "--output-tokens", "1",
@@ -48,15 +48,16 @@ def test_bad_input_exits_2_with_the_fix(capsys, argv, message):
 def test_analyze_reference_csv_json(capsys):
     code, out, _ = _run(capsys, "analyze", str(reference_dir() / "sweep_sharegpt.csv"), "--json")
     result = json.loads(out)
-    assert code == 0 and result["paretoBatchSize"] == 192  # see test_profiling_selection for why
+    assert code == 0 and result["batchSize"] == 192  # see test_selection for why
     assert result["plateauTokensPerSecond"] == pytest.approx(10317.7, abs=0.1)
-    code, out, _ = _run(capsys, "analyze", str(reference_dir() / "replication.csv"), "--where", "chunked_prefill=false", "--json")
-    assert code == 0 and json.loads(out)["replicasPerGPU"] == 2
+    code, out, _ = _run(capsys, "analyze", str(reference_dir() / "replication.csv"), "--where", "chunked_prefill=false",
+                        "--json")
+    assert code == 0 and json.loads(out)["replicasToSaturate"] == 2
 
 
 def test_analyze_text_table_and_mixed_file_error(capsys):
-    code, out, _ = _run(capsys, "analyze", str(reference_dir() / "sweep_output_length.csv"), "--where", "output_len=520",
-                        "--max-itl-ms", "20")
+    code, out, _ = _run(capsys, "analyze", str(reference_dir() / "sweep_output_length.csv"),
+                        "--where", "output_len=520", "--max-itl-ms", "20")
     assert code == 0 and "B*" in out and "ITL" in out
     code, _, err = _run(capsys, "analyze", str(reference_dir() / "sweep_output_length.csv"))
     assert code == 2 and "--where output_len=" in err
@@ -64,7 +65,8 @@ def test_analyze_text_table_and_mixed_file_error(capsys):
 
 def test_plot_writes_a_png(capsys, tmp_path):
     png = tmp_path / "curve.png"
-    code, out, _ = _run(capsys, "plot", str(reference_dir() / "sweep_sharegpt.csv"), "--output", str(png), "--max-itl-ms", "40")
+    code, out, _ = _run(capsys, "plot", str(reference_dir() / "sweep_sharegpt.csv"), "--output", str(png),
+                        "--max-itl-ms", "40")
     assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "B*" in out
 
 
@@ -79,12 +81,13 @@ def _request_file(tmp_path, **kw):
 def test_run_simulated_writes_profile_sweep_csv_and_progress(capsys, caplog, tmp_path):
     out = tmp_path / "profile.json"
     code, _, err = _run(capsys, "run", "--request", str(_request_file(tmp_path)), "--output", str(out),
-                        "--engine", "simulated", "--progress", str(tmp_path / "p.json"), "--csv", str(tmp_path / "s.csv"),
+                        "--engine", "simulated", "--progress", str(tmp_path / "p.json"),
+                        "--csv", str(tmp_path / "s.csv"),
                         "--max-batch", "8", "--warmup-s", "0.2", "--duration-s", "1", "--no-replication",
                         "--time-scale", "0.02")
     assert code == 0, err
     profile = Profile.from_dict(json.loads(out.read_text()))
-    assert profile.engine == "simulated" and profile.source == "measured" and profile.replicas_per_gpu == 1
+    assert profile.engine == "simulated" and profile.source == "measured" and profile.replicas_to_saturate == 1
     assert json.loads((tmp_path / "profile.sweep.json").read_text())["format"] == "slm-operator/sweep"
     assert (tmp_path / "s.csv").read_text().startswith("model,gpu,replicas,max_num_seqs")
     assert json.loads((tmp_path / "p.json").read_text())["phase"] == "done"
@@ -96,7 +99,8 @@ def test_run_request_from_env_and_bad_requests(capsys, tmp_path, monkeypatch):
     code, _, err = _run(capsys, "run", "--request", "env:REQ", "--output", str(tmp_path / "o.json"))
     assert code == 2 and "not JSON" in err
     monkeypatch.setenv("REQ", json.dumps({"model": "acme/unknown", "gpuProduct": "NVIDIA-L4", "workload": {}}))
-    code, _, err = _run(capsys, "run", "--request", "env:REQ", "--output", str(tmp_path / "o.json"), "--engine", "simulated")
+    code, _, err = _run(capsys, "run", "--request", "env:REQ", "--output", str(tmp_path / "o.json"),
+                        "--engine", "simulated")
     assert code == 2 and "modelConfig" in err
     monkeypatch.setenv("REQ", json.dumps({"model": "m", "gpu": "x"}))
     code, _, err = _run(capsys, "run", "--request", "env:REQ", "--output", str(tmp_path / "o.json"))

@@ -20,7 +20,7 @@ from slm_operator.profiling.selection import (
 )
 from slm_operator.profiling.types import Slo
 
-from .test_profiling_results import reference_dir
+from .test_results import reference_dir
 
 
 def _sharegpt():
@@ -45,29 +45,29 @@ def test_advisor_rules_reproduce_the_readme():
 
 
 @pytest.mark.parametrize("epsilon", [0.1, 0.2])
-def test_b_star_lands_near_advisor_a_on_sharegpt(epsilon):
+def test_batch_size_lands_near_advisor_a_on_sharegpt(epsilon):
     points = _sharegpt()
     sel = select_batch(points=points, slo=Slo(), epsilon=epsilon)
     advisor = advisor_rule_a(points=points, epsilon=epsilon)
-    assert _step_distance([p.batch_size for p in points], sel.b_star, advisor) <= 1
+    assert _step_distance([p.batch_size for p in points], sel.batch_size, advisor) <= 1
     best = max(p.throughput_tok_s for p in points)
     assert sel.point.throughput_tok_s >= (1 - epsilon) * best
 
 
-def test_b_star_lands_near_advisor_b_on_the_390_token_sweep():
+def test_batch_size_lands_near_advisor_b_on_the_390_token_sweep():
     sweep = load_sweep(reference_dir() / "sweep_output_length.csv", where={"output_len": "390"})
     points = [p.selection_point() for p in sweep.points]
     # Rule B batches by observed max running requests and uses TPOT; at these sizes they equal N and ITL.
     assert advisor_rule_b(points=points) == 128  # README: B_opt = 128 for 390-token outputs
     sel = select_batch(points=points, slo=Slo(), epsilon=0.1)
-    assert _step_distance([p.batch_size for p in points], sel.b_star, 128) <= 1
+    assert _step_distance([p.batch_size for p in points], sel.batch_size, 128) <= 1
     assert sel.point.throughput_tok_s >= 0.9 * max(p.throughput_tok_s for p in points)
 
 
-def test_slo_caps_b_star_and_explains_rejections():
+def test_slo_caps_the_batch_size_and_explains_rejections():
     sel = select_batch(points=_sharegpt(), slo=Slo(max_inter_token_latency_ms=15), epsilon=0.1)
     feasible = [p for p in _sharegpt() if p.itl_ms <= 15]
-    assert sel.point.itl_ms <= 15 and sel.b_star in {p.batch_size for p in feasible}
+    assert sel.point.itl_ms <= 15 and sel.batch_size in {p.batch_size for p in feasible}
     assert sel.best_tok_s == max(p.throughput_tok_s for p in feasible)
     assert sel.point.throughput_tok_s >= 0.9 * sel.best_tok_s
     assert "SLO" in sel.rejected[128] and "within the ITL SLO of 15 ms" in sel.explanation
@@ -76,22 +76,23 @@ def test_slo_caps_b_star_and_explains_rejections():
 def test_preemptions_are_infeasible():
     points = [SelectionPoint(1, 100, 5), SelectionPoint(2, 190, 5), SelectionPoint(4, 380, 6, preemptions=3)]
     sel = select_batch(points=points, slo=Slo(), epsilon=0.1)
-    assert sel.b_star == 2 and "preemptions" in sel.rejected[4]
+    assert sel.batch_size == 2 and "preemptions" in sel.rejected[4]
 
 
 def test_nothing_feasible_keeps_partial_results():
     sel = select_batch(points=_sharegpt(), slo=Slo(max_inter_token_latency_ms=1), epsilon=0.1)
-    assert sel.b_star is None and sel.frontier and len(sel.rejected) == 15
+    assert sel.batch_size is None and sel.frontier and len(sel.rejected) == 15
     assert "relax the SLO" in sel.explanation
     with pytest.raises(SelectionError):
-        sel.raise_if_unselected()
+        sel.selected_batch_size()
 
 
 def test_zero_and_nan_throughput_are_set_aside_not_fatal():
-    points = [SelectionPoint(1, 0.0, 5), SelectionPoint(2, math.nan, 5), SelectionPoint(4, 400, 6), SelectionPoint(8, 420, 9)]
+    points = [SelectionPoint(1, 0.0, 5), SelectionPoint(2, math.nan, 5), SelectionPoint(4, 400, 6),
+              SelectionPoint(8, 420, 9)]
     sel = select_batch(points=points, slo=Slo(), epsilon=0.1)
-    assert sel.b_star == 4 and set(sel.rejected) == {1, 2}
-    assert select_batch(points=[SelectionPoint(1, 0.0)], slo=Slo(), epsilon=0.1).b_star is None
+    assert sel.batch_size == 4 and set(sel.rejected) == {1, 2}
+    assert select_batch(points=[SelectionPoint(1, 0.0)], slo=Slo(), epsilon=0.1).batch_size is None
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
@@ -111,11 +112,12 @@ def test_a_lone_spike_at_a_small_batch_is_not_picked():
     # 8 reads as good as the plateau, but 16 and 32 fall back: pooled, 8 no longer reaches it.
     values = {1: 100, 2: 200, 4: 380, 8: 900, 16: 700, 32: 760, 64: 950, 128: 1000}
     sel = select_batch(points=[SelectionPoint(b, t, 1.0) for b, t in values.items()], slo=Slo(), epsilon=0.1)
-    assert sel.b_star == 64
+    assert sel.batch_size == 64
 
 
 def test_repeated_batch_sizes_are_averaged():
-    points = [SelectionPoint(1, 100, 5), SelectionPoint(2, 150, 5), SelectionPoint(2, 250, 7), SelectionPoint(4, 210, 9)]
+    points = [SelectionPoint(1, 100, 5), SelectionPoint(2, 150, 5), SelectionPoint(2, 250, 7),
+              SelectionPoint(4, 210, 9)]
     sel = select_batch(points=points, slo=Slo(), epsilon=0.0)
     assert [(p.batch_size, p.throughput_tok_s, p.itl_ms) for p in sel.points] == [(1, 100, 5), (2, 200, 6), (4, 210, 9)]
 
@@ -142,7 +144,7 @@ curves = st.lists(st.floats(min_value=1.0, max_value=1e5, allow_nan=False), min_
 @given(curves)
 def test_isotonic_fit_is_monotone_and_mean_preserving(values):
     fitted = isotonic_increasing(values)
-    assert all(a <= b * (1 + 1e-12) for a, b in zip(fitted, fitted[1:]))
+    assert all(a <= b * (1 + 1e-12) for a, b in zip(fitted, fitted[1:], strict=False))
     assert sum(fitted) == pytest.approx(sum(values), rel=1e-9)
 
 
@@ -168,28 +170,30 @@ def test_frontier_under_5pct_noise_keeps_only_near_frontier_points(data):
     for p in pareto_frontier(noisy):
         # A noisy frontier point is never beaten by a clean point by more than the noise allows.
         q = clean[p.batch_size]
-        assert not any(o.throughput_tok_s > q.throughput_tok_s * 1.1025 and o.itl_ms < q.itl_ms / 1.1025 for o in points)
+        assert not any(o.throughput_tok_s > q.throughput_tok_s * 1.1025 and o.itl_ms < q.itl_ms / 1.1025
+                       for o in points)
 
 
 def _bounds(points, epsilon, delta):
     lo_eps = 1 - (1 - epsilon) * (1 - delta) / (1 + delta)
     hi_eps = 1 - (1 - epsilon) * (1 + delta) / (1 - delta)
-    lo = select_batch(points=points, slo=Slo(), epsilon=lo_eps).b_star
+    lo = select_batch(points=points, slo=Slo(), epsilon=lo_eps).batch_size
     # NB: when noise can push the threshold above the true best, nothing bounds B* from above.
-    hi = select_batch(points=points, slo=Slo(), epsilon=hi_eps).b_star if hi_eps >= 0 else max(p.batch_size for p in points)
+    hi = (select_batch(points=points, slo=Slo(), epsilon=hi_eps).batch_size if hi_eps >= 0
+          else max(p.batch_size for p in points))
     return lo, hi
 
 
 @pytest.mark.parametrize("sweep", ["sharegpt", "390", "520"])
 @settings(max_examples=80, deadline=None)
 @given(data=st.data())
-def test_b_star_under_5pct_noise_stays_within_the_documented_bounds(sweep, data):
+def test_batch_size_under_5pct_noise_stays_within_the_documented_bounds(sweep, data):
     points = _sharegpt() if sweep == "sharegpt" else [p for p in _output_len(sweep) if p.throughput_tok_s > 0]
     delta, epsilon = 0.05, 0.1
     noisy = [SelectionPoint(p.batch_size, p.throughput_tok_s * data.draw(st.floats(1 - delta, 1 + delta)), p.itl_ms)
              for p in points]
     lo, hi = _bounds(points, epsilon, delta)
-    b_star = select_batch(points=noisy, slo=Slo(), epsilon=epsilon).b_star
-    assert lo <= b_star <= hi
+    batch_size = select_batch(points=noisy, slo=Slo(), epsilon=epsilon).batch_size
+    assert lo <= batch_size <= hi
     true = {p.batch_size: p.throughput_tok_s for p in points}
-    assert true[b_star] >= (1 - epsilon) * (1 - delta) / (1 + delta) * max(true.values())
+    assert true[batch_size] >= (1 - epsilon) * (1 - delta) / (1 + delta) * max(true.values())

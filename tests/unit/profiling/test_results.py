@@ -9,7 +9,7 @@ import pytest
 from slm_operator.profiling.results import SweepFormatError, SweepPoint, SweepResult, load_sweep, to_csv
 from slm_operator.profiling.types import PROFILE_FORMAT_VERSION
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 def reference_dir() -> pathlib.Path:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from slm_operator.profiling.gpus import GPUS, UnknownGpuError, known_gpu_names, lookup_gpu
+from slm_operator.errors import UnknownGpuError
+from slm_operator.profiling.gpus import GPUS, known_gpu_names, lookup_gpu
 
 
 @pytest.mark.parametrize(
@@ -25,7 +26,10 @@ def test_gfd_product_labels_resolve(label, name):
     assert lookup_gpu(label).name == name
 
 
-@pytest.mark.parametrize("alias, name", [("H100-SXM", "H100-SXM5-80GB"), ("a100-80gb", "A100-SXM4-80GB"), ("l4", "L4"), ("nvidia l4", "L4")])
+@pytest.mark.parametrize(
+    "alias, name",
+    [("H100-SXM", "H100-SXM5-80GB"), ("a100-80gb", "A100-SXM4-80GB"), ("l4", "L4"), ("nvidia l4", "L4")],
+)
 def test_aliases_are_case_insensitive(alias, name):
     assert lookup_gpu(alias).name == name
 

@@ -1,60 +1,19 @@
 """The planner on inventories shaped like real clusters (labels as GPU feature discovery sets them)."""
 
+import itertools
 import math
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from slm_operator.constants import GIB, USABLE_MEMORY_FRACTION
+from slm_operator.errors import PlanningError, SpecError
 from slm_operator.planning.inventory import build_inventory
-from slm_operator.planning.plan import (
-    GIB,
-    USABLE_MEMORY_FRACTION,
-    PlanningError,
-    desired_gpus,
-    make_plan,
-    tokens_per_second_per_gpu,
-)
+from slm_operator.planning.plan import desired_gpus, make_plan, tokens_per_second_per_gpu
 from slm_operator.planning.profiles import skip_profile, static_profile
-from slm_operator.profiling.types import Profile
-from slm_operator.spec import SpecError, parse_spec
-
-H100 = "NVIDIA-H100-80GB-HBM3"
-H100_MIB = 81559
-
-
-def node(name, *, product=H100, memory=H100_MIB, count=8, sharing="none", replicas=1, ready=True,
-         resource="nvidia.com/gpu"):
-    labels = {"nvidia.com/gpu.product": product, "nvidia.com/gpu.memory": str(memory),
-              "nvidia.com/gpu.count": str(count)}
-    allocatable = {"cpu": "64"}
-    if sharing != "dra":
-        labels |= {"nvidia.com/gpu.replicas": str(replicas), "nvidia.com/gpu.sharing-strategy": sharing}
-        allocatable[resource] = str(count * replicas)
-    return {"metadata": {"name": name, "labels": labels}, "spec": {},
-            "status": {"allocatable": allocatable,
-                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
-
-
-def dra_slice(node_name, count=8):
-    return {"spec": {"driver": "gpu.nvidia.com", "nodeName": node_name, "pool": {"name": node_name},
-                     "devices": [{"name": f"gpu-{i}"} for i in range(count)]}}
-
-
-def gpu_pod(node_name, slots=1, resource="nvidia.com/gpu", phase="Running"):
-    return {"spec": {"nodeName": node_name, "containers": [{"resources": {"limits": {resource: str(slots)}}}]},
-            "status": {"phase": phase}}
-
-
-def profile(**overrides):
-    base = dict(source="estimated", gpu_product=H100, pareto_batch_size=128, tokens_per_second_per_replica=10000.0,
-                tokens_per_second_per_gpu=14000.0, replicas_per_gpu=2, memory_per_replica_gib=12.0,
-                weights_gib=2.5, kv_cache_gib=8.0)
-    return Profile(**(base | overrides))
-
-
-def spec(**overrides):
-    return parse_spec({"model": "facebook/opt-1.3b", "gpu": {"product": H100}} | overrides)
+from slm_operator.spec import parse_spec
+from tests.unit.factories import H100, H100_MIB, dra_slice, gpu_pod, node, profile, spec
 
 
 def test_auto_prefers_dra_when_replicas_share_a_gpu():
@@ -72,7 +31,7 @@ def test_auto_prefers_dra_when_replicas_share_a_gpu():
 
 def test_dra_capacity_counts_whole_devices_not_slots():
     inv = build_inventory(nodes=[node("d", sharing="dra")], resource_slices=[dra_slice("d", 8)])
-    plan = make_plan(spec=spec(scale={"gpus": 8}), profile=profile(replicas_per_gpu=3), inventory=inv)
+    plan = make_plan(spec=spec(scale={"gpus": 8}), profile=profile(replicas_to_saturate=3), inventory=inv)
     assert (plan.mechanism, plan.replicas_per_gpu, plan.placeable_gpus) == ("dra", 3, 8)
 
 
@@ -88,7 +47,7 @@ def test_time_slicing_budgets_a_slot_share_because_slots_come_from_any_gpu():
     # 3 replicas/GPU wanted, 4 slots/GPU: the plugin may put 4 of our replicas on one GPU, so each
     # replica may only budget a quarter of it, whatever k is.
     inv = build_inventory(nodes=[node("t", count=8, sharing="time-slicing", replicas=4)])
-    plan = make_plan(spec=spec(scale={"gpus": 10}), profile=profile(replicas_per_gpu=3), inventory=inv)
+    plan = make_plan(spec=spec(scale={"gpus": 10}), profile=profile(replicas_to_saturate=3), inventory=inv)
     usable = H100_MIB / 1024 * USABLE_MEMORY_FRACTION
     assert plan.memory_budget_gib == pytest.approx(usable / 4, abs=0.01)
     assert plan.placeable_gpus * plan.replicas_per_gpu * plan.memory_budget_gib <= 8 * usable + 0.01
@@ -115,7 +74,6 @@ def test_mps_budget_is_the_device_plugin_share_not_total_over_k():
 
 
 def test_target_throughput_sizes_gpus_and_is_clamped():
-    p = profile()
     assert desired_gpus(spec=spec(scale={"targetTokensPerSecond": 30000}), per_gpu=14000) == math.ceil(30000 / 14000)
     assert desired_gpus(spec=spec(scale={"targetTokensPerSecond": 300000, "maxGPUs": 5}), per_gpu=14000) == 5
     assert desired_gpus(spec=spec(scale={"targetTokensPerSecond": 100, "minGPUs": 2}), per_gpu=14000) == 2
@@ -163,7 +121,7 @@ def test_wrong_product_lists_what_the_cluster_has():
 
 def test_partial_placement_is_reported_not_hidden():
     inv = build_inventory(nodes=[node("l4", product="NVIDIA-L4", memory=23034, count=4)])
-    p = profile(gpu_product="NVIDIA-L4", replicas_per_gpu=1, memory_per_replica_gib=8.0)
+    p = profile(gpu_product="NVIDIA-L4", replicas_to_saturate=1, memory_per_replica_gib=8.0)
     plan = make_plan(spec=spec(gpu={"product": "NVIDIA-L4"}, scale={"gpus": 6}), profile=p, inventory=inv)
     assert plan.mechanism == "exclusive" and plan.gpus == 6 and plan.placeable_gpus == 4 and plan.degraded
 
@@ -171,7 +129,7 @@ def test_partial_placement_is_reported_not_hidden():
 def test_full_nodes_give_insufficient_slots():
     inv = build_inventory(nodes=[node("n", count=2)], pods=[gpu_pod("n"), gpu_pod("n")])
     with pytest.raises(PlanningError) as err:
-        make_plan(spec=spec(), profile=profile(replicas_per_gpu=1), inventory=inv)
+        make_plan(spec=spec(), profile=profile(replicas_to_saturate=1), inventory=inv)
     assert err.value.reason == "InsufficientSlots"
 
 
@@ -209,28 +167,30 @@ def test_static_and_skip_profiles():
     s = parse_spec({"model": "m", "profiling": {"mode": "static", "static": {
         "batchSize": 64, "replicasPerGPU": 4, "memoryPerReplicaGiB": 9, "tokensPerSecondPerGPU": 20000}}})
     p = static_profile(spec=s, gpu_product=H100)
-    assert p.tokens_per_second_per_replica == 5000 and p.replicas_per_gpu == 4
+    assert p.tokens_per_second_per_replica == 5000 and p.replicas_to_saturate == 4
     with pytest.raises(SpecError):
         skip_profile(spec=parse_spec({"model": "m", "scale": {"targetTokensPerSecond": 5}}), gpu_product=H100)
 
 
-@given(k_star=st.integers(1, 8), one=st.floats(1, 1e5), gain=st.floats(1.0, 3.0))
-def test_per_gpu_throughput_grows_with_replicas_up_to_k_star(k_star, one, gain):
-    p = profile(replicas_per_gpu=k_star, tokens_per_second_per_replica=one, tokens_per_second_per_gpu=one * gain)
-    values = [tokens_per_second_per_gpu(profile=p, replicas=k) for k in range(1, k_star + 1)]
-    assert all(b >= a - 1e-6 for a, b in zip(values, values[1:]))
+@given(saturating=st.integers(1, 8), one=st.floats(1, 1e5), gain=st.floats(1.0, 3.0))
+def test_per_gpu_throughput_grows_with_replicas_up_to_saturation(saturating, one, gain):
+    p = profile(replicas_to_saturate=saturating, tokens_per_second_per_replica=one,
+                tokens_per_second_per_gpu=one * gain)
+    values = [tokens_per_second_per_gpu(profile=p, replicas=k) for k in range(1, saturating + 1)]
+    assert all(b >= a - 1e-6 for a, b in itertools.pairwise(values))
     assert values[-1] == pytest.approx(one * gain)
 
 
 def test_capacity_promised_to_unbound_groups_is_not_free():
-    from slm_operator.planning.inventory import PlacedGroup, unbound_demand
+    from slm_operator.planning.groups import GroupState
+    from slm_operator.planning.inventory import unbound_demand
 
-    groups = [
-        PlacedGroup(key="a/x-g0", service="a/x", product=H100, mechanism="dra", replicas=2, claim="a/x-g0-gpu-1"),
-        PlacedGroup(key="a/x-g1", service="a/x", product=H100, mechanism="dra", replicas=2, claim="a/x-g1-gpu-1"),
-        PlacedGroup(key="a/y-g0", service="a/y", product=H100, mechanism="mps", replicas=4),
-        PlacedGroup(key="a/me-g0", service="a/me", product=H100, mechanism="mps", replicas=4),
-    ]
+    def group(service, index, mechanism, replicas, claim=None):
+        return GroupState(namespace="a", name=f"{service}-g{index}", service=service, index=index, product=H100,
+                          mechanism=mechanism, replicas=replicas, claim=claim)
+
+    groups = [group("x", 0, "dra", 2, claim="x-g0-gpu-1"), group("x", 1, "dra", 2, claim="x-g1-gpu-1"),
+              group("y", 0, "mps", 4), group("me", 0, "mps", 4)]
     demand = unbound_demand(groups=groups, bound_pods={"a/y-g0": 1}, group_nodes={"a/y-g0": "m"},
                             allocated_claims=["a/x-g0-gpu-1"], exclude_service="a/me")
     # y-g0 has a pod on node m: its 3 other pods will land there (pod affinity), not anywhere.

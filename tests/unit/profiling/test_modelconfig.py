@@ -5,16 +5,15 @@ import pathlib
 
 import pytest
 
+from slm_operator.errors import ModelConfigError, UnknownModelError
 from slm_operator.profiling.modelconfig import (
-    ModelConfigError,
-    UnknownModelError,
     known_model_names,
     load_model_config_file,
     parse_model_config,
     resolve_model_config,
 )
 
-from .test_profiling_results import reference_dir
+from .test_results import reference_dir
 
 # Public parameter counts from the model cards / papers (billions); our count is from the architecture.
 PUBLISHED_PARAMS_B = {

@@ -1,16 +1,15 @@
 """Child manifests: what the scheduler and vLLM will see."""
 
 from slm_operator.builders.children import (
-    LABEL_GROUP,
-    LABEL_SERVICE,
     build_group_statefulset,
     build_resource_claim,
     build_service,
     owner_reference,
 )
+from slm_operator.constants import LABEL_GROUP, LABEL_SERVICE
 from slm_operator.planning.inventory import build_inventory
 from slm_operator.planning.plan import make_plan
-from tests.unit.test_planning import H100, dra_slice, node, profile, spec
+from tests.unit.factories import H100, dra_slice, node, profile, spec
 
 OWNER = owner_reference(name="opt", uid="u-1")
 

@@ -22,8 +22,8 @@ MODEL = "facebook/opt-125m"
 CONFIG = resolve_model_config(model=MODEL, inline=None)
 GPU = lookup_gpu("NVIDIA-L4")
 WORK = Workload(input_tokens=32, output_tokens=16)
-FAST = SweepSettings(warmup_s=0.3, duration_s=1.5, max_batch=32, refine_steps=1, max_replicas=3, metrics_interval_s=0.01,
-                     engine_warmup_s=0.3)
+FAST = SweepSettings(warmup_s=0.3, duration_s=1.5, max_batch=32, refine_steps=1, max_replicas=3,
+                     metrics_interval_s=0.01, engine_warmup_s=0.3)
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def _factory():
     return start
 
 
-def test_sweep_finds_b_star_and_packs_replicas(tmp_path):
+def test_sweep_finds_the_batch_size_and_packs_replicas(tmp_path):
     progress_file = tmp_path / "progress.json"
     request = _request()
     sweep = run_sweep(request=request, engine_kind="simulated", start_engine=_factory(), settings=FAST,
@@ -106,8 +106,8 @@ def test_sweep_finds_b_star_and_packs_replicas(tmp_path):
     assert progress["phase"] == "done" and progress["point"] == len(sweep.points) + len(sweep.replication)
     profile = profile_from_sweep(sweep=sweep, request=request, model_config=CONFIG)
     assert profile.source == "measured" and profile.engine == "simulated" and "SIMULATED" in profile.explanation
-    assert profile.pareto_batch_size in sizes
-    solo = next(p for p in sweep.points if p.batch_size == profile.pareto_batch_size)
+    assert profile.batch_size in sizes
+    solo = next(p for p in sweep.points if p.batch_size == profile.batch_size)
     assert sweep.replication, "a 125M model at this batch leaves room for more replicas on an L4"
     two = sweep.replication[0]
     # Shared GPU: two replicas beat one but not by 2x (the contention model the engine replays).

@@ -7,8 +7,9 @@ import time
 import pytest
 
 from slm_operator.builders.profiler_job import REQUEST_ENV, build_profiler_job
+from slm_operator.errors import ProfilingFailed
 from slm_operator.profiling.cache import profile_cache_key
-from slm_operator.profiling.runner_local import ProfileFailed, start_local_profile
+from slm_operator.profiling.runner_local import start_local_profile
 from slm_operator.profiling.types import ProfileRequest, Slo, Workload
 
 REQUEST = ProfileRequest(model="facebook/opt-125m", gpu_product="NVIDIA-L4", workload=Workload(32, 16))
@@ -30,22 +31,23 @@ def test_local_profile_runs_in_the_background(tmp_path):
     run = start_local_profile(request=REQUEST, work_dir=str(tmp_path), extra_args=FAST)
     assert run.poll() is None  # returned at once, still running
     profile = _wait(run)
-    assert profile.engine == "simulated" and profile.pareto_batch_size in (1, 2, 3, 4)
+    assert profile.engine == "simulated" and profile.batch_size in (1, 2, 3, 4)
     assert run.progress()["phase"] == "done"
 
 
 def test_failed_profile_raises_with_the_log_tail(tmp_path):
     bad = ProfileRequest(model="facebook/opt-125m", gpu_product="NVIDIA-GTX-480", workload=Workload(32, 16))
     run = start_local_profile(request=bad, work_dir=str(tmp_path), extra_args=FAST)
-    with pytest.raises(ProfileFailed, match="(?s)code 2.*unknown GPU"):
+    with pytest.raises(ProfilingFailed, match="(?s)code 2.*unknown GPU"):
         _wait(run)
 
 
 def test_cancel_ends_the_child(tmp_path):
-    run = start_local_profile(request=REQUEST, work_dir=str(tmp_path), extra_args=["--time-scale", "1", "--duration-s", "60"])
+    run = start_local_profile(request=REQUEST, work_dir=str(tmp_path),
+                              extra_args=["--time-scale", "1", "--duration-s", "60"])
     run.cancel()
     assert run.process.poll() is not None
-    with pytest.raises(ProfileFailed):
+    with pytest.raises(ProfilingFailed):
         run.poll()
 
 
@@ -56,7 +58,8 @@ def test_cache_key_is_dns_safe_and_tracks_what_changes_a_profile():
     # The stored profile's B* was chosen under one SLO and ε: another SLO or ε is another profile.
     for change in ({"model": "facebook/opt-1.3b"}, {"gpu_product": "NVIDIA-H100-80GB-HBM3"}, {"revision": "abc"},
                    {"workload": Workload(64, 16)}, {"slo": Slo(10.0)}, {"epsilon": 0.3}):
-        assert profile_cache_key(request=ProfileRequest(**{**REQUEST.__dict__, **change}), engine_image="vllm/vllm-openai:v0.9.0") != key
+        changed = ProfileRequest(**{**REQUEST.__dict__, **change})
+        assert profile_cache_key(request=changed, engine_image="vllm/vllm-openai:v0.9.0") != key
     assert profile_cache_key(request=REQUEST, engine_image="vllm/vllm-openai:v0.10.0") != key
     long = ProfileRequest(**{**REQUEST.__dict__, "model": "org/" + "x" * 200, "gpu_product": "y" * 100})
     assert len(profile_cache_key(request=long, engine_image=None)) <= 63

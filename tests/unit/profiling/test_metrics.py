@@ -16,7 +16,8 @@ vllm:kv_cache_usage_perc{engine="0",model_name="/tmp/tiny"} 0.25
 vllm:num_preemptions_total{engine="0",model_name="/tmp/tiny"} 3.0
 vllm:num_preemptions_created{engine="0",model_name="/tmp/tiny"} 1.79e+09
 # TYPE vllm:cache_config_info gauge
-vllm:cache_config_info{block_size="128",cache_dtype="auto",engine="0",kv_cache_size_tokens="524288",num_gpu_blocks="4096"} 1.0
+vllm:cache_config_info{block_size="128",cache_dtype="auto",engine="0",\
+kv_cache_size_tokens="524288",num_gpu_blocks="4096"} 1.0
 # TYPE vllm:inter_token_latency_seconds histogram
 vllm:inter_token_latency_seconds_bucket{engine="0",le="0.01",model_name="/tmp/tiny"} 4.0
 vllm:inter_token_latency_seconds_count{engine="0",model_name="/tmp/tiny"} 4.0

@@ -1,0 +1,74 @@
+"""Apply a plan's children and read its GPU groups back: the I/O side of ``builders.children``.
+
+``builders.children`` decides what the objects look like (pure ``build_*``); this module sends them
+through ``kube`` (server-side apply, so an unchanged plan writes nothing new), scales in by whole
+GPU groups, removes DRA claims no group uses any more, and lists a service's StatefulSets and
+pods as :class:`~slm_operator.planning.groups.GroupState`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from slm_operator import kube
+from slm_operator.builders.children import (
+    build_group_statefulset,
+    build_resource_claim,
+    build_service,
+    claim_name,
+    owner_reference,
+)
+from slm_operator.constants import LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, group_name
+from slm_operator.gpu_index import PlacementLedger
+from slm_operator.planning.groups import GroupState, groups_from_objects
+from slm_operator.planning.plan import Plan
+from slm_operator.spec import SLMServiceSpec
+
+
+def read_groups(*, name: str, namespace: str) -> list[GroupState]:
+    """The GPU groups of SLMService ``namespace/name`` as the API has them now (two list calls)."""
+    selector = f"{LABEL_SERVICE}={name},{LABEL_MANAGED_BY}={MANAGED_BY}"
+    statefulsets = kube.list_objects(api_version="apps/v1", kind="StatefulSet", namespace=namespace,
+                                     label_selector=selector)
+    pods = kube.list_objects(api_version="v1", kind="Pod", namespace=namespace, label_selector=selector)
+    return groups_from_objects(statefulsets=statefulsets, pods=pods)
+
+
+def apply_children(
+    *,
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: SLMServiceSpec,
+    plan: Plan,
+    image: str,
+    existing: Sequence[GroupState],
+    ledger: PlacementLedger,
+) -> None:
+    """Apply the Service, one StatefulSet (and DRA claim) per placeable GPU group, then remove the
+    groups and claims the plan no longer has. Raises :class:`~slm_operator.errors.ApplyRejected`
+    when the API server refuses an object.
+
+    Each group applied is recorded in ``ledger`` until the StatefulSet watch reports it.
+    """
+    owner = owner_reference(name=name, uid=uid)
+    kube.apply(build_service(name=name, namespace=namespace, owner=owner))
+    dra = plan.mechanism == "dra"
+    wanted_claims = set()
+    for index in range(plan.placeable_gpus):
+        claim = claim_name(name=name, index=index, plan=plan) if dra else None
+        if claim:
+            wanted_claims.add(claim)
+            kube.apply(build_resource_claim(name=name, namespace=namespace, index=index, plan=plan, owner=owner))
+        kube.apply(build_group_statefulset(name=name, namespace=namespace, index=index, spec=spec, plan=plan,
+                                           image=image, owner=owner))
+        ledger.record(GroupState(
+            namespace=namespace, name=group_name(service=name, index=index), service=name, index=index,
+            product=plan.gpu_product, mechanism=plan.mechanism, replicas=plan.replicas_per_gpu, claim=claim))
+    # Scale in whole GPU groups; claims no group references any more go with them.
+    for group in existing:
+        if group.index >= plan.placeable_gpus:
+            kube.delete(api_version="apps/v1", kind="StatefulSet", name=group.name, namespace=namespace)
+    stale = {g.claim for g in existing if g.claim} - wanted_claims
+    for claim in sorted(c for c in stale if c):
+        kube.delete(api_version="resource.k8s.io/v1", kind="ResourceClaim", name=claim, namespace=namespace)

@@ -1,0 +1,150 @@
+"""The work behind the SLMService handlers: parse → profile → plan → apply → status.
+
+``handlers`` registers the kopf decorators and calls the two entry points here:
+:func:`reconcile_service` (create, update, resume and the retry timer) and :func:`fold_readiness`
+(a GPU group's readiness changed). Decisions are made by the pure cores — ``spec``, ``profiling``,
+``planning``, ``builders``, ``status`` — and every outcome is one
+:class:`~slm_operator.status.StatusUpdate` that :class:`~slm_operator.reporter.StatusWriter` writes.
+
+Expected problems are outcomes, not exceptions: a :class:`~slm_operator.errors.PermanentError`
+becomes ``Failed`` with its reason, a planning :class:`~slm_operator.errors.TemporaryError`
+``Pending``; the retry timer looks again. Only :class:`~slm_operator.errors.ProfilePending`
+propagates, for the handler to poll the measurement. Anything else is a bug: kopf logs it and
+retries with backoff.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from slm_operator import kube
+from slm_operator.builders.children import endpoint_url
+from slm_operator.config import OperatorConfig
+from slm_operator.constants import LABEL_GPU_PRODUCT, LABEL_SERVICE
+from slm_operator.deploy import apply_children, read_groups
+from slm_operator.errors import ApplyRejected, PermanentError, PlanningError, ProfilePending, SpecError
+from slm_operator.gpu_index import GpuIndex, PlacementLedger, busiest_free_product
+from slm_operator.locks import ObjectLocks, ReadinessMemo
+from slm_operator.planning.plan import make_plan
+from slm_operator.profile_source import obtain_profile
+from slm_operator.reporter import StatusWriter
+from slm_operator.spec import parse_spec
+from slm_operator.status import failed, pending, profiled, profiling, readiness, serving
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class OperatorState:
+    """What every handler of one operator process shares."""
+
+    config: OperatorConfig
+    ledger: PlacementLedger = dataclasses.field(default_factory=PlacementLedger)
+    locks: ObjectLocks = dataclasses.field(default_factory=ObjectLocks)
+    readiness: ReadinessMemo = dataclasses.field(default_factory=ReadinessMemo)
+    # NB: plans read the GPU inventory and applies consume it; two services planned at once on one
+    # snapshot would both take the same free GPUs. Planning + applying is serialised (milliseconds
+    # each), and the ledger remembers groups just applied until the StatefulSet watch reports them.
+    planning_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+def reconcile_service(
+    *, state: OperatorState, index: GpuIndex, body: Mapping[str, Any], spec: Mapping[str, Any], name: str,
+    namespace: str, uid: str, meta: Mapping[str, Any], status: Mapping[str, Any],
+) -> None:
+    """Bring one SLMService's children and status to what its spec asks. Raises ProfilePending
+    while a measurement runs (after writing its progress)."""
+    # NB: the readiness handler writes the same status from another thread; the lock makes each
+    # read-decide-write atomic, so neither overwrites the other with stale readiness.
+    with state.locks.of(namespace, name):
+        writer = StatusWriter(body=body, name=name, namespace=namespace, current=status or {},
+                              generation=meta.get("generation"))
+        _reconcile(state=state, index=index, writer=writer, spec=spec, name=name, namespace=namespace, uid=uid)
+
+
+def _reconcile(
+    *, state: OperatorState, index: GpuIndex, writer: StatusWriter, spec: Mapping[str, Any], name: str,
+    namespace: str, uid: str,
+) -> None:
+    cfg = state.config
+    try:
+        parsed = parse_spec(spec)
+    except SpecError as exc:
+        return writer.write(failed("Planned", exc))
+
+    ref = parsed.engine.hf_token_secret_ref
+    if ref and not kube.secret_exists(name=ref.name, namespace=namespace):
+        return writer.write(pending(
+            "Available", "SecretNotFound",
+            f"Secret {namespace}/{ref.name} (spec.engine.hfTokenSecretRef) does not exist; create it "
+            f"with key {ref.key!r}, e.g. kubectl create secret generic {ref.name} --from-literal={ref.key}=..."))
+
+    groups = read_groups(name=name, namespace=namespace)
+    # NB: without spec.gpu.product, keep the product the service already runs on: picking the
+    # busiest free product anew on every reconcile would move Ready replicas for nothing. Only a
+    # first placement without a product needs an inventory before the one planning builds.
+    running_on = (writer.current.get("profile") or {}).get("gpuProduct") if groups else None
+    product = parsed.gpu.product or running_on or busiest_free_product(index.inventory(ledger=state.ledger))
+    if product is None:
+        return writer.write(pending(
+            "Planned", "NoMatchingGPUs",
+            f"the cluster has no node labelled {LABEL_GPU_PRODUCT}; install NVIDIA GPU feature "
+            "discovery (or the GPU operator) so GPU nodes are labelled"))
+
+    try:
+        profile = obtain_profile(spec=parsed, gpu_product=product, cfg=cfg,
+                                 gpu_memory_gib=index.gpu_memory_gib(product))
+    except ProfilePending as exc:
+        writer.write(profiling(current=writer.current, progress=exc.progress))
+        raise
+    except PermanentError as exc:
+        return writer.write(failed("Profiled", exc))
+    found = profiled(profile=profile, current=writer.current)
+
+    mechanisms = {g.mechanism for g in groups}
+    with state.planning_lock:
+        inventory = index.inventory(ledger=state.ledger, exclude_service=f"{namespace}/{name}")
+        try:
+            plan = make_plan(spec=parsed, profile=profile, inventory=inventory, existing_groups=len(groups),
+                             current_mechanism=mechanisms.pop() if len(mechanisms) == 1 else None,
+                             default_sharing=cfg.default_sharing)
+        except PlanningError as exc:
+            return writer.write(pending("Planned", exc.reason, exc.message).with_profile(found))
+        try:
+            apply_children(name=name, namespace=namespace, uid=uid, spec=parsed, plan=plan, existing=groups,
+                           image=parsed.engine.image or cfg.default_engine_image, ledger=state.ledger)
+        except ApplyRejected as exc:
+            # NB: a 4xx other than 409 will be rejected again on retry; say why instead of looping.
+            return writer.write(failed("Progressing", exc).with_profile(found))
+    writer.write(serving(plan=plan, groups=read_groups(name=name, namespace=namespace),
+                         endpoint=endpoint_url(name=name, namespace=namespace)).with_profile(found))
+    logger.info("planned %s/%s: %s", namespace, name, plan.explanation)
+
+
+def fold_readiness(
+    *, state: OperatorState, labels: Mapping[str, str], namespace: str, name: str, event_type: str,
+    status: Mapping[str, Any],
+) -> None:
+    """Fold the readiness of every GPU group of the StatefulSet's service into that service's
+    status (no re-plan, no child writes). Events that leave readiness as it was cost nothing."""
+    ready_now = int((status or {}).get("readyReplicas") or 0)
+    if not state.readiness.changed(f"{namespace}/{name}", ready_now, deleted=event_type == "DELETED"):
+        return
+    service = labels.get(LABEL_SERVICE)
+    if not service:
+        return
+    with state.locks.of(namespace, service):
+        owner = kube.get_service(name=service, namespace=namespace)
+        if owner is None:
+            return  # the service is gone; its children follow
+        current = dict(owner.get("status") or {})
+        update = readiness(current=current, groups=read_groups(name=service, namespace=namespace))
+        if update is None:
+            return  # the reconciler has not placed anything yet; it reads readiness itself
+        writer = StatusWriter(body=owner, name=service, namespace=namespace, current=current,
+                              generation=current.get("observedGeneration"))
+        writer.write(update)
