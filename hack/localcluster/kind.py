@@ -114,8 +114,14 @@ def kind_up(
     run_dir = Path(run_dir).absolute()
     kubeconfig = run_dir / "kubeconfig"
     run_dir.mkdir(parents=True, exist_ok=True)
-    existing = _run([kind_bin, "get", "clusters"]).split()
-    if name not in existing:
+    existing = name in _run([kind_bin, "get", "clusters"]).split()
+    if existing and not _answers(kind_bin=kind_bin, kubectl=kubectl, name=name, kubeconfig=kubeconfig):
+        # NB: a kind cluster does not survive a restart of the Docker engine (or of this machine):
+        # its containers come back without their API server. Start afresh instead of failing.
+        say(f"kind cluster {name} exists but its API server does not answer: deleting it")
+        _run([kind_bin, "delete", "cluster", "--name", name, "--kubeconfig", str(kubeconfig)], check=False)
+        existing = False
+    if not existing:
         image = image or node_image(say=say)
         config_file = run_dir / "kind-config.yaml"
         config_file.write_text(yaml.safe_dump(kind_config(nodes=len(templates)), sort_keys=False))
@@ -132,7 +138,6 @@ def kind_up(
         say(f"kind cluster {name} created in {time.monotonic() - started:.0f} s")
     else:
         say(f"kind cluster {name} exists: reusing it")
-        _run([kind_bin, "export", "kubeconfig", "--name", name, "--kubeconfig", str(kubeconfig)])
     kc = ["--kubeconfig", str(kubeconfig)]
     nodes = _run([kind_bin, "get", "nodes", "--name", name]).split()
     # kind names them <name>-control-plane, <name>-worker, <name>-worker2, ...: that order.
@@ -175,6 +180,15 @@ echo "$refs" | awk '$1 ~ /^(import-|sha256:)/' | while read -r ref digest; do
   echo "$keep" | grep -qx "$digest" || ctr -n k8s.io images rm "$ref" >/dev/null
 done
 """
+
+
+def _answers(*, kind_bin: str, kubectl: str, name: str, kubeconfig: Path) -> bool:
+    """Whether the existing cluster's API server answers (its kubeconfig is exported on the way)."""
+    if subprocess.run([kind_bin, "export", "kubeconfig", "--name", name, "--kubeconfig", str(kubeconfig)],
+                      capture_output=True).returncode != 0:
+        return False
+    probe = [kubectl, "--kubeconfig", str(kubeconfig), "get", "--raw", "/readyz", "--request-timeout=10s"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
 
 
 def ptp_conflist(*, pod_cidr: str) -> dict:

@@ -5,21 +5,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 
+from slm_operator import __version__
+from slm_operator.builders import profiler_job
+from slm_operator.builders.children import ENGINE_RUN_AS_USER, EngineDefaults
 from slm_operator.constants import SHARING_MODES
 from slm_operator.errors import ConfigError
 
 __all__ = ["ConfigError", "OperatorConfig", "RUNNERS"]
 
 RUNNERS = ("job", "local", "none")
+#: A Kubernetes quantity as a request takes it: ``500m``, ``2``, ``16Gi``, ``1e9``.
+_QUANTITY = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
 
 
 @dataclasses.dataclass(frozen=True)
 class OperatorConfig:
     default_engine_image: str = "vllm/vllm-openai:v0.11.0"
     default_sharing: str = "auto"
-    profiler_image: str = "ghcr.io/slm-operator/slm-profiler:0.1.0"
+    #: The image `docker build --target profiler` makes, as the chart names it (docs/install.md).
+    profiler_image: str = f"slm-profiler:{__version__}"
     #: ``job``: a Kubernetes Job on a GPU node; ``local``: a subprocess beside the operator (demo,
     #: tests, simulated engine); ``none``: profiling.mode auto falls back to the estimator.
     profiler_runner: str = "job"
@@ -34,6 +41,16 @@ class OperatorConfig:
     watch_namespace: str = ""
     #: Seconds between retries while something outside the spec must change (a Secret, free GPUs).
     retry_seconds: int = 30
+    #: The uid (and gid, fsGroup) vLLM pods run as: non-root, for the ``restricted`` Pod Security Standard.
+    engine_run_as_user: int = ENGINE_RUN_AS_USER
+    #: Requests of each vLLM replica where ``spec.engine.resources`` leaves cpu or memory unset
+    #: (the memory limit is the memory request); ``None``: no request.
+    engine_cpu_request: str | None = None
+    engine_memory_request: str | None = None
+    engine_ephemeral_storage_request: str | None = None
+    #: Requests of the profiler Job's pod (why these defaults: ``builders.profiler_job``).
+    profiler_cpu_request: str = profiler_job.CPU_REQUEST
+    profiler_memory_request: str = profiler_job.MEMORY_REQUEST
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -51,6 +68,13 @@ class OperatorConfig:
             work_dir=env.get("SLM_WORK_DIR") or defaults.work_dir,
             watch_namespace=env.get("SLM_WATCH_NAMESPACE") or "",
             retry_seconds=int(env.get("SLM_RETRY_SECONDS") or defaults.retry_seconds),
+            engine_run_as_user=_user_id("SLM_ENGINE_RUN_AS_USER", env.get("SLM_ENGINE_RUN_AS_USER"),
+                                        defaults.engine_run_as_user),
+            engine_cpu_request=_quantity("SLM_ENGINE_CPU_REQUEST", env),
+            engine_memory_request=_quantity("SLM_ENGINE_MEMORY_REQUEST", env),
+            engine_ephemeral_storage_request=_quantity("SLM_ENGINE_EPHEMERAL_STORAGE_REQUEST", env),
+            profiler_cpu_request=_quantity("SLM_PROFILER_CPU_REQUEST", env) or defaults.profiler_cpu_request,
+            profiler_memory_request=_quantity("SLM_PROFILER_MEMORY_REQUEST", env) or defaults.profiler_memory_request,
         )
         if cfg.profiler_runner not in RUNNERS:
             raise ConfigError(f"SLM_PROFILER_RUNNER={cfg.profiler_runner!r}: use one of {', '.join(RUNNERS)}")
@@ -59,6 +83,31 @@ class OperatorConfig:
         if cfg.profiler_engine not in ("simulated", "vllm"):
             raise ConfigError(f"SLM_PROFILER_ENGINE={cfg.profiler_engine!r}: use simulated or vllm")
         return cfg
+
+    def engine_defaults(self) -> EngineDefaults:
+        """What this configuration adds to every vLLM pod (``build_group_statefulset``)."""
+        return EngineDefaults(run_as_user=self.engine_run_as_user, cpu_request=self.engine_cpu_request,
+                              memory_request=self.engine_memory_request,
+                              ephemeral_storage_request=self.engine_ephemeral_storage_request)
+
+
+def _user_id(name: str, raw: str | None, default: int) -> int:
+    """A uid other than root's (``runAsNonRoot`` refuses 0), or a ConfigError naming ``name``."""
+    if not raw:
+        return default
+    if not re.fullmatch(r"[0-9]+", raw.strip()) or int(raw) == 0:
+        raise ConfigError(f"{name}={raw!r}: give a numeric user id other than 0, such as 1000")
+    return int(raw)
+
+
+def _quantity(name: str, env: Mapping[str, str]) -> str | None:
+    """A Kubernetes quantity (``500m``, ``16Gi``), ``None`` when unset or empty, or a ConfigError."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    if not _QUANTITY.fullmatch(raw):
+        raise ConfigError(f"{name}={raw!r} is not a Kubernetes quantity: give one such as 500m, 2, 16Gi")
+    return raw
 
 
 def _string_list(name: str, raw: str) -> tuple[str, ...]:

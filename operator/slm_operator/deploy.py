@@ -2,8 +2,9 @@
 
 ``builders.children`` decides what the objects look like (pure ``build_*``); this module sends them
 through ``kube`` (server-side apply, so an unchanged plan writes nothing new), scales in by whole
-GPU groups, removes DRA claims no group uses any more, and lists a service's StatefulSets and
-pods as :class:`~slm_operator.planning.groups.GroupState`.
+GPU groups, removes DRA claims no group uses any more and the NetworkPolicy the spec no longer
+asks for, and lists a service's StatefulSets and pods as
+:class:`~slm_operator.planning.groups.GroupState`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from collections.abc import Sequence
 
 from slm_operator import kube
 from slm_operator.builders.children import (
+    EngineDefaults,
     build_group_statefulset,
+    build_network_policy,
     build_resource_claim,
     build_service,
     claim_name,
@@ -44,15 +47,22 @@ def apply_children(
     image: str,
     existing: Sequence[GroupState],
     ledger: PlacementLedger,
+    engine_defaults: EngineDefaults,
 ) -> None:
-    """Apply the Service, one StatefulSet (and DRA claim) per placeable GPU group, then remove the
-    groups and claims the plan no longer has. Raises :class:`~slm_operator.errors.ApplyRejected`
-    when the API server refuses an object.
+    """Apply the Service, the NetworkPolicy (``spec.networkPolicy``; deleted when unset), one
+    StatefulSet (and DRA claim) per placeable GPU group, then remove the groups and claims the plan
+    no longer has. Raises :class:`~slm_operator.errors.ApplyRejected` when the API server refuses
+    an object. ``engine_defaults`` (the operator's configuration) go into every vLLM pod.
 
     Each group applied is recorded in ``ledger`` until the StatefulSet watch reports it.
     """
     owner = owner_reference(name=name, uid=uid)
     kube.apply(build_service(name=name, namespace=namespace, owner=owner))
+    # NB: before the pods, so that a replica is never reachable from where the policy says it is not.
+    if spec.network_policy is not None:
+        kube.apply(build_network_policy(name=name, namespace=namespace, policy=spec.network_policy, owner=owner))
+    else:
+        _delete_network_policy(name=name, namespace=namespace, uid=uid)
     dra = plan.mechanism == "dra"
     wanted_claims = set()
     for index in range(plan.placeable_gpus):
@@ -61,7 +71,7 @@ def apply_children(
             wanted_claims.add(claim)
             kube.apply(build_resource_claim(name=name, namespace=namespace, index=index, plan=plan, owner=owner))
         kube.apply(build_group_statefulset(name=name, namespace=namespace, index=index, spec=spec, plan=plan,
-                                           image=image, owner=owner))
+                                           image=image, owner=owner, engine_defaults=engine_defaults))
         ledger.record(GroupState(
             namespace=namespace, name=group_name(service=name, index=index), service=name, index=index,
             product=plan.gpu_product, mechanism=plan.mechanism, replicas=plan.replicas_per_gpu, claim=claim))
@@ -72,3 +82,12 @@ def apply_children(
     stale = {g.claim for g in existing if g.claim} - wanted_claims
     for claim in sorted(c for c in stale if c):
         kube.delete(api_version="resource.k8s.io/v1", kind="ResourceClaim", name=claim, namespace=namespace)
+
+
+def _delete_network_policy(*, name: str, namespace: str, uid: str) -> None:
+    """Delete the NetworkPolicy of a service whose spec no longer asks for one; a policy of that
+    name someone else made (no controller reference to this SLMService) is not ours to remove."""
+    current = kube.get(api_version="networking.k8s.io/v1", kind="NetworkPolicy", name=name, namespace=namespace)
+    refs = ((current or {}).get("metadata") or {}).get("ownerReferences") or ()
+    if any(ref.get("uid") == uid and ref.get("controller") for ref in refs):
+        kube.delete(api_version="networking.k8s.io/v1", kind="NetworkPolicy", name=name, namespace=namespace)

@@ -112,7 +112,9 @@ def reconcile(*, body: kopf.Body, spec: Mapping[str, Any], name: str, namespace:
         raise kopf.TemporaryError(f"profiling: {exc.progress}", delay=PROFILE_POLL_SECONDS) from None
 
 
-@kopf.on.event("apps", "v1", "statefulsets", labels=OURS)
+# NB: `when=_ours`: a group of an unwatched namespace belongs to another operator's service (whose
+# status this one may not write); the slm_groups index above stays unfiltered for the inventory.
+@kopf.on.event("apps", "v1", "statefulsets", labels=OURS, when=_ours)
 def group_readiness_changed(*, labels: Mapping[str, str], namespace: str | None, name: str, type: str,
                             status: Mapping[str, Any], **_: Any) -> None:
     # NB: an event handler, not a field handler: kopf stores nothing on the StatefulSet for it.

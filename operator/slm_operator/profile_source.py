@@ -27,7 +27,7 @@ from slm_operator.constants import (
     PROFILE_KEY,
     REQUEST_KEY,
 )
-from slm_operator.errors import ProfilePending, ProfilingFailed
+from slm_operator.errors import PermanentError, ProfilePending, ProfilingFailed, SpecError
 from slm_operator.planning.profiles import skip_profile, static_profile
 from slm_operator.profiling.cache import profile_cache_key
 from slm_operator.profiling.estimator import estimate_profile
@@ -67,10 +67,7 @@ def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig, gpu_
         spec.model.startswith("pvc://") or spec.engine.hf_token_secret_ref is not None)
     if mode == "estimate" or cfg.profiler_runner == "none" or job_cannot_measure:
         # The estimator needs the architecture and the GPU's numbers; a measurement needs neither.
-        model_config = resolve_model_config(model=spec.model, inline=spec.profiling.model_config)
-        profile = estimate_profile(model_config=model_config, gpu=lookup_gpu(gpu_product), workload=spec.workload,
-                                   slo=spec.slo, epsilon=spec.profiling.epsilon,
-                                   batch_sizes=spec.profiling.batch_sizes)
+        profile = _estimate(spec=spec, gpu_product=gpu_product)
         if mode != "estimate":
             # NB: the profiler Job runs in the operator's namespace: it can mount neither the
             # service's PVC nor its token Secret, so such models are estimated, and say so.
@@ -95,6 +92,21 @@ def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig, gpu_
     if cfg.profiler_runner == "local":
         return _run_locally(request=request, key=key, cm_name=cm_name, cfg=cfg)
     return _run_as_job(request=request, cm_name=cm_name, cfg=cfg)
+
+
+def _estimate(*, spec: SLMServiceSpec, gpu_product: str) -> Profile:
+    gpu = lookup_gpu(gpu_product)
+    try:
+        model_config = resolve_model_config(model=spec.model, inline=spec.profiling.model_config)
+        return estimate_profile(model_config=model_config, gpu=gpu, workload=spec.workload, slo=spec.slo,
+                                epsilon=spec.profiling.epsilon, batch_sizes=spec.profiling.batch_sizes)
+    except (ArithmeticError, ValueError, TypeError) as exc:
+        if isinstance(exc, PermanentError) or spec.profiling.model_config is None:
+            raise
+        # NB: numbers the user typed into modelConfig (a 10^30-layer model) break the arithmetic;
+        # that is their spec's problem, and it says which field. Built-in models raise as bugs.
+        raise SpecError("profiling.modelConfig", f"cannot be estimated ({type(exc).__name__}: {exc}); check "
+                        "its sizes against the model's config.json") from None
 
 
 def _read_cached(*, name: str, namespace: str) -> Profile | None:
@@ -147,7 +159,8 @@ def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig) -
     job = build_profiler_job(
         name=cm_name, namespace=cfg.profiler_namespace, request=request, image=cfg.profiler_image,
         result_configmap=cm_name, service_account=cfg.profiler_service_account, gpu_product=request.gpu_product,
-        extra_args=cfg.profiler_extra_args,
+        extra_args=cfg.profiler_extra_args, cpu_request=cfg.profiler_cpu_request,
+        memory_request=cfg.profiler_memory_request,
     )
     current = kube.get(api_version="batch/v1", kind="Job", name=cm_name, namespace=cfg.profiler_namespace)
     if current is None:

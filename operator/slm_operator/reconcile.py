@@ -76,12 +76,13 @@ def _reconcile(
     except SpecError as exc:
         return writer.write(failed("Planned", exc))
 
-    ref = parsed.engine.hf_token_secret_ref
-    if ref and not kube.secret_exists(name=ref.name, namespace=namespace):
-        return writer.write(pending(
-            "Available", "SecretNotFound",
-            f"Secret {namespace}/{ref.name} (spec.engine.hfTokenSecretRef) does not exist; create it "
-            f"with key {ref.key!r}, e.g. kubectl create secret generic {ref.name} --from-literal={ref.key}=..."))
+    for field, ref in (("hfTokenSecretRef", parsed.engine.hf_token_secret_ref),
+                       ("apiKeySecretRef", parsed.engine.api_key_secret_ref)):
+        if ref and not kube.secret_exists(name=ref.name, namespace=namespace):
+            return writer.write(pending(
+                "Available", "SecretNotFound",
+                f"Secret {namespace}/{ref.name} (spec.engine.{field}) does not exist; create it with key "
+                f"{ref.key!r}, e.g. kubectl create secret generic {ref.name} --from-literal={ref.key}=..."))
 
     groups = read_groups(name=name, namespace=namespace)
     # NB: without spec.gpu.product, keep the product the service already runs on: picking the
@@ -116,7 +117,8 @@ def _reconcile(
             return writer.write(pending("Planned", exc.reason, exc.message).with_profile(found))
         try:
             apply_children(name=name, namespace=namespace, uid=uid, spec=parsed, plan=plan, existing=groups,
-                           image=parsed.engine.image or cfg.default_engine_image, ledger=state.ledger)
+                           image=parsed.engine.image or cfg.default_engine_image, ledger=state.ledger,
+                           engine_defaults=cfg.engine_defaults())
         except ApplyRejected as exc:
             # NB: a 4xx other than 409 will be rejected again on retry; say why instead of looping.
             return writer.write(failed("Progressing", exc).with_profile(found))

@@ -10,8 +10,8 @@ Side-effect free: no kopf, no Kubernetes client.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, Literal, get_args
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar, get_args
 
 from slm_operator.constants import DRA_DEVICE_CLASS, GPU_RESOURCE, SHARING_MODES, Sharing
 from slm_operator.errors import SpecError
@@ -19,6 +19,7 @@ from slm_operator.profiling.types import Slo, Workload
 
 __all__ = ["SLMServiceSpec", "SpecError", "parse_spec"]
 
+T = TypeVar("T")
 ProfilingMode = Literal["auto", "estimate", "static", "skip"]
 PROFILING_MODES: tuple[ProfilingMode, ...] = get_args(ProfilingMode)
 
@@ -34,10 +35,30 @@ OPERATOR_OWNED_FLAGS: Mapping[str, str] = {
 }
 
 
+#: Environment variables the operator sets on the vLLM container from a Secret reference.
+HF_TOKEN_ENV = "HF_TOKEN"
+API_KEY_ENV = "VLLM_API_KEY"
+
+
+def owned_flag(arg: str) -> str | None:
+    """The operator-owned flag ``arg`` would set, in any spelling vLLM's parser accepts.
+
+    NB: argparse takes ``--flag=value`` and ``--flag value`` (two list items), vLLM's parser maps
+    ``_`` to ``-``, and argparse accepts any unambiguous abbreviation: ``--max-num-seq=4096`` sets
+    ``--max-num-seqs``. A prefix of several flags is ambiguous and fails in vLLM anyway.
+    """
+    if not arg.startswith("--"):
+        return None
+    flag = arg.split("=", 1)[0].replace("_", "-")
+    if len(flag) <= 2:
+        return None
+    return next((owned for owned in OPERATOR_OWNED_FLAGS if owned.startswith(flag)), None)
+
+
 @dataclasses.dataclass(frozen=True)
 class SecretRef:
     name: str
-    key: str = "HF_TOKEN"
+    key: str = HF_TOKEN_ENV
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +67,18 @@ class EngineSpec:
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     hf_token_secret_ref: SecretRef | None = None
+    #: The OpenAI endpoint's API key (vLLM reads ``VLLM_API_KEY``); ``None``: no key.
+    api_key_secret_ref: SecretRef | None = None
     cpu: str | None = None
     memory: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkPolicySpec:
+    """Admit traffic to the replicas only from the service's namespace and these peers (each a
+    NetworkPolicy peer: ``namespaceSelector`` and/or ``podSelector`` with ``matchLabels``)."""
+
+    ingress_from: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +127,7 @@ class SLMServiceSpec:
     slo: Slo
     profiling: ProfilingSpec
     scale: ScaleSpec
+    network_policy: NetworkPolicySpec | None = None
 
 
 def parse_spec(spec: Mapping[str, Any]) -> SLMServiceSpec:
@@ -105,40 +137,86 @@ def parse_spec(spec: Mapping[str, Any]) -> SLMServiceSpec:
         raise SpecError("model", "is required: a hub id (org/name), a local path, or pvc://claim/path")
     if any(ch.isspace() for ch in model):
         raise SpecError("model", f"{model!r} contains whitespace; remove it")
+    if model.startswith("-"):
+        raise SpecError("model", f"{model!r} starts with '-' and vLLM would read it as a flag; use a hub id, "
+                        "a path, or pvc://claim/path")
+    served = spec.get("servedModelName") or model
+    if not isinstance(served, str) or served.startswith("-"):
+        raise SpecError("servedModelName", f"{served!r} must be a name that does not start with '-'")
     return SLMServiceSpec(
         model=model,
         revision=spec.get("revision") or None,
-        served_model_name=spec.get("servedModelName") or model,
-        engine=_parse_engine(spec.get("engine") or {}),
-        gpu=_parse_gpu(spec.get("gpu") or {}),
-        workload=_parse_workload(spec.get("workload") or {}),
-        slo=Slo(
-            max_inter_token_latency_ms=(spec.get("slo") or {}).get("maxInterTokenLatencyMs"),
-            max_time_to_first_token_ms=(spec.get("slo") or {}).get("maxTimeToFirstTokenMs"),
-        ),
-        profiling=_parse_profiling(spec.get("profiling") or {}),
-        scale=_parse_scale(spec.get("scale")),
+        served_model_name=served,
+        engine=_section("engine", _parse_engine, spec.get("engine") or {}),
+        gpu=_section("gpu", _parse_gpu, spec.get("gpu") or {}),
+        workload=_section("workload", _parse_workload, spec.get("workload") or {}),
+        slo=_section("slo", _parse_slo, spec.get("slo") or {}),
+        profiling=_section("profiling", _parse_profiling, spec.get("profiling") or {}),
+        scale=_section("scale", _parse_scale, spec.get("scale")),
+        network_policy=_section("networkPolicy", _parse_network_policy, spec.get("networkPolicy")),
     )
+
+
+def _section(field: str, parse: Callable[[Any], T], raw: Any) -> T:
+    """``parse(raw)``, with any malformed value (an object stored before the CRD's schema said
+    otherwise, a hand-edited etcd) turned into a SpecError naming ``field``."""
+    try:
+        return parse(raw)
+    except SpecError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        raise SpecError(field, f"is malformed ({type(exc).__name__}: {exc}); see kubectl explain "
+                        f"slmservice.spec.{field}") from None
+
+
+def _parse_slo(raw: Mapping[str, Any]) -> Slo:
+    itl, ttft = raw.get("maxInterTokenLatencyMs"), raw.get("maxTimeToFirstTokenMs")
+    return Slo(max_inter_token_latency_ms=float(itl) if itl is not None else None,
+               max_time_to_first_token_ms=float(ttft) if ttft is not None else None)
+
+
+def _parse_network_policy(raw: Mapping[str, Any] | None) -> NetworkPolicySpec | None:
+    if raw is None:
+        return None
+    peers = []
+    for peer in raw.get("ingressFrom") or ():
+        kept = {k: {"matchLabels": {str(lk): str(lv) for lk, lv in (peer[k].get("matchLabels") or {}).items()}}
+                for k in ("namespaceSelector", "podSelector") if peer.get(k) is not None}
+        if not kept:
+            raise SpecError("networkPolicy.ingressFrom", "each peer needs a namespaceSelector or a podSelector")
+        peers.append(kept)
+    return NetworkPolicySpec(ingress_from=tuple(peers))
 
 
 def _parse_engine(raw: Mapping[str, Any]) -> EngineSpec:
     args = tuple(str(a) for a in raw.get("args") or ())
     for arg in args:
-        # NB: vLLM's argparse accepts --max_num_seqs too, and "--flag value" as two list items.
-        flag = arg.split("=", 1)[0].replace("_", "-")
-        if flag in OPERATOR_OWNED_FLAGS:
-            raise SpecError("engine.args", f"{flag} is set by the operator; use {OPERATOR_OWNED_FLAGS[flag]}")
+        flag = owned_flag(arg)
+        if flag is not None:
+            raise SpecError("engine.args", f"{arg.split('=', 1)[0]} sets {flag}, which the operator sets; use "
+                            f"{OPERATOR_OWNED_FLAGS[flag]}")
     env = tuple((str(e["name"]), str(e.get("value", ""))) for e in raw.get("env") or ())
-    ref = raw.get("hfTokenSecretRef")
+    hf_token = _secret_ref(raw.get("hfTokenSecretRef"), default_key=HF_TOKEN_ENV)
+    api_key = _secret_ref(raw.get("apiKeySecretRef"), default_key=API_KEY_ENV)
+    refs = ((hf_token, HF_TOKEN_ENV, "hfTokenSecretRef"), (api_key, API_KEY_ENV, "apiKeySecretRef"))
+    for ref, variable, field in refs:
+        if ref is not None and any(name == variable for name, _ in env):
+            raise SpecError("engine.env", f"sets {variable}, which the operator sets from engine.{field}; "
+                            "remove one of the two")
     resources = raw.get("resources") or {}
     return EngineSpec(
         image=raw.get("image") or None,
         args=args,
         env=env,
-        hf_token_secret_ref=SecretRef(name=ref["name"], key=ref.get("key") or "HF_TOKEN") if ref else None,
+        hf_token_secret_ref=hf_token,
+        api_key_secret_ref=api_key,
         cpu=_quantity(resources.get("cpu")),
         memory=_quantity(resources.get("memory")),
     )
+
+
+def _secret_ref(raw: Mapping[str, Any] | None, *, default_key: str) -> SecretRef | None:
+    return SecretRef(name=str(raw["name"]), key=str(raw.get("key") or default_key)) if raw else None
 
 
 def _quantity(value: Any) -> str | None:

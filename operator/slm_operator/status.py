@@ -61,6 +61,7 @@ def profile_summary(profile: Profile) -> dict[str, Any]:
         "memoryPerReplicaGiB": round(profile.memory_per_replica_gib, 2),
         "replicasToSaturate": profile.replicas_to_saturate,
         "interTokenLatencyMs": profile.inter_token_latency_ms,
+        "rooflineFraction": round(profile.roofline_fraction, 3) if profile.roofline_fraction is not None else None,
         "profileRef": profile.profile_ref,
         "measuredAt": profile.measured_at,
         "explanation": profile.explanation,

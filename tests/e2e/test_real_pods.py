@@ -123,8 +123,13 @@ def test_operator_runs_from_its_image_as_the_charts_service_account(e2e: E2E, tm
     engine_repo, engine_tag = e2e.images.engine.rsplit(":", 1)
     values = {
         "image": {"repository": repo, "tag": tag},
-        "operator": {"defaultEngineImage": e2e.images.engine},
-        "profiler": {"image": {"repository": engine_repo, "tag": engine_tag}, "extraArgs": PROFILER_ARGS},
+        # NB: two CPU cores per kind node: a production request (1 CPU per replica) would leave most
+        # replicas unschedulable, and a memory request would also be the replica's limit, while
+        # vLLM's CPU build keeps its KV cache (the plan's budget) in RAM.
+        "operator": {"defaultEngineImage": e2e.images.engine,
+                     "engineDefaults": {"cpu": "100m", "memory": "", "ephemeralStorage": "1Gi"}},
+        "profiler": {"image": {"repository": engine_repo, "tag": engine_tag}, "extraArgs": PROFILER_ARGS,
+                     "resources": {"cpu": "100m", "memory": "1Gi"}},
     }
     (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
     # NB: a leftover release of an earlier session is replaced, not reused: this session's image.

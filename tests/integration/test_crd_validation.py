@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.kubetest import wait_for
 
@@ -82,6 +84,33 @@ INVALID = [
      "engine.args must not set --model: use spec.model (and spec.revision to pin a commit)"),
     ("args-max-model-len", {"model": "m", "engine": {"args": ["--max-model-len=8192"]}}, "spec.engine.args",
      "engine.args must not set --max-model-len: use spec.workload.maxModelLen"),
+    # Hostile spellings of owned flags: argparse takes unambiguous abbreviations, `--flag value`
+    # pairs and underscores; each would silently override the plan.
+    ("args-max-num-seqs-abbreviated", {"model": "m", "engine": {"args": ["--max-num-seq=4096"]}}, "spec.engine.args",
+     "engine.args must not set --max-num-seqs"),
+    ("args-max-num-seqs-abbreviated-pair", {"model": "m", "engine": {"args": ["--max_num_s", "4096"]}},
+     "spec.engine.args", "engine.args must not set --max-num-seqs"),
+    ("args-gpu-memory-abbreviated", {"model": "m", "engine": {"args": ["--gpu-memory-util=0.99"]}},
+     "spec.engine.args", "engine.args must not set --gpu-memory-utilization"),
+    ("args-port-abbreviated", {"model": "m", "engine": {"args": ["--por=1"]}}, "spec.engine.args",
+     "engine.args must not set --port"),
+    ("args-model-abbreviated", {"model": "m", "engine": {"args": ["--mode", "x"]}}, "spec.engine.args",
+     "engine.args must not set --model"),
+    ("model-looks-like-a-flag", {"model": "--help"}, "spec.model",
+     "spec.model must not start with '-' (vLLM would read it as a flag): use a hub id (org/name), a path, "
+     "or pvc://claim/path"),
+    ("hf-token-twice", {"model": "m", "engine": {"hfTokenSecretRef": {"name": "hf"},
+                                                   "env": [{"name": "HF_TOKEN", "value": "x"}]}},
+     "spec.engine.env", "engine.env must not set HF_TOKEN when engine.hfTokenSecretRef is set: the operator sets "
+     "HF_TOKEN from that Secret; remove one of the two"),
+    ("api-key-twice", {"model": "m", "engine": {"apiKeySecretRef": {"name": "key"},
+                                                  "env": [{"name": "VLLM_API_KEY", "value": "x"}]}},
+     "spec.engine.env", "engine.env must not set VLLM_API_KEY when engine.apiKeySecretRef is set: the operator "
+     "sets VLLM_API_KEY from that Secret; remove one of the two"),
+    ("model-config-too-big", {"model": "m", "profiling": {"modelConfig": {f"k{i}": i for i in range(257)}}},
+     "spec.profiling.modelConfig", "Too many: 257: must have at most 256 items"),
+    ("network-policy-too-many-peers", {"model": "m", "networkPolicy": {"ingressFrom": [{"podSelector": {}}] * 17}},
+     "spec.networkPolicy.ingressFrom", "must have at most 16 items"),
     ("env-duplicate", {"model": "m", "engine": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}},
      "spec.engine.env[1]", 'Duplicate value: {"name":"A"}'),
     ("env-name-with-equals", {"model": "m", "engine": {"env": [{"name": "A=1"}]}}, "spec.engine.env[0].name",
@@ -211,8 +240,14 @@ def test_minimal_spec_gets_every_default(cluster, crd, namespace) -> None:
     {"model": "m", "scale": {"targetTokensPerSecond": 5000, "minGPUs": 0, "maxGPUs": 8}},
     {"model": "m",
      "profiling": {"epsilon": 0.05, "batchSizes": [1, 4096], "modelConfig": {"hidden_size": 768, "x": [1]}}},
+    {"model": "m", "engine": {"args": ["--max-num-batched-tokens=8192", "--max-num-batched-tokens", "4096",
+                                       "--kv-cache-dtype=fp8", "--model-loader-extra-config={}", "--", "-x"]}},
+    {"model": "m", "engine": {"hfTokenSecretRef": {"name": "hf"}, "apiKeySecretRef": {"name": "api"},
+                              "env": [{"name": "HF_HOME", "value": "/cache"}]},
+     "networkPolicy": {"ingressFrom": [{"namespaceSelector": {"matchLabels": {"team": "a"}},
+                                        "podSelector": {"matchLabels": {"app": "gateway"}}}]}},
 ], ids=["scale-to-zero", "workload-exactly-max", "args-look-alikes", "int-cpu", "milli-cpu", "exclusive-one-replica",
-        "target-with-bounds", "profiling-edges"])
+        "target-with-bounds", "profiling-edges", "args-near-owned-flags", "secrets-and-network-policy"])
 def test_boundary_specs_are_accepted(cluster, crd, namespace, spec) -> None:
     result = dry_run(cluster, namespace, spec)
     assert result.returncode == 0, one_line(result.stderr)
@@ -314,3 +349,78 @@ def test_names_that_cannot_name_children_are_refused(cluster, crd, namespace, na
                              check=False)
     assert result.returncode != 0
     assert "metadata.name must be at most 45 characters" in result.stderr
+
+
+# --- Hostile input: whatever the API server accepts, the reconcile handles ----------------------------
+
+_FLAGS = ["--max-num-seqs", "--max_num_s", "--port", "--mod", "--model-impl", "--enforce-eager", "--dtype", "--",
+          "--max-num-batched-tokens", "-x", "--kv-cache-memory-byte", "--gpu-memory-util"]
+_TEXT = st.text(alphabet=st.characters(codec="ascii", exclude_categories=("Cc",)), max_size=24)
+_NUMBER = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=False, allow_infinity=False), _TEXT, st.none())
+
+
+def _hostile_specs() -> st.SearchStrategy[dict[str, Any]]:
+    args = st.lists(st.one_of(st.sampled_from(_FLAGS), st.builds(lambda f, v: f"{f}={v}", st.sampled_from(_FLAGS),
+                                                                 _TEXT), _TEXT), max_size=6)
+    env = st.lists(st.fixed_dictionaries({"name": st.sampled_from(["HF_TOKEN", "VLLM_API_KEY", "A", "HOME"]),
+                                          "value": _TEXT}), max_size=3, unique_by=lambda e: e["name"])
+    model_config = st.dictionaries(st.sampled_from(["hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                    "num_key_value_heads", "vocab_size", "intermediate_size",
+                                                    "torch_dtype", "model_type", "max_position_embeddings"]),
+                                   _NUMBER, max_size=9)
+    return st.fixed_dictionaries(
+        {"model": st.one_of(st.sampled_from(["facebook/opt-125m", "facebook/opt-1.3b", "-x", "acme/unknown"]), _TEXT)},
+        optional={
+            "servedModelName": _TEXT,
+            "engine": st.fixed_dictionaries({}, optional={
+                "args": args, "env": env, "hfTokenSecretRef": st.just({"name": "hf"}),
+                "apiKeySecretRef": st.just({"name": "api"}),
+                "resources": st.fixed_dictionaries({}, optional={"cpu": _NUMBER, "memory": _NUMBER})}),
+            "gpu": st.fixed_dictionaries({}, optional={
+                "product": st.sampled_from(["NVIDIA-H100-80GB-HBM3", "NVIDIA-L4", "", "ACME-X"]),
+                "sharing": st.sampled_from(["auto", "mps", "time-slicing", "dra", "exclusive", "mig"])}),
+            "workload": st.fixed_dictionaries({}, optional={"inputTokens": _NUMBER, "outputTokens": _NUMBER,
+                                                            "maxModelLen": _NUMBER}),
+            "slo": st.fixed_dictionaries({}, optional={"maxInterTokenLatencyMs": _NUMBER}),
+            "profiling": st.fixed_dictionaries({}, optional={
+                "mode": st.sampled_from(["auto", "estimate", "static", "skip"]), "epsilon": _NUMBER,
+                "batchSizes": st.lists(_NUMBER, max_size=4), "modelConfig": model_config,
+                "static": st.fixed_dictionaries({"batchSize": _NUMBER, "replicasPerGPU": _NUMBER,
+                                                 "memoryPerReplicaGiB": _NUMBER, "tokensPerSecondPerGPU": _NUMBER})}),
+            "scale": st.fixed_dictionaries({}, optional={"gpus": _NUMBER, "targetTokensPerSecond": _NUMBER,
+                                                         "maxGPUs": _NUMBER}),
+        })
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          derandomize=True)
+@given(spec=_hostile_specs())
+def test_specs_the_api_server_accepts_never_crash_the_reconcile(cluster, crd, namespace, spec) -> None:
+    """The CRD is the first line: what it refuses never reaches the operator. Whatever it accepts
+    (defaulted as stored) must end in a status — Failed with a reason, Pending, or deployed — never
+    in an exception that kopf would retry forever."""
+    from slm_operator.config import OperatorConfig
+    from slm_operator.reconcile import OperatorState, reconcile_service
+    from tests.unit.factories import node
+    from tests.unit.fakes import FakeApi, gpu_index
+
+    result = dry_run(cluster, namespace, spec)
+    if result.returncode != 0:
+        return
+    stored = json.loads(result.stdout)
+    api = FakeApi()
+    api.secrets |= {"hf", "api"}
+    body = {**stored, "metadata": {**stored["metadata"], "uid": "u", "generation": 1}}
+    api.objects[("SLMService", namespace, "t")] = body
+    with pytest.MonkeyPatch.context() as patch:
+        api.install(patch)
+        reconcile_service(state=OperatorState(config=OperatorConfig(profiler_runner="none")),
+                          index=gpu_index(node("m", count=2, sharing="mps", replicas=4)), body=body,
+                          spec=body["spec"], name="t", namespace=namespace, uid="u", meta=body["metadata"],
+                          status={})
+    status = body.get("status") or {}
+    assert status.get("phase") in ("Failed", "Pending", "Deploying", "Degraded", "Ready"), (spec, status)
+    if status["phase"] == "Failed":
+        reasons = {c["reason"] for c in status["conditions"] if c["status"] == "False"}
+        assert reasons & {"InvalidSpec", "UnknownModel", "UnknownGPUProduct", "InvalidModelConfig",
+                           "NoFeasibleBatchSize"}, status

@@ -110,45 +110,104 @@ def test_helm_lint_is_clean() -> None:
 
 # --- RBAC ---------------------------------------------------------------------------------------
 
-# What the operator needs, from its design (docs/install.md); a new permission must be added here
-# on purpose, with a reason in templates/clusterrole.yaml.
-OPERATOR_PERMISSIONS = {
-    ("slm.pareto.dev", "slmservices"): {"get", "list", "watch", "patch", "update"},
-    ("slm.pareto.dev", "slmservices/status"): {"get", "patch", "update"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-    ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "secrets"): {"get"},
-    ("", "nodes"): {"get", "list", "watch"},
-    ("resource.k8s.io", "resourceclaims"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("resource.k8s.io", "resourceslices"): {"get", "list", "watch"},
-    ("resource.k8s.io", "deviceclasses"): {"get", "list", "watch"},
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    ("", "namespaces"): {"list", "watch"},
+# What the operator needs, from the API calls it makes (docs/install.md, "RBAC"); a new permission must
+# be added here on purpose, with a reason in templates/rbac-operator.yaml.
+#: Read cluster-wide (ClusterRole <fullname>): what kopf's watches and indexes list and watch.
+OPERATOR_READS = {
+    ("slm.pareto.dev", "slmservices"): {"get", "list", "watch"},
+    ("", "nodes"): {"list", "watch"},
+    ("", "pods"): {"list", "watch"},
+    ("apps", "statefulsets"): {"list", "watch"},
+    ("resource.k8s.io", "resourceslices"): {"list", "watch"},
+    ("resource.k8s.io", "resourceclaims"): {"list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
+#: Written for an SLMService in its namespace (ClusterRole <fullname>-write, bound per watched namespace).
+OPERATOR_WRITES = {
+    ("slm.pareto.dev", "slmservices"): {"patch"},
+    ("slm.pareto.dev", "slmservices/status"): {"patch"},
+    ("slm.pareto.dev", "slmservices/finalizers"): {"update"},
+    ("apps", "statefulsets"): {"create", "patch", "delete"},
+    ("", "services"): {"create", "patch"},
+    ("resource.k8s.io", "resourceclaims"): {"create", "patch", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
+    ("", "events"): {"create"},
+    ("", "secrets"): {"get"},
+}
+#: In the release namespace only (Role <fullname>): profiler Jobs and the profile cache.
+OPERATOR_RELEASE_NAMESPACE = {
+    ("batch", "jobs"): {"get", "create"},
+    ("", "configmaps"): {"get", "create", "patch"},
+}
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+WORKLOADS = {("apps", "statefulsets"), ("", "services"), ("resource.k8s.io", "resourceclaims"), ("batch", "jobs")}
+
+
+def roles_by_binding(docs: list[dict[str, Any]], binding_kind: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(binding, the role it grants) for every binding of ``binding_kind`` the chart renders."""
+    roles = {(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")): d
+             for d in docs if d["kind"] in ("ClusterRole", "Role")}
+    found = []
+    for binding in (d for d in docs if d["kind"] == binding_kind):
+        ref = binding["roleRef"]
+        namespace = None if ref["kind"] == "ClusterRole" else binding["metadata"]["namespace"]
+        found.append((binding, roles[(ref["kind"], ref["name"], namespace)]))
+    return found
+
+
+OPERATOR_ACCOUNT = [{"kind": "ServiceAccount", "name": "slm-operator", "namespace": "slm-system"}]
 
 
 @needs_helm
-def test_operator_cluster_role_is_exactly_what_it_needs() -> None:
+def test_operator_rbac_is_exactly_what_it_needs_in_cluster_wide_mode() -> None:
     docs = objects()
-    role = one(docs, "ClusterRole")
-    assert permissions(role) == OPERATOR_PERMISSIONS
-    binding = one(docs, "ClusterRoleBinding")
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "slm-operator", "namespace": "slm-system"}]
+    assert permissions(one(docs, "ClusterRole", "slm-operator")) == OPERATOR_READS
+    assert permissions(one(docs, "ClusterRole", "slm-operator-write")) == OPERATOR_WRITES
+    release_role = one(docs, "Role", "slm-operator")
+    assert release_role["metadata"]["namespace"] == "slm-system"
+    assert permissions(release_role) == OPERATOR_RELEASE_NAMESPACE
+    # watchNamespace empty: cluster-wide mode, both ClusterRoles bound cluster-wide.
+    cluster_bound = {role["metadata"]["name"]: binding
+                     for binding, role in roles_by_binding(docs, "ClusterRoleBinding")}
+    assert set(cluster_bound) == {"slm-operator", "slm-operator-write"}
+    assert all(binding["subjects"] == OPERATOR_ACCOUNT for binding in cluster_bound.values())
+    namespace_bound = {(binding["metadata"]["namespace"], role["metadata"]["name"])
+                       for binding, role in roles_by_binding(docs, "RoleBinding")}
+    assert namespace_bound == {("slm-system", "slm-operator"), ("slm-system", "slm-operator-profiler")}
+
+
+@needs_helm
+@pytest.mark.parametrize("flags", [
+    ["--set", r"operator.watchNamespace=team-a\,team-b"],
+    ["--set", "operator.watchNamespaces={team-a,team-b}"],
+    ["--set", "operator.watchNamespaces={team-a}", "--set", r"operator.watchNamespace=team-b\,team-a"],
+], ids=["comma-separated-string", "list", "both-merged"])
+def test_watched_namespaces_get_no_cluster_wide_writes(flags: list[str]) -> None:
+    docs = objects(*flags)
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["SLM_WATCH_NAMESPACE"] == "team-a,team-b"
+    for binding, role in roles_by_binding(docs, "ClusterRoleBinding"):
+        table = permissions(role)
+        writes = {key: verbs & WRITE_VERBS for key, verbs in table.items() if verbs & WRITE_VERBS}
+        assert not writes, (binding["metadata"]["name"], writes)
+        assert not [key for key in WORKLOADS if table.get(key, set()) & WRITE_VERBS]
+        assert ("", "secrets") not in table, "Secrets readable cluster-wide"
+    writer = {(b["metadata"]["namespace"], b["roleRef"]["kind"], b["roleRef"]["name"])
+              for b, _ in roles_by_binding(docs, "RoleBinding") if b["metadata"]["name"] == "slm-operator-write"}
+    assert writer == {("team-a", "ClusterRole", "slm-operator-write"), ("team-b", "ClusterRole", "slm-operator-write")}
+    assert all(b["subjects"] == OPERATOR_ACCOUNT for b, _ in roles_by_binding(docs, "RoleBinding")
+               if b["metadata"]["name"].startswith("slm-operator-write"))
+    # Jobs and ConfigMaps stay in the release namespace whatever is watched.
+    assert permissions(one(docs, "Role", "slm-operator")) == OPERATOR_RELEASE_NAMESPACE
 
 
 @needs_helm
 def test_profiler_may_only_write_configmaps_in_the_release_namespace() -> None:
     docs = objects()
-    role = one(docs, "Role")
+    role = one(docs, "Role", "slm-operator-profiler")
     assert role["metadata"]["namespace"] == "slm-system"
     assert permissions(role) == {("", "configmaps"): {"get", "create", "update", "patch"}}
-    binding = one(docs, "RoleBinding")
+    binding = one(docs, "RoleBinding", "slm-operator-profiler")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "slm-profiler", "namespace": "slm-system"}]
     assert {sa["metadata"]["name"] for sa in docs if sa["kind"] == "ServiceAccount"} == {"slm-operator", "slm-profiler"}
 
@@ -162,7 +221,7 @@ def test_no_wildcards_anywhere_in_rbac() -> None:
             assert "nonResourceURLs" not in rule and "resourceNames" not in rule
 
 
-@pytest.mark.parametrize("template", ["clusterrole.yaml", "role-profiler.yaml"])
+@pytest.mark.parametrize("template", ["rbac-operator.yaml", "role-profiler.yaml"])
 def test_every_rbac_rule_says_why(template: str) -> None:
     lines = (CHART / "templates" / template).read_text().splitlines()
     rule_lines = [i for i, line in enumerate(lines) if line.strip().startswith("- apiGroups:")]
@@ -229,7 +288,7 @@ def test_values_reach_the_operator_config() -> None:
     assert config.profiler_image == "slm-profiler:dev"
     assert config.profiler_service_account == "sweeper"
     assert config.profiler_namespace == "gpu-ops"
-    assert one(docs, "RoleBinding")["subjects"][0]["name"] == "sweeper"
+    assert one(docs, "RoleBinding", "slm-operator-profiler")["subjects"][0]["name"] == "sweeper"
 
 
 @needs_helm
@@ -245,12 +304,88 @@ def test_default_values_make_a_valid_operator_config() -> None:
     assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", config.default_engine_image), "pin an exact engine tag"
 
 
+POD_DEFAULTS = {
+    "SLM_ENGINE_CPU_REQUEST": "1", "SLM_ENGINE_MEMORY_REQUEST": "8Gi", "SLM_ENGINE_EPHEMERAL_STORAGE_REQUEST": "10Gi",
+    "SLM_ENGINE_RUN_AS_USER": "1000", "SLM_PROFILER_CPU_REQUEST": "2", "SLM_PROFILER_MEMORY_REQUEST": "16Gi",
+}
+
+
+def operator_env(*flags: str) -> dict[str, str]:
+    (container,) = one(objects(*flags), "Deployment")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+@needs_helm
+def test_pod_defaults_reach_the_operator_config() -> None:
+    from slm_operator.config import OperatorConfig
+
+    env = operator_env()
+    assert {name: env[name] for name in POD_DEFAULTS} == POD_DEFAULTS
+    config = OperatorConfig.from_env(env)
+    assert (config.engine_cpu_request, config.engine_memory_request, config.engine_ephemeral_storage_request,
+            config.engine_run_as_user) == ("1", "8Gi", "10Gi", 1000)
+    assert (config.profiler_cpu_request, config.profiler_memory_request) == ("2", "16Gi")
+    env = operator_env("--set", "operator.engineDefaults.cpu=2500m",
+                       "--set", "operator.engineDefaults.runAsUser=1000680000",
+                       "--set", "profiler.resources.cpu=4", "--set", "profiler.resources.memory=64Gi")
+    assert (env["SLM_ENGINE_CPU_REQUEST"], env["SLM_ENGINE_RUN_AS_USER"]) == ("2500m", "1000680000")
+    assert (env["SLM_PROFILER_CPU_REQUEST"], env["SLM_PROFILER_MEMORY_REQUEST"]) == ("4", "64Gi")
+    assert OperatorConfig.from_env(env).engine_run_as_user == 1000680000
+
+
+@needs_helm
+def test_empty_pod_defaults_leave_the_operator_its_own() -> None:
+    env = operator_env("--set", "operator.engineDefaults.cpu=", "--set", "operator.engineDefaults.memory=",
+                       "--set", "operator.engineDefaults.ephemeralStorage=null",
+                       "--set", "operator.engineDefaults.runAsUser=null", "--set", "profiler.resources=null")
+    assert not set(env) & set(POD_DEFAULTS)
+
+
+@needs_helm
+def test_profiler_image_defaults_to_the_locally_built_tag() -> None:
+    """`docker build --target profiler -t slm-profiler:<appVersion> .` is what the chart runs by default."""
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert operator_env()["SLM_PROFILER_IMAGE"] == f"slm-profiler:{app_version}"
+    assert operator_env("--set", "profiler.image.repository=registry.example.com/slm-profiler")[
+        "SLM_PROFILER_IMAGE"] == f"registry.example.com/slm-profiler:{app_version}"
+
+
+@needs_helm
+def test_network_policy_is_off_by_default() -> None:
+    assert not [d for d in objects() if d["kind"] == "NetworkPolicy"]
+
+
+@needs_helm
+def test_network_policy_admits_the_health_port_only_and_egresses_to_the_api_server_and_dns() -> None:
+    docs = objects("--set", "networkPolicy.enabled=true", "--set", "healthPort=9090",
+                   "--set", "networkPolicy.apiServer.cidrs={10.0.0.1/32}")
+    policy = one(docs, "NetworkPolicy")["spec"]
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    (ingress,) = policy["ingress"]
+    assert ingress["ports"] == [{"port": 9090, "protocol": "TCP"}] and "from" not in ingress
+    api, dns = policy["egress"]
+    assert {p["port"] for p in api["ports"]} == {443, 6443} and api["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert dns["to"][0]["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+
+
 @needs_helm
 @pytest.mark.parametrize(("flags", "complaint"), [
     (["--set", "profiler.runner=gpu"], "profiler.runner"),
     (["--set", "operator.defaultSharing=mig"], "operator.defaultSharing"),
     (["--set", "healthPort=80"], "healthPort"),
     (["--set", "replicaCount=2"], "replicaCount"),
+    (["--set", "operator.watchNamespace=Team-A"], "watchNamespace"),
+    (["--set-string", r"operator.watchNamespace=team-a\, team-b"], "watchNamespace"),
+    (["--set", "operator.watchNamespaces={team_a}"], "watchNamespaces"),
+    (["--set", "operator.engineDefaults.memory=8 GB"], "memory"),
+    (["--set", "operator.engineDefaults.cpu=two"], "cpu"),
+    (["--set-string", "operator.engineDefaults.cpu=+2"], "cpu"),
+    (["--set", "operator.engineDefaults.runAsUser=0"], "runAsUser"),
+    (["--set", "profiler.resources.gpu=1"], "gpu"),
+    (["--set", "networkPolicy.apiServer.cidrs={kubernetes}"], "cidrs"),
 ])
 def test_values_schema_rejects_bad_values(flags: list[str], complaint: str) -> None:
     result = helm_template(*flags, check=False)

@@ -196,8 +196,9 @@ def test_engine_args_refuse_every_flag_the_operator_owns(spec_schema: dict[str, 
     from slm_operator.spec import OPERATOR_OWNED_FLAGS
 
     rules = spec_schema["properties"]["engine"]["properties"]["args"]["x-kubernetes-validations"]
+    # NB: a prefix test ('--flag'.startsWith(the argument's flag part)) refuses every abbreviation.
     guarded = {flag for flag in OPERATOR_OWNED_FLAGS for rule in rules
-               if f"'{flag}='" in rule["rule"] and flag in rule["message"]}
+               if f"'{flag}'.startsWith(" in rule["rule"] and f"must not set {flag}:" in rule["message"]}
     assert guarded == set(OPERATOR_OWNED_FLAGS)
 
 

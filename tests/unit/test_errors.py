@@ -4,6 +4,7 @@ handlers whether to fail or to wait."""
 import pytest
 
 from slm_operator import errors
+from slm_operator.profiling.selection import SelectionError
 
 
 @pytest.mark.parametrize("error, reason, family", [
@@ -14,6 +15,7 @@ from slm_operator import errors
     (errors.ModelConfigError("x"), "InvalidModelConfig", errors.PermanentError),
     (errors.ProfilingFailed("x"), "ProfilingFailed", errors.PermanentError),
     (errors.ApplyRejected("x"), "ApplyFailed", errors.PermanentError),
+    (SelectionError("x"), "NoFeasibleBatchSize", errors.PermanentError),
     (errors.ProfilePending("x"), "Profiling", errors.TemporaryError),
     (errors.PlanningError("NoMatchingGPUs", "x"), "NoMatchingGPUs", errors.TemporaryError),
 ])

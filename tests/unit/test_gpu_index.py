@@ -13,6 +13,7 @@ from slm_operator.gpu_index import (
 from slm_operator.planning.groups import GroupState
 from slm_operator.planning.inventory import build_inventory
 from tests.unit.factories import H100, dra_slice, node
+from tests.unit.fakes import kopf_index
 
 OURS = {"app.kubernetes.io/managed-by": "slm-operator", "slm.pareto.dev/service": "opt", "slm.pareto.dev/group": "1"}
 
@@ -29,15 +30,6 @@ def group(name: str = "opt", index: int = 0, *, mechanism: str = "mps", replicas
           claim: str | None = None) -> GroupState:
     return GroupState(namespace="ns", name=f"{name}-g{index}", service=name, index=index, product=H100,
                       mechanism=mechanism, replicas=replicas, claim=claim)
-
-
-def kopf_index(entries: list[dict | None]) -> dict[str, list]:
-    """What kopf hands a handler: each key maps to a collection of values."""
-    merged: dict[str, list] = {}
-    for entry in entries:
-        for key, value in (entry or {}).items():
-            merged.setdefault(key, []).append(value)
-    return merged
 
 
 def test_node_entry_keeps_only_what_planning_reads_and_skips_unlabelled_nodes():

@@ -1,8 +1,8 @@
 """The handlers' work (reconcile, readiness) against an in-memory API: every outcome, every write.
 
-The real API server is exercised by tests/integration; here ``slm_operator.kube`` is replaced by
-:class:`FakeApi`, which keeps objects in a dict and records each write, so a test can say exactly
-which objects, status patches and Events an outcome produces.
+Here ``slm_operator.kube`` is replaced by ``tests.unit.fakes.FakeApi``, which records each write, so
+a test can say exactly which objects, status patches and Events an outcome produces; the real API
+server is exercised by tests/integration.
 """
 
 from __future__ import annotations
@@ -11,87 +11,14 @@ from typing import Any
 
 import pytest
 
-from slm_operator import kube, reporter
 from slm_operator.config import OperatorConfig
-from slm_operator.errors import ApplyRejected
-from slm_operator.gpu_index import GpuIndex, node_entry
+from slm_operator.gpu_index import GpuIndex
 from slm_operator.reconcile import OperatorState, fold_readiness, reconcile_service
 from tests.unit.factories import H100, node
-from tests.unit.test_gpu_index import kopf_index
+from tests.unit.fakes import FakeApi, gpu_index
 
 STATIC = {"mode": "static", "static": {"batchSize": 64, "replicasPerGPU": 2, "memoryPerReplicaGiB": 10,
                                        "tokensPerSecondPerGPU": 20000}}
-
-
-class FakeApi:
-    """Objects by (kind, namespace, name); writes recorded in order."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
-        self.writes: list[tuple[str, str, str]] = []
-        self.patches: list[dict[str, Any]] = []
-        self.events: list[tuple[str, str]] = []
-        self.secrets: set[str] = set()
-        self.reject: str | None = None
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        for name in ("apply", "delete", "get", "list_objects", "patch_service_status", "secret_exists",
-                     "get_service"):
-            monkeypatch.setattr(kube, name, getattr(self, name))
-        monkeypatch.setattr(reporter.kopf, "event", self.event)
-
-    def event(self, _body: Any, *, type: str, reason: str, message: str) -> None:
-        self.events.append((type, reason))
-
-    def apply(self, obj: dict[str, Any]) -> kube.Outcome:
-        meta = obj["metadata"]
-        if obj["kind"] == self.reject:
-            raise ApplyRejected(f"{obj['kind']} {meta['namespace']}/{meta['name']} rejected (HTTP 422): invalid")
-        self.writes.append(("apply", obj["kind"], meta["name"]))
-        key = (obj["kind"], meta.get("namespace"), meta["name"])
-        # NB: like server-side apply, a write of the spec leaves the status the controllers set.
-        self.objects[key] = obj | {k: v for k, v in self.objects.get(key, {}).items() if k == "status"}
-        return kube.Outcome.APPLIED
-
-    def delete(self, *, api_version: str, kind: str, name: str, namespace: str | None) -> kube.Outcome:
-        self.writes.append(("delete", kind, name))
-        return kube.Outcome.DELETED if self.objects.pop((kind, namespace, name), None) else kube.Outcome.NOT_FOUND
-
-    def get(self, *, api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
-        return self.objects.get((kind, namespace, name))
-
-    def list_objects(self, *, api_version: str, kind: str, namespace: str | None = None,
-                     label_selector: str | None = None) -> list[dict[str, Any]]:
-        wanted = dict(pair.split("=", 1) for pair in (label_selector or "").split(",") if pair)
-        return [obj for (k, ns, _), obj in sorted(self.objects.items())
-                if k == kind and ns == namespace
-                and wanted.items() <= (obj["metadata"].get("labels") or {}).items()]
-
-    def patch_service_status(self, *, name: str, namespace: str, status: dict[str, Any]) -> kube.Outcome:
-        self.patches.append(dict(status))
-        service = self.objects[("SLMService", namespace, name)]
-        service["status"] = service.get("status", {}) | dict(status)
-        return kube.Outcome.APPLIED
-
-    def secret_exists(self, *, name: str, namespace: str) -> bool:
-        return name in self.secrets
-
-    def get_service(self, *, name: str, namespace: str) -> dict[str, Any] | None:
-        return self.objects.get(("SLMService", namespace, name))
-
-    # --- what the cluster does on its own ---------------------------------------------------------------
-
-    def run_pods(self, *, node_name: str, ready: bool) -> None:
-        """Every group's pods scheduled on ``node_name``; their StatefulSets report readiness."""
-        for (kind, ns, name), sts in list(self.objects.items()):
-            if kind != "StatefulSet":
-                continue
-            labels = sts["spec"]["template"]["metadata"]["labels"]
-            for i in range(sts["spec"]["replicas"]):
-                self.objects[("Pod", ns, f"{name}-{i}")] = {
-                    "metadata": {"name": f"{name}-{i}", "namespace": ns, "labels": labels},
-                    "spec": {"nodeName": node_name}}
-            sts["status"] = {"readyReplicas": sts["spec"]["replicas"] if ready else 0}
 
 
 @pytest.fixture
@@ -99,13 +26,6 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     fake = FakeApi()
     fake.install(monkeypatch)
     return fake
-
-
-def gpu_index(*nodes: dict[str, Any]) -> GpuIndex:
-    entries = [node_entry(name=n["metadata"]["name"], labels=n["metadata"]["labels"], spec={}, status=n["status"])
-               for n in nodes]
-    return GpuIndex({"gpu_nodes": kopf_index(entries), "gpu_pods": {}, "gpu_slices": {}, "gpu_claims": {},
-                     "slm_groups": {}})
 
 
 def service(api: FakeApi, spec: dict[str, Any], *, name: str = "opt") -> dict[str, Any]:
@@ -176,6 +96,10 @@ def test_a_missing_secret_or_gpu_waits_and_says_what_to_do(api: FakeApi) -> None
     assert status["phase"] == "Pending" and conditions(status)["Available"] == ("False", "SecretNotFound")
     assert "kubectl create secret generic hf" in status["message"]
 
+    body = service(api, {"model": "facebook/opt-1.3b", "engine": {"apiKeySecretRef": {"name": "api"}}}, name="key")
+    status = reconcile(api, state(), gpu_index(node("m")), body)
+    assert conditions(status)["Available"] == ("False", "SecretNotFound") and "apiKeySecretRef" in status["message"]
+
     body = service(api, {"model": "facebook/opt-1.3b", "profiling": STATIC}, name="nogpu")
     status = reconcile(api, state(), gpu_index(), body)
     assert status["phase"] == "Pending" and conditions(status)["Planned"] == ("False", "NoMatchingGPUs")
@@ -232,3 +156,11 @@ def test_scaling_in_removes_whole_groups(api: FakeApi) -> None:
     assert ("delete", "StatefulSet", "opt-g1") in api.writes and ("delete", "StatefulSet", "opt-g2") in api.writes
     assert [g["name"] for g in status["placement"]["groups"]] == ["opt-g0"]
     assert status["observedGeneration"] == 2
+
+
+def test_a_model_no_batch_size_fits_fails_once_with_its_reason(api: FakeApi) -> None:
+    body = service(api, {"model": "facebook/opt-1.3b", "gpu": {"product": H100}, "profiling": {"mode": "estimate"},
+                         "slo": {"maxInterTokenLatencyMs": 0.01}})
+    status = reconcile(api, state(), gpu_index(node("m")), body)
+    assert status["phase"] == "Failed" and conditions(status)["Profiled"] == ("False", "NoFeasibleBatchSize")
+    assert "SLO" in status["message"] and api.writes == []

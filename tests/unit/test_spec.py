@@ -46,6 +46,21 @@ def test_full_spec_round_trips_every_field():
     ({"model": "m", "workload": {"inputTokens": 2000, "outputTokens": 100, "maxModelLen": 1024}},
      "workload.maxModelLen", "raise maxModelLen"),
     ({"model": "m", "gpu": {"sharing": "vgpu"}}, "gpu.sharing", "time-slicing"),
+    # Hostile input the CRD refuses too; the parser is the second line (objects stored before the rule).
+    ({"model": "m", "engine": {"args": ["--max-num-seq=4096"]}}, "engine.args", "sets --max-num-seqs"),
+    ({"model": "m", "engine": {"args": ["--por", "1"]}}, "engine.args", "sets --port"),
+    ({"model": "--help"}, "model", "read it as a flag"),
+    ({"model": "m", "servedModelName": "-x"}, "servedModelName", "does not start with '-'"),
+    ({"model": "m", "engine": {"hfTokenSecretRef": {"name": "hf"}, "env": [{"name": "HF_TOKEN", "value": "x"}]}},
+     "engine.env", "remove one of the two"),
+    ({"model": "m", "engine": {"apiKeySecretRef": {"name": "k"}, "env": [{"name": "VLLM_API_KEY"}]}},
+     "engine.env", "engine.apiKeySecretRef"),
+    ({"model": "m", "networkPolicy": {"ingressFrom": [{}]}}, "networkPolicy.ingressFrom", "namespaceSelector"),
+    # Malformed values (a hand-edited object): an InvalidSpec naming the section, never a crash.
+    ({"model": "m", "workload": {"inputTokens": "many"}}, "workload", "malformed"),
+    ({"model": "m", "scale": {"gpus": [1]}}, "scale", "malformed"),
+    ({"model": "m", "engine": {"env": [{"value": "no name"}]}}, "engine", "malformed"),
+    ({"model": "m", "slo": {"maxInterTokenLatencyMs": "fast"}}, "slo", "malformed"),
 ])
 def test_bad_specs_name_the_field_and_the_fix(raw, field, words):
     with pytest.raises(SpecError) as err:
@@ -53,3 +68,25 @@ def test_bad_specs_name_the_field_and_the_fix(raw, field, words):
     assert err.value.field == field
     assert words in str(err.value)
     assert str(err.value).startswith(f"spec.{field}: ")
+
+
+@pytest.mark.parametrize("arg, owned", [
+    ("--max-num-seqs=8", "--max-num-seqs"), ("--max_num_seqs", "--max-num-seqs"), ("--max-num-s", "--max-num-seqs"),
+    ("--gpu-mem", "--gpu-memory-utilization"), ("--mod=x", "--model"), ("--max-model", "--max-model-len"),
+    ("--max-num-batched-tokens=8192", None), ("--model-impl=vllm", None), ("--enforce-eager", None),
+    ("--", None), ("-m", None), ("8", None), ("--kv-cache-dtype=fp8", None),
+])
+def test_owned_flags_are_recognised_in_every_spelling_argparse_accepts(arg, owned):
+    from slm_operator.spec import owned_flag
+
+    assert owned_flag(arg) == owned
+
+
+def test_secrets_and_network_policy_parse():
+    spec = parse_spec({"model": "m", "engine": {"apiKeySecretRef": {"name": "api"}},
+                       "networkPolicy": {"ingressFrom": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]}})
+    assert spec.engine.api_key_secret_ref is not None and spec.engine.api_key_secret_ref.key == "VLLM_API_KEY"
+    assert spec.network_policy is not None
+    assert spec.network_policy.ingress_from == ({"namespaceSelector": {"matchLabels": {"team": "a"}}},)
+    assert parse_spec({"model": "m"}).network_policy is None
+    assert parse_spec({"model": "m", "networkPolicy": {}}).network_policy.ingress_from == ()

@@ -63,3 +63,54 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "slm-operator.profilerImage" -}}
 {{- printf "%s:%s" .Values.profiler.image.repository (default .Chart.AppVersion .Values.profiler.image.tag) }}
 {{- end }}
+
+{{/*
+The namespaces whose SLMServices this operator serves, comma-separated, "" for all (cluster-wide
+mode): operator.watchNamespaces (a list) and the comma-separated operator.watchNamespace, in that
+order, without duplicates. The operator reads it as SLM_WATCH_NAMESPACE; the writer ClusterRole is
+bound with one RoleBinding in each (rbac-operator.yaml).
+*/}}
+{{- define "slm-operator.watchNamespaces" -}}
+{{- $names := list }}
+{{- range .Values.operator.watchNamespaces }}
+{{- $names = append $names . }}
+{{- end }}
+{{- range splitList "," .Values.operator.watchNamespace }}
+{{- if . }}
+{{- $names = append $names . }}
+{{- end }}
+{{- end }}
+{{- join "," (uniq $names) }}
+{{- end }}
+
+{{/*
+Env of the operator for the defaults of the pods it makes (operator.engineDefaults,
+profiler.resources), as a YAML list: a value left empty (or null) sets nothing, so the operator's
+own default holds. Whole numbers (cpu: 2, runAsUser) are written without a decimal point.
+*/}}
+{{- define "slm-operator.podDefaultsEnv" -}}
+{{- $engine := .Values.operator.engineDefaults | default dict }}
+{{- $profiler := .Values.profiler.resources | default dict }}
+{{- $values := dict
+  "SLM_ENGINE_CPU_REQUEST" $engine.cpu
+  "SLM_ENGINE_MEMORY_REQUEST" $engine.memory
+  "SLM_ENGINE_EPHEMERAL_STORAGE_REQUEST" $engine.ephemeralStorage
+  "SLM_ENGINE_RUN_AS_USER" $engine.runAsUser
+  "SLM_PROFILER_CPU_REQUEST" $profiler.cpu
+  "SLM_PROFILER_MEMORY_REQUEST" $profiler.memory }}
+{{- $env := list }}
+{{- range $name, $value := $values }}
+{{- if not (or (kindIs "invalid" $value) (eq (toString $value) "")) }}
+{{- if kindIs "string" $value }}
+{{- $env = append $env (dict "name" $name "value" $value) }}
+{{- else if eq (float64 $value) (floor $value) }}
+{{- $env = append $env (dict "name" $name "value" (toString (int64 $value))) }}
+{{- else }}
+{{- $env = append $env (dict "name" $name "value" (toString $value)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $env }}
+{{- toYaml $env }}
+{{- end }}
+{{- end }}

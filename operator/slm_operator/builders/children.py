@@ -10,6 +10,8 @@ Pure ``build_*`` functions: they return dicts and import neither kopf nor a Kube
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -36,10 +38,43 @@ from slm_operator.constants import (
     group_name,
 )
 from slm_operator.planning.plan import Plan
-from slm_operator.spec import SLMServiceSpec
+from slm_operator.spec import API_KEY_ENV, HF_TOKEN_ENV, NetworkPolicySpec, SLMServiceSpec
 
 PVC_SCHEME = "pvc://"
 MODEL_MOUNT = "/models"
+#: The user vLLM runs as unless the operator's configuration says otherwise (SLM_ENGINE_RUN_AS_USER).
+ENGINE_RUN_AS_USER = 1000
+#: A writable folder for everything vLLM and its libraries write: the images' HOME (``/root`` in
+#: vllm/vllm-openai) is not writable by a non-root user. An emptyDir, so it goes with the pod.
+CACHE_DIR = "/var/cache/slm"
+#: Where vLLM, Hugging Face, torch and Triton write (caches, compiled kernels, downloaded weights,
+#: usage stats), all under CACHE_DIR. A variable the user sets in ``engine.env`` wins.
+CACHE_ENV: tuple[tuple[str, str], ...] = (
+    ("HOME", CACHE_DIR),
+    ("XDG_CACHE_HOME", f"{CACHE_DIR}/cache"),
+    ("XDG_CONFIG_HOME", f"{CACHE_DIR}/config"),
+    ("HF_HOME", f"{CACHE_DIR}/huggingface"),
+    ("VLLM_CACHE_ROOT", f"{CACHE_DIR}/vllm"),
+    ("TRITON_CACHE_DIR", f"{CACHE_DIR}/triton"),
+    # NB: torch's default (/tmp/torchinductor_$USER) asks getpass for a user name, which a uid
+    # without a passwd entry in the image does not have.
+    ("TORCHINDUCTOR_CACHE_DIR", f"{CACHE_DIR}/torchinductor"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineDefaults:
+    """What the operator's configuration adds to every vLLM pod (``OperatorConfig.engine_*``):
+    the user it runs as, and the requests used where ``spec.engine.resources`` leaves them unset
+    (``None``: no request)."""
+
+    run_as_user: int = ENGINE_RUN_AS_USER
+    cpu_request: str | None = None
+    memory_request: str | None = None
+    ephemeral_storage_request: str | None = None
+
+
+ENGINE_DEFAULTS = EngineDefaults()
 
 
 def owner_reference(*, name: str, uid: str) -> dict[str, Any]:
@@ -81,6 +116,26 @@ def build_service(*, name: str, namespace: str, owner: Mapping[str, Any]) -> dic
             "type": "ClusterIP",
             "selector": {LABEL_SERVICE: name, LABEL_COMPONENT: "model-server"},
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def build_network_policy(
+    *, name: str, namespace: str, policy: NetworkPolicySpec, owner: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Admit traffic to the service's replicas only on the serving port, and only from pods of its
+    own namespace and the peers ``spec.networkPolicy.ingressFrom`` lists. Ingress only: what the
+    replicas reach (a model hub) is not restricted here."""
+    peers: list[dict[str, Any]] = [{"podSelector": {}}]  # every pod of this namespace
+    peers += [copy.deepcopy(dict(peer)) for peer in policy.ingress_from]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(name=name, namespace=namespace, owner=owner, labels=common_labels(name=name)),
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_SERVICE: name, LABEL_COMPONENT: "model-server"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": SERVING_PORT}]}],
         },
     }
 
@@ -146,11 +201,19 @@ def build_group_statefulset(
     plan: Plan,
     image: str,
     owner: Mapping[str, Any],
+    engine_defaults: EngineDefaults = ENGINE_DEFAULTS,
 ) -> dict[str, Any]:
-    """The k replicas of GPU group ``index``, started one after another and kept on one node."""
+    """The k replicas of GPU group ``index``, started one after another and kept on one node.
+
+    The pods pass the ``restricted`` Pod Security Standard: a non-root user
+    (``engine_defaults.run_as_user``), no privilege escalation, no capabilities, the runtime's
+    seccomp profile, and no ServiceAccount token (vLLM never calls the API).
+    """
     group_labels = common_labels(name=name) | {LABEL_GROUP: str(index)}
     model_arg, volumes, mounts = _model_source(spec.model)
-    container = _vllm_container(spec=spec, plan=plan, image=image, model_arg=model_arg, mounts=mounts)
+    container = _vllm_container(spec=spec, plan=plan, image=image, model_arg=model_arg, mounts=mounts,
+                                defaults=engine_defaults)
+    uid = engine_defaults.run_as_user
     pod_spec: dict[str, Any] = {}
     if plan.mechanism == "dra":
         container["resources"]["claims"] = [{"name": "gpu"}]
@@ -160,11 +223,23 @@ def build_group_statefulset(
         container["resources"].setdefault("limits", {})[plan.resource_name or GPU_RESOURCE] = 1
     pod_spec |= {
         "containers": [container],
-        "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}, *volumes],
+        "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+                    {"name": "cache", "emptyDir": {}}, *volumes],
         "affinity": _affinity(name=name, index=index, plan=plan),
         "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
         "terminationGracePeriodSeconds": 30,
         "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+            # NB: a large model volume is not walked and re-owned at every start, only when its
+            # root's group is not fsGroup yet.
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     }
     return {
         "apiVersion": "apps/v1",
@@ -194,7 +269,8 @@ def build_group_statefulset(
 
 
 def _vllm_container(
-    *, spec: SLMServiceSpec, plan: Plan, image: str, model_arg: str, mounts: list[dict[str, Any]]
+    *, spec: SLMServiceSpec, plan: Plan, image: str, model_arg: str, mounts: list[dict[str, Any]],
+    defaults: EngineDefaults,
 ) -> dict[str, Any]:
     """The vLLM server: the plan's flags (``Plan.vllm_args``), then the user's ``engine.args``."""
     args = [f"--model={model_arg}", f"--port={SERVING_PORT}", f"--served-model-name={spec.served_model_name}"]
@@ -202,17 +278,16 @@ def _vllm_container(
         args.append(f"--revision={spec.revision}")
     args += plan.vllm_args() + list(spec.engine.args)
 
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in spec.engine.env]
-    if spec.engine.hf_token_secret_ref:
-        ref = spec.engine.hf_token_secret_ref
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
-
     requests: dict[str, Any] = {}
     limits: dict[str, Any] = {}
-    if spec.engine.cpu:
-        requests["cpu"] = spec.engine.cpu
-    if spec.engine.memory:
-        requests["memory"] = limits["memory"] = spec.engine.memory
+    cpu = spec.engine.cpu or defaults.cpu_request
+    memory = spec.engine.memory or defaults.memory_request
+    if cpu:
+        requests["cpu"] = cpu
+    if memory:
+        requests["memory"] = limits["memory"] = memory
+    if defaults.ephemeral_storage_request:
+        requests["ephemeral-storage"] = defaults.ephemeral_storage_request
     resources = {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
     container: dict[str, Any] = {
@@ -233,12 +308,27 @@ def _vllm_container(
         "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 15,
                           "timeoutSeconds": 10, "failureThreshold": 6},
-        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}, *mounts],
-        "securityContext": {"allowPrivilegeEscalation": False, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}, {"name": "cache", "mountPath": CACHE_DIR},
+                         *mounts],
+        "env": _vllm_env(spec),
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            "seccompProfile": {"type": "RuntimeDefault"}},
     }
-    if env:
-        container["env"] = env
     return container
+
+
+def _vllm_env(spec: SLMServiceSpec) -> list[dict[str, Any]]:
+    """The cache folders (unless ``engine.env`` sets them), the user's ``engine.env``, then the
+    Secret references. NB: in this order so a user's value can say ``$(HOME)``: Kubernetes expands
+    only the variables listed before it."""
+    user = {k for k, _ in spec.engine.env}
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in CACHE_ENV if k not in user]
+    env += [{"name": k, "value": v} for k, v in spec.engine.env]
+    refs = ((HF_TOKEN_ENV, spec.engine.hf_token_secret_ref), (API_KEY_ENV, spec.engine.api_key_secret_ref))
+    for variable, ref in refs:
+        if ref is not None:
+            env.append({"name": variable, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return env
 
 
 def _affinity(*, name: str, index: int, plan: Plan) -> dict[str, Any]:

@@ -28,6 +28,16 @@ REQUEST_ENV = "SLM_PROFILE_REQUEST"
 PROFILER_CONTAINER = "profiler"
 #: Non-root user of the profiler image.
 RUN_AS_USER = 1000
+#: The profiler's default requests (SLM_PROFILER_CPU_REQUEST, SLM_PROFILER_MEMORY_REQUEST), so the
+#: pod is Burstable, not BestEffort (the first evicted under node pressure, an hour of GPU lost).
+#: A floor, not a cap: no limit is set, and a Job holding a whole GPU has the node's idle CPU and
+#: memory beside it to burst into when the sweep runs several replicas. One core keeps the sweep's
+#: load generator and a vLLM server's engine loop running; 8 GiB holds one vLLM server of a small
+#: model (the torch/CUDA runtime of its two processes and the weights staged through host memory:
+#: a few GiB) and the profiler. Raise them (the chart's ``profiler.resources``) for larger models or
+#: nodes shared with busy pods, where a starved CPU shows up as lower measured throughput.
+CPU_REQUEST = "1"
+MEMORY_REQUEST = "8Gi"
 
 
 def build_profiler_job(
@@ -42,6 +52,8 @@ def build_profiler_job(
     gpu_resource: str = GPU_RESOURCE,
     owner: Mapping[str, Any] | None = None,
     extra_args: Sequence[str] = (),
+    cpu_request: str = CPU_REQUEST,
+    memory_request: str = MEMORY_REQUEST,
 ) -> dict[str, Any]:
     """A ``batch/v1`` Job measuring ``request`` on one ``gpu_product`` GPU. Side-effect free.
 
@@ -49,6 +61,10 @@ def build_profiler_job(
     Job goes away with it. The pod pins itself to the product with the GPU feature discovery
     label ``nvidia.com/gpu.product`` and asks for one whole ``gpu_resource``. ``extra_args`` go
     after ours (the operator's ``SLM_PROFILER_EXTRA_ARGS``), so a later flag wins.
+
+    The pod passes the ``restricted`` Pod Security Standard (non-root, no privilege escalation, no
+    capabilities, the runtime's seccomp profile) and requests ``cpu_request`` and
+    ``memory_request``. It keeps its ServiceAccount token: it writes its result ConfigMap with it.
     """
     if not result_configmap:
         raise ValueError("result_configmap must name the ConfigMap the profile is written to")
@@ -85,12 +101,14 @@ def build_profiler_job(
             {"name": "HOME", "value": "/work"},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
         ],
-        "resources": {"limits": {gpu_resource: 1}, "requests": {gpu_resource: 1}},
+        "resources": {"limits": {gpu_resource: 1},
+                      "requests": {gpu_resource: 1, "cpu": cpu_request, "memory": memory_request}},
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [
             {"name": "work", "mountPath": "/work"},
@@ -107,9 +125,12 @@ def build_profiler_job(
             {"matchExpressions": [{"key": LABEL_GPU_SHARING, "operator": "NotIn",
                                    "values": ["mps", "time-slicing"]}]}]}}},
         "tolerations": [{"key": gpu_resource, "operator": "Exists", "effect": "NoSchedule"}],
+        # NB: explicit, whatever the ServiceAccount says: the profiler writes its ConfigMap with it.
+        "automountServiceAccountToken": True,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
             "fsGroup": RUN_AS_USER,
             "seccompProfile": {"type": "RuntimeDefault"},
         },

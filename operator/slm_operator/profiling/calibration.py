@@ -33,18 +33,21 @@ import json
 import math
 import pathlib
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from .estimator import CALIBRATION, Calibration, estimate_batch, estimate_replicas
+from .estimator import CALIBRATION, Calibration, estimate_batch, estimate_replicas, step_time
 from .gpus import lookup_gpu
-from .modelconfig import ModelConfig, parse_model_config
+from .modelconfig import ModelConfig, parse_model_config, resolve_model_config
 from .types import Workload
 
 __all__ = [
     "CalibrationRow",
     "ReplicationRow",
     "CurveError",
+    "PublicPointError",
     "FITTED_FIELDS",
+    "cross_gpu_check",
     "calibration_report",
     "fit_calibration",
     "leave_one_out",
@@ -325,14 +328,18 @@ def _fit(
     kept = [r for r in replication if not r.excluded]
 
     def calibration_at(x: Sequence[float]) -> Calibration:
-        return dataclasses.replace(start, **{name: math.exp(v) for name, v in zip(FITTED_FIELDS, x, strict=True)})
+        return _with(start, [math.exp(v) for v in x])
 
     x0 = [math.log(getattr(start, name)) for name in FITTED_FIELDS]
     best = _nelder_mead(lambda x: _loss(rows, kept, model, calibration_at(x)), x0)
     # NB: three significant digits: the fit is flat well beyond that (docs/profiling.md).
-    return dataclasses.replace(
-        start, **{name: float(f"{math.exp(v):.3g}") for name, v in zip(FITTED_FIELDS, best, strict=True)}
-    )
+    return _with(start, [float(f"{math.exp(v):.3g}") for v in best])
+
+
+def _with(start: Calibration, values: Sequence[float]) -> Calibration:
+    """``start`` with the :data:`FITTED_FIELDS` set to ``values``, in that order."""
+    a0, a1, t_layer = values
+    return dataclasses.replace(start, step_overhead_s=a0, per_sequence_overhead_s=a1, per_layer_overhead_s=t_layer)
 
 
 def fit_calibration(
@@ -380,4 +387,48 @@ def leave_one_out(
         tok_obs = _abs_errors([h.tok_s_error_at_observed for h in held])
         itl_obs = _abs_errors([h.itl_error_at_observed for h in held])
         out.append(CurveError(curve, len(held), tok[0], tok[1], itl[0], itl[1], tok_obs[0], itl_obs[0], fitted))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class PublicPointError:
+    """One published batch-1 measurement predicted from the others (:func:`cross_gpu_check`)."""
+
+    id: str
+    measured_itl_ms: float
+    predicted_itl_ms: float
+    #: The engine's fixed step time the other points imply (ms).
+    engine_fixed_ms: float
+
+    @property
+    def error(self) -> float:
+        return self.predicted_itl_ms / self.measured_itl_ms - 1
+
+
+def _gpu_terms_s(point: Mapping[str, Any]) -> float:
+    """GPU time of one decode step at batch 1 with no engine overheads: weights (or GEMM) + KV."""
+    bare = dataclasses.replace(CALIBRATION, step_overhead_s=0.0, per_sequence_overhead_s=0.0, per_layer_overhead_s=0.0)
+    step = step_time(
+        model_config=resolve_model_config(model=str(point["model"]), inline=None),
+        gpu=lookup_gpu(str(point["gpu"])),
+        workload=Workload(input_tokens=int(point["input_tokens"]), output_tokens=int(point["output_tokens"])),
+        decoding=1.0, calibration=bare,
+    )
+    return step.gpu_s
+
+
+def cross_gpu_check(points: Sequence[Mapping[str, Any]]) -> list[PublicPointError]:
+    """Leave-one-out over published batch-1 decode ITLs of one engine on different GPUs/models
+    (``tests/unit/profiling/data/public_vllm.json``): the engine's fixed step time is what the
+    other points leave after their GPU terms (weights / effective bandwidth, KV, GEMM), and the
+    held-out point is predicted as that plus its own GPU terms. It checks the GPU constants (peak
+    × one efficiency per memory technology) and the model's bytes, not the V0 engine constants."""
+    if len(points) < 2:
+        raise ValueError("the cross-GPU check needs at least two points")
+    gpu_ms = [_gpu_terms_s(p) * 1e3 for p in points]
+    out = []
+    for i, point in enumerate(points):
+        others = [float(q["itl_ms"]) - g for j, (q, g) in enumerate(zip(points, gpu_ms, strict=True)) if j != i]
+        fixed = statistics.fmean(others)
+        out.append(PublicPointError(str(point["id"]), float(point["itl_ms"]), fixed + gpu_ms[i], fixed))
     return out

@@ -26,7 +26,7 @@ from slm_operator.constants import LABEL_MANAGED_BY, MANAGED_BY
 from slm_operator.errors import ModelConfigError
 
 from .engines.base import EngineError, EngineServer
-from .estimator import CALIBRATION, estimate_curve
+from .estimator import CALIBRATION, estimate_curve, parameter_sources
 from .gpus import lookup_gpu
 from .modelconfig import ModelConfig, load_model_config_file, parse_model_config, resolve_model_config
 from .results import SweepFormatError, SweepResult, load_sweep, to_csv
@@ -74,13 +74,24 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         return 0
     print(f"# ESTIMATE (roofline, not measured): {model.model_type} {model.num_params / 1e9:.2f}B params, "
           f"{model.weights_gib:.2f} GiB weights, {model.kv_bytes_per_token} KV bytes/token on {gpu.name}")
+    for line in parameter_sources(model_config=model, gpu=gpu):
+        print(f"# {line}")
+    fits = [e for e in curve if not e.preempts]
+    if curve[0].kv_pool_requests < float("inf"):
+        print(f"# KV pool: holds {curve[0].kv_pool_requests:,.0f} requests of {workload.tokens_per_request} tokens "
+              "(input + output) at full length; larger batches preempt")
+    if fits:
+        top = max(fits, key=lambda e: e.total_token_throughput_tok_s)
+        print(f"# plateau: {top.total_token_throughput_tok_s:,.0f} tok/s at batch {top.batch_size}, "
+              f"{top.roofline_fraction:.0%} of the HBM roofline ({gpu.hbm_bandwidth_gbs:,.0f} GB/s peak: weights "
+              "once + the batch's KV per step)")
     print(f"{'batch':>6} {'tok/s':>10} {'out tok/s':>10} {'ITL ms':>8} {'TTFT ms':>8} {'KV GiB':>8} "
-          f"{'mem GiB':>8}  bound")
+          f"{'mem GiB':>8} {'roof':>5}  bound")
     for e in curve:
         flag = "  PREEMPTS" if e.preempts else ""
         print(f"{e.batch_size:>6} {e.total_token_throughput_tok_s:>10,.0f} {e.output_throughput_tok_s:>10,.0f} "
-              f"{e.inter_token_latency_ms:>8.2f} {e.ttft_ms:>8.1f} {e.kv_cache_gib:>8.2f} {e.memory_gib:>8.2f}  "
-              f"{e.bound}{flag}")
+              f"{e.inter_token_latency_ms:>8.2f} {e.ttft_ms:>8.1f} {e.kv_cache_gib:>8.2f} {e.memory_gib:>8.2f} "
+              f"{e.roofline_fraction:>5.0%}  {e.bound}{flag}")
     return 0
 
 

@@ -68,6 +68,7 @@ __all__ = [
     "estimate_replicas",
     "estimate_profile",
     "kv_pool_gib",
+    "parameter_sources",
     "replica_memory_gib",
     "roofline_fraction",
     "step_time",
@@ -510,6 +511,37 @@ def roofline_fraction(
     return moved / gpu.bandwidth_bytes_s / (inter_token_latency_ms / 1e3)
 
 
+def parameter_sources(
+    *, model_config: ModelConfig, gpu: GpuSpec, calibration: Calibration = CALIBRATION
+) -> list[str]:
+    """One line per owner (model, GPU, engine): each number the estimate uses and where it comes from."""
+    m, c = model_config, calibration
+    attention = (
+        "MHA" if m.num_kv_heads == m.num_attention_heads
+        else "MQA" if m.num_kv_heads == 1
+        else f"GQA {m.num_attention_heads // m.num_kv_heads}:1"
+    )
+    window = f", sliding window {m.sliding_window}" if m.sliding_window else ""
+    tied = "tied LM head read once" if m.tie_word_embeddings else "untied: embedding gathered, LM head read"
+    gpu_source = "datasheet" if not gpu.note else f"note: {gpu.note}"
+    return [
+        f"model (config.json): {m.model_type}, {m.num_params / 1e9:.2f}B parameters, {m.num_layers} layers, "
+        f"{m.num_attention_heads} heads / {m.num_kv_heads} KV heads ({attention}{window}) x {m.head_dim} head dim, "
+        f"{m.dtype}; reads {m.weights_read_bytes / 1e9:.2f} GB of weights per step ({tied}), "
+        f"{m.kv_bytes_per_token:,} KV bytes per token",
+        f"GPU (table, {gpu.name}): {gpu.hbm_bandwidth_gbs:,.0f} GB/s peak {gpu.memory_type} x "
+        f"{gpu.memory_efficiency:.2f} ({gpu.memory_type} efficiency, one per memory technology) = "
+        f"{gpu.effective_bandwidth_bytes_s / 1e9:,.0f} GB/s effective; {gpu.bf16_tflops:,.0f} TFLOP/s dense bf16; "
+        f"{gpu.memory_gib:.1f} GiB",
+        f"GPU numbers: {gpu_source}",
+        f"engine ({c.engine}, fitted on the reference sweeps and replication table): "
+        f"host {c.step_overhead_s * 1e3:.3f} ms/step + {c.per_sequence_overhead_s * 1e6:.1f} us/sequence, "
+        f"GPU {c.per_layer_overhead_s * 1e6:.1f} us/layer; priors: GEMM efficiency {c.compute_efficiency:.2f}, "
+        f"paged-attention efficiency {c.attention_efficiency:.2f}, "
+        f"gpu_memory_utilization {c.gpu_memory_utilization:.2f}",
+    ]
+
+
 def estimate_profile(
     *,
     model_config: ModelConfig,
@@ -520,6 +552,7 @@ def estimate_profile(
     batch_sizes: Sequence[int] | None = None,
     max_num_batched_tokens: int | None = 2048,
     calibration: Calibration = CALIBRATION,
+    length_cv: float = 0.0,
 ) -> Profile:
     """An estimated :class:`Profile`: the batch size (B*) by the same rules as measured data, the
     replicas that saturate the GPU (k*) from the same step model and memory.
@@ -529,7 +562,7 @@ def estimate_profile(
     """
     curve = estimate_curve(
         model_config=model_config, gpu=gpu, workload=workload, batch_sizes=batch_sizes,
-        max_num_batched_tokens=max_num_batched_tokens, calibration=calibration,
+        max_num_batched_tokens=max_num_batched_tokens, calibration=calibration, length_cv=length_cv,
     )
     points = [
         SelectionPoint(
@@ -551,7 +584,7 @@ def estimate_profile(
     while True:
         est = estimate_replicas(
             model_config=model_config, gpu=gpu, workload=workload, batch_size=batch_size, replicas=replicas,
-            max_num_batched_tokens=max_num_batched_tokens, calibration=calibration,
+            max_num_batched_tokens=max_num_batched_tokens, calibration=calibration, length_cv=length_cv,
         )
         if (not est.fits_memory or est.preempts) and replicas > 1:
             break

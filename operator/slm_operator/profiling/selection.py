@@ -41,6 +41,8 @@ import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 
+from slm_operator.errors import PermanentError
+
 from .types import Slo
 
 __all__ = [
@@ -58,8 +60,11 @@ __all__ = [
 ]
 
 
-class SelectionError(ValueError):
-    """The data cannot give a batch size (or k*): bad input, or nothing feasible. The message says why."""
+class SelectionError(PermanentError, ValueError):
+    """The data cannot give a batch size (or k*): bad input, or nothing feasible (an SLO no batch
+    size meets, a model whose KV cache does not fit). The message says why."""
+
+    reason = "NoFeasibleBatchSize"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ from slm_operator.constants import GIB, LABEL_GPU_MEMORY_MIB
 from slm_operator.errors import ModelConfigError, UnknownGpuError, UnknownModelError
 
 from .engines.base import EngineError, EngineServer
-from .estimator import CALIBRATION, replica_memory_gib
+from .estimator import CALIBRATION, replica_memory_gib, roofline_fraction
 from .gpus import lookup_gpu
 from .loadgen import LoadError, LoadResult, run_load
 from .metrics import MetricsSampler, MetricsSummary
@@ -477,6 +477,21 @@ def _gpu_memory_gib(request: ProfileRequest) -> float | None:
         return None
 
 
+def _measured_roofline(
+    *, request: ProfileRequest, model_config: ModelConfig | None, batch_size: int, itl_ms: float | None
+) -> float | None:
+    """The measured replica's share of the GPU's HBM roofline at B*, where the GPU table knows the
+    product's bandwidth and the architecture is known; else ``None``."""
+    if model_config is None or not itl_ms or itl_ms <= 0:
+        return None
+    try:
+        gpu = lookup_gpu(request.gpu_product)
+    except UnknownGpuError:
+        return None
+    return round(roofline_fraction(model_config=model_config, gpu=gpu, workload=request.workload,
+                                   batch_size=batch_size, inter_token_latency_ms=itl_ms), 3)
+
+
 def request_model_config(request: ProfileRequest) -> ModelConfig | None:
     """The request's architecture when it can be known (inline or built-in), else ``None``."""
     try:
@@ -527,6 +542,8 @@ def profile_from_sweep(*, sweep: SweepResult, request: ProfileRequest, model_con
         weights_gib=round(weights, 3) if weights is not None else None,
         kv_cache_gib=round(kv, 3) if kv is not None else None,
         inter_token_latency_ms=round(itl, 3) if itl is not None else None,
+        roofline_fraction=_measured_roofline(request=request, model_config=model_config, batch_size=batch_size,
+                                             itl_ms=solo.mean_itl_ms),
         measured_at=sweep.created_at,
         engine=sweep.engine,
         explanation=(

@@ -1,14 +1,19 @@
 """Child manifests: what the scheduler and vLLM will see."""
 
+import pytest
+
 from slm_operator.builders.children import (
+    EngineDefaults,
     build_group_statefulset,
+    build_network_policy,
     build_resource_claim,
     build_service,
     owner_reference,
 )
-from slm_operator.constants import LABEL_GROUP, LABEL_SERVICE
+from slm_operator.constants import LABEL_GROUP, LABEL_SERVICE, SERVING_PORT
 from slm_operator.planning.inventory import build_inventory
 from slm_operator.planning.plan import make_plan
+from tests.unit.builders.podsecurity import restricted_violations
 from tests.unit.factories import H100, dra_slice, node, profile, spec
 
 OWNER = owner_reference(name="opt", uid="u-1")
@@ -69,3 +74,117 @@ def test_pvc_models_are_mounted_read_only():
 def test_service_selects_every_group():
     svc = build_service(name="opt", namespace="ns", owner=OWNER)
     assert svc["spec"]["selector"][LABEL_SERVICE] == "opt" and LABEL_GROUP not in svc["spec"]["selector"]
+
+
+# --- Pod security, requests, the API key, the NetworkPolicy -------------------------------------------
+
+
+def _pod(s=None, *, engine_defaults=None, plan=None):
+    plan = plan or _plan([node("t", sharing="time-slicing", replicas=4)])
+    extra = {} if engine_defaults is None else {"engine_defaults": engine_defaults}
+    sts = build_group_statefulset(name="opt", namespace="ns", index=0, spec=s or spec(), plan=plan, image="i",
+                                  owner=OWNER, **extra)
+    return sts["spec"]["template"]["spec"]
+
+
+def _env(container):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+@pytest.mark.parametrize("sharing", ["time-slicing", "dra"])
+def test_vllm_pods_pass_the_restricted_pod_security_standard(sharing):
+    plan = (_plan([node("d", sharing="dra")], [dra_slice("d")], gpu={"product": H100, "sharing": "dra"})
+            if sharing == "dra" else None)
+    pod = _pod(spec(model="pvc://weights/opt"), plan=plan)
+    assert restricted_violations(pod) == []
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+        "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                            "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["automountServiceAccountToken"] is False  # vLLM never calls the API
+
+
+def test_the_engine_user_comes_from_the_operator_config():
+    pod = _pod(engine_defaults=EngineDefaults(run_as_user=4242))
+    assert {k: pod["securityContext"][k] for k in ("runAsUser", "runAsGroup", "fsGroup")} == {
+        "runAsUser": 4242, "runAsGroup": 4242, "fsGroup": 4242}
+
+
+def test_everything_vllm_writes_goes_to_a_writable_cache_dir():
+    pod = _pod()
+    (container,) = pod["containers"]
+    assert {"name": "cache", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "cache", "mountPath": "/var/cache/slm"} in container["volumeMounts"]
+    env = _env(container)
+    for variable in ("HOME", "HF_HOME", "VLLM_CACHE_ROOT", "XDG_CACHE_HOME", "TRITON_CACHE_DIR",
+                     "TORCHINDUCTOR_CACHE_DIR"):
+        assert env[variable] == "/var/cache/slm" or env[variable].startswith("/var/cache/slm/"), variable
+
+
+def test_the_users_engine_env_wins_over_the_cache_dirs_without_duplicates():
+    s = spec(engine={"env": [{"name": "HF_HOME", "value": "/models/hf"}, {"name": "HOME", "value": "/home/me"},
+                             {"name": "EXTRA", "value": "$(XDG_CACHE_HOME)/x"}]})
+    (container,) = _pod(s)["containers"]
+    names = [e["name"] for e in container["env"]]
+    assert len(names) == len(set(names)), names
+    env = _env(container)
+    assert env["HF_HOME"] == "/models/hf" and env["HOME"] == "/home/me"
+    assert env["VLLM_CACHE_ROOT"] == "/var/cache/slm/vllm"  # the ones the user left alone stay
+    # NB: Kubernetes expands $(VAR) only from variables listed earlier: the defaults come first.
+    assert names.index("XDG_CACHE_HOME") < names.index("EXTRA")
+
+
+def test_requests_default_from_the_operator_config_and_the_spec_wins():
+    defaults = EngineDefaults(cpu_request="2", memory_request="12Gi", ephemeral_storage_request="20Gi")
+    (container,) = _pod(engine_defaults=defaults)["containers"]
+    assert container["resources"]["requests"] == {"cpu": "2", "memory": "12Gi", "ephemeral-storage": "20Gi"}
+    assert container["resources"]["limits"] == {"memory": "12Gi", "nvidia.com/gpu": 1}  # limit = request
+
+    s = spec(engine={"resources": {"cpu": "4", "memory": "24Gi"}})
+    (container,) = _pod(s, engine_defaults=defaults)["containers"]
+    assert container["resources"]["requests"] == {"cpu": "4", "memory": "24Gi", "ephemeral-storage": "20Gi"}
+    assert container["resources"]["limits"]["memory"] == "24Gi"
+
+    s = spec(engine={"resources": {"cpu": "3"}})  # memory left unset: the default fills it alone
+    (container,) = _pod(s, engine_defaults=defaults)["containers"]
+    assert container["resources"]["requests"] == {"cpu": "3", "memory": "12Gi", "ephemeral-storage": "20Gi"}
+
+
+def test_without_defaults_or_resources_no_request_is_made():
+    (container,) = _pod()["containers"]
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+
+
+def test_the_api_key_comes_from_its_secret_and_the_hf_token_stays():
+    s = spec(engine={"apiKeySecretRef": {"name": "keys", "key": "openai"}, "hfTokenSecretRef": {"name": "hf"}})
+    env = _env(_pod(s)["containers"][0])
+    assert env["VLLM_API_KEY"] == {"secretKeyRef": {"name": "keys", "key": "openai"}}
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN"}}
+    default_key = _env(_pod(spec(engine={"apiKeySecretRef": {"name": "keys"}}))["containers"][0])
+    assert default_key["VLLM_API_KEY"] == {"secretKeyRef": {"name": "keys", "key": "VLLM_API_KEY"}}
+    assert "VLLM_API_KEY" not in _env(_pod()["containers"][0])
+
+
+def test_network_policy_admits_the_namespace_and_the_listed_peers_on_the_serving_port():
+    peers = [{"namespaceSelector": {"matchLabels": {"team": "gateway"}}},
+             {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+              "podSelector": {"matchLabels": {"app": "prometheus"}}}]
+    s = spec(networkPolicy={"ingressFrom": peers})
+    policy = build_network_policy(name="opt", namespace="ns", policy=s.network_policy, owner=OWNER)
+    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["kind"] == "NetworkPolicy"
+    assert policy["metadata"]["name"] == "opt" and policy["metadata"]["namespace"] == "ns"
+    assert policy["metadata"]["ownerReferences"] == [OWNER]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector == {LABEL_SERVICE: "opt", "app.kubernetes.io/component": "model-server"}
+    pod_labels = build_group_statefulset(name="opt", namespace="ns", index=0, spec=s, plan=_plan(
+        [node("t", sharing="time-slicing", replicas=4)]), image="i", owner=OWNER)["spec"]["template"]["metadata"]
+    assert selector.items() <= pod_labels["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": SERVING_PORT}]
+    assert rule["from"] == [{"podSelector": {}}, *peers]
+    only_namespace = build_network_policy(name="opt", namespace="ns", owner=OWNER,
+                                          policy=spec(networkPolicy={}).network_policy)
+    assert only_namespace["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]

@@ -3,7 +3,7 @@
 import pytest
 
 from slm_operator.errors import UnknownGpuError
-from slm_operator.profiling.gpus import GPUS, known_gpu_names, lookup_gpu
+from slm_operator.profiling.gpus import GPUS, MEMORY_EFFICIENCY, known_gpu_names, lookup_gpu
 
 
 @pytest.mark.parametrize(
@@ -61,3 +61,39 @@ def test_table_is_physically_sane():
         # bytes/s per FLOP: every listed part is far more compute- than bandwidth-rich
         assert spec.flops / spec.bandwidth_bytes_s > 50
     assert len(known_gpu_names()) >= 2 * len(GPUS) - 1
+
+
+def test_effective_bandwidth_is_one_efficiency_per_memory_technology():
+    for spec in GPUS:
+        assert spec.memory_type in MEMORY_EFFICIENCY
+        efficiency = MEMORY_EFFICIENCY[spec.memory_type]
+        assert spec.effective_bandwidth_bytes_s == pytest.approx(efficiency * spec.bandwidth_bytes_s)
+        assert 0.5 < spec.memory_efficiency <= 1
+    assert lookup_gpu("H100-SXM").memory_type == "HBM3" and lookup_gpu("A100-80GB").memory_type == "HBM2e"
+    assert lookup_gpu("NVIDIA-L4").memory_type == "GDDR6" and lookup_gpu("H200").memory_type == "HBM3e"
+
+
+def test_the_64gb_h100_is_an_hbm2e_part_with_a_documented_bandwidth():
+    spec = lookup_gpu("H100-64GB")
+    assert spec.memory_type == "HBM2e" and spec.memory_gib == pytest.approx(63.43)
+    # Not the old guess (4 of 5 HBM3 stacks, 2,680 GB/s): the HBM2e H100 rate, 1.63 TB/s effective.
+    assert spec.hbm_bandwidth_gbs == 2039 and spec.effective_bandwidth_bytes_s == pytest.approx(1.6312e12)
+    assert "HBM2e" in spec.note and "2,680" in spec.note
+
+
+@pytest.mark.parametrize(
+    "name, memory, expected",
+    [
+        ("NVIDIA-H100", 63.43, "H100-SXM5-64GB"),  # the CUDA name of the 64 GB part is plain "NVIDIA H100"
+        ("H100", 64, "H100-SXM5-64GB"),
+        ("NVIDIA-H100", None, "H100-SXM5-80GB"),
+        ("NVIDIA-H100", 79.6, "H100-SXM5-80GB"),
+        # An explicit 80 GB name keeps its silicon whatever the memory override (MIG slice, MPS limit).
+        ("NVIDIA-H100-80GB-HBM3", 40, "H100-SXM5-80GB"),
+    ],
+)
+def test_a_bare_h100_name_with_64_gib_is_the_64gb_part(name, memory, expected):
+    spec = lookup_gpu(name, memory_gib=memory)
+    assert spec.name == expected
+    if memory is not None:
+        assert spec.memory_gib == memory

@@ -27,6 +27,8 @@ PUBLISHED_PARAMS_B = {
     "meta-llama/Llama-3.2-3B-Instruct": 3.21,
     "microsoft/Phi-3-mini-4k-instruct": 3.8,
     "TinyLlama/TinyLlama-1.1B-Chat-v1.0": 1.1,
+    "meta-llama/Llama-2-7b-hf": 6.74,
+    "meta-llama/Llama-3.1-8B-Instruct": 8.03,
 }
 
 
@@ -91,3 +93,48 @@ def test_config_file_loading(tmp_path: pathlib.Path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ModelConfigError, match="not JSON"):
         load_model_config_file(tmp_path / "bad.json")
+
+
+def test_a_decode_step_reads_every_matrix_once_and_no_gathered_table():
+    opt = resolve_model_config(model="facebook/opt-1.3b", inline=None)
+    # OPT ties the LM head to the embedding (read once) and gathers its learned positions.
+    assert opt.position_embedding_params == 2050 * 2048
+    assert opt.weights_read_bytes == (opt.num_params - opt.position_embedding_params) * 2
+    llama = resolve_model_config(model="meta-llama/Llama-2-7b-hf", inline=None)
+    # Untied: the input embedding is gathered, the separate LM head is read.
+    assert llama.weights_read_bytes == (llama.num_params - 32000 * 4096) * 2
+    tied = resolve_model_config(model="meta-llama/Llama-3.2-1B-Instruct", inline=None)
+    assert tied.tie_word_embeddings and tied.weights_read_bytes == tied.num_params * 2
+
+
+def test_attention_variants_of_the_table():
+    names = {n: resolve_model_config(model=n, inline=None) for n in known_model_names()}
+    kinds = {n: (m.num_attention_heads // m.num_kv_heads, m.sliding_window) for n, m in names.items()}
+    assert kinds["facebook/opt-1.3b"] == (1, None)  # MHA
+    assert kinds["Qwen/Qwen2.5-0.5B-Instruct"] == (7, None)  # GQA 7:1 (its config's window is unused)
+    assert kinds["meta-llama/Llama-3.1-8B-Instruct"] == (4, None)  # GQA 4:1
+    assert kinds["microsoft/Phi-3-mini-4k-instruct"] == (1, 2047)  # MHA with a sliding window
+    for model in names.values():
+        assert model.kv_bytes_per_token == 2 * model.num_layers * model.num_kv_heads * model.head_dim * 2
+        assert model.attention_flops(1, 100) == 4 * model.num_layers * model.num_attention_heads * model.head_dim * 100
+
+
+@pytest.mark.parametrize(
+    "extra, window, share",
+    [
+        ({"model_type": "mistral", "sliding_window": 4096}, 4096, 1.0),
+        ({"model_type": "qwen2", "sliding_window": 32768}, None, 1.0),
+        ({"model_type": "qwen2", "sliding_window": 4096, "use_sliding_window": True}, 4096, 1.0),
+        ({"model_type": "gemma2", "sliding_window": 4096, "head_dim": 256}, 4096, 0.5),
+        ({"model_type": "llama", "sliding_window": None}, None, 1.0),
+    ],
+)
+def test_sliding_windows(extra, window, share):
+    base = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 1,
+            "intermediate_size": 688, "vocab_size": 2048}
+    model = parse_model_config({**base, **extra})
+    assert (model.sliding_window, model.sliding_window_layer_share) == (window, share)
+    assert model.num_kv_heads == 1  # MQA
+    if window:
+        long = model.kv_read_bytes(2 * window)
+        assert long == pytest.approx(model.kv_bytes_per_token * (share * window + (1 - share) * 2 * window))

@@ -1,0 +1,53 @@
+"""OperatorConfig: the environment the Helm chart sets, read once (the pod security and request settings)."""
+
+import pytest
+
+from slm_operator.builders.children import EngineDefaults
+from slm_operator.config import ConfigError, OperatorConfig
+
+
+def test_defaults_run_vllm_as_1000_with_no_engine_requests_and_a_sized_profiler():
+    cfg = OperatorConfig.from_env({})
+    assert cfg.engine_run_as_user == 1000
+    assert (cfg.engine_cpu_request, cfg.engine_memory_request, cfg.engine_ephemeral_storage_request) == (
+        None, None, None)
+    assert (cfg.profiler_cpu_request, cfg.profiler_memory_request) == ("1", "8Gi")
+    assert cfg.engine_defaults() == EngineDefaults()
+
+
+def test_every_variable_is_read():
+    cfg = OperatorConfig.from_env({
+        "SLM_ENGINE_RUN_AS_USER": "2000", "SLM_ENGINE_CPU_REQUEST": "500m", "SLM_ENGINE_MEMORY_REQUEST": "12Gi",
+        "SLM_ENGINE_EPHEMERAL_STORAGE_REQUEST": "20Gi", "SLM_PROFILER_CPU_REQUEST": "4",
+        "SLM_PROFILER_MEMORY_REQUEST": "16Gi"})
+    assert cfg.engine_defaults() == EngineDefaults(run_as_user=2000, cpu_request="500m", memory_request="12Gi",
+                                                   ephemeral_storage_request="20Gi")
+    assert (cfg.profiler_cpu_request, cfg.profiler_memory_request) == ("4", "16Gi")
+
+
+def test_empty_values_mean_unset():
+    """The chart writes every variable, empty where a value is not given."""
+    cfg = OperatorConfig.from_env({name: "" for name in (
+        "SLM_ENGINE_RUN_AS_USER", "SLM_ENGINE_CPU_REQUEST", "SLM_ENGINE_MEMORY_REQUEST",
+        "SLM_ENGINE_EPHEMERAL_STORAGE_REQUEST", "SLM_PROFILER_CPU_REQUEST", "SLM_PROFILER_MEMORY_REQUEST")})
+    assert cfg == OperatorConfig.from_env({})
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "root", "1000.5", "１０００"])
+def test_the_engine_user_must_be_a_non_root_uid(value):
+    with pytest.raises(ConfigError, match="SLM_ENGINE_RUN_AS_USER"):
+        OperatorConfig.from_env({"SLM_ENGINE_RUN_AS_USER": value})
+
+
+@pytest.mark.parametrize("variable", ["SLM_ENGINE_CPU_REQUEST", "SLM_ENGINE_MEMORY_REQUEST",
+                                      "SLM_ENGINE_EPHEMERAL_STORAGE_REQUEST", "SLM_PROFILER_CPU_REQUEST",
+                                      "SLM_PROFILER_MEMORY_REQUEST"])
+@pytest.mark.parametrize("value", ["16GB", "lots", "-1", "1 Gi"])
+def test_requests_must_be_quantities(variable, value):
+    with pytest.raises(ConfigError, match=variable):
+        OperatorConfig.from_env({variable: value})
+
+
+@pytest.mark.parametrize("value", ["500m", "2", "0.5", "16Gi", "1e9", "128M", ".5"])
+def test_quantities_kubernetes_takes_are_accepted(value):
+    assert OperatorConfig.from_env({"SLM_ENGINE_MEMORY_REQUEST": value}).engine_memory_request == value
