@@ -34,7 +34,7 @@ class OperatorConfig:
     profiler_engine: str = "simulated"
     profiler_namespace: str = "slm-system"
     profiler_service_account: str = "slm-profiler"
-    #: Extra ``slm-profiler run`` flags for every profiler Job (shorter windows on a dev cluster,
+    #: Extra ``slm-profiler run`` flags for every profiler Job and local run (shorter windows on a dev cluster,
     #: ``--max-replicas``); SLM_PROFILER_EXTRA_ARGS holds them as a JSON list of strings.
     profiler_extra_args: tuple[str, ...] = ()
     work_dir: str = "/tmp/slm-operator"

@@ -140,7 +140,9 @@ def _run_locally(*, request: ProfileRequest, key: str, cm_name: str, cfg: Operat
             os.makedirs(work_dir, exist_ok=True)
             logger.info("profiling %s on %s with the local runner (%s engine)", request.model,
                         request.gpu_product, request.engine)
-            run = _local_runs[key] = start_local_profile(request=request, work_dir=work_dir)
+            # NB: the same extra flags as a profiler Job's (shorter windows on a dev cluster).
+            run = _local_runs[key] = start_local_profile(request=request, work_dir=work_dir,
+                                                         extra_args=cfg.profiler_extra_args)
     try:
         profile = run.poll()
     except ProfilingFailed:

@@ -34,6 +34,8 @@ class OperatorProcess(harness.OperatorProcess):
 
     DEFAULT_ENV = harness.OperatorProcess.DEFAULT_ENV | {
         "SLM_RETRY_SECONDS": "3",
+        # NB: shorter measurement windows for the simulated profiles (the sweep's logic is the same).
+        "SLM_PROFILER_EXTRA_ARGS": '["--warmup-s=0.5", "--duration-s=3"]',
         "SLM_DEFAULT_ENGINE_IMAGE": "vllm/vllm-openai:v0.11.0",
     }
 
