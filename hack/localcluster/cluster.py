@@ -140,6 +140,22 @@ class Cluster:
         argv = [self._tool("helm"), "--kubeconfig", self.kubeconfig, *args]
         return run(argv, input=input, check=check, timeout=timeout, env=env)
 
+    def can_i(self, *, account: str, verb: str, resource: str, namespace: str | None,
+              subresource: str | None = None) -> bool:
+        """``kubectl auth can-i`` as ``account``. ``resource`` may name its subresource after a slash
+        (``slmservices.slm.pareto.dev/status``); ``namespace`` None asks about every namespace at
+        once (a cluster-wide grant)."""
+        if subresource is None:
+            resource, _, subresource = resource.partition("/")
+        args = ["auth", "can-i", verb, resource, "--as", account]
+        args += ["-n", namespace] if namespace else ["--all-namespaces"]
+        if subresource:
+            args.append(f"--subresource={subresource}")
+        answer = self.kubectl(*args, check=False).stdout.strip()
+        if answer not in ("yes", "no"):
+            raise RuntimeError(f"kubectl {' '.join(args)} answered {answer!r}")
+        return answer == "yes"
+
     def get_json(self, *args: str, timeout: float = 60) -> dict[str, Any]:
         """``kubectl get *args -o json``, parsed; raises CommandFailed (NotFound too)."""
         return json.loads(self.kubectl("get", *args, "-o", "json", timeout=timeout).stdout)

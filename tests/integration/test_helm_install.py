@@ -42,17 +42,6 @@ def release(cluster) -> Iterator[Release]:
         cluster.kubectl("delete", "namespace", rel.namespace, "--wait=false", "--ignore-not-found", check=False)
 
 
-def can_i(cluster, *, account: str, verb: str, resource: str, namespace: str | None,
-          subresource: str | None = None) -> bool:
-    args = ["auth", "can-i", verb, resource, "--as", account]
-    args += ["-n", namespace] if namespace else ["--all-namespaces"]
-    if subresource:
-        args.append(f"--subresource={subresource}")
-    answer = cluster.kubectl(*args, check=False).stdout.strip()
-    assert answer in ("yes", "no"), f"kubectl {' '.join(args)} answered {answer!r}"
-    return answer == "yes"
-
-
 def test_helm_lint_is_clean(cluster) -> None:
     result = cluster.helm("lint", "--strict", str(CHART))
     assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
@@ -135,20 +124,20 @@ OPERATOR_CANNOT = [
 @pytest.mark.parametrize(("verb", "resource", "subresource", "namespace"), OPERATOR_CAN,
                          ids=[f"{v}-{r}{'-' + s if s else ''}" for v, r, s, _ in OPERATOR_CAN])
 def test_operator_can(cluster, release, verb, resource, subresource, namespace) -> None:
-    assert can_i(cluster, account=release.operator_account, verb=verb, resource=resource,
+    assert cluster.can_i(account=release.operator_account, verb=verb, resource=resource,
                  namespace=namespace, subresource=subresource)
 
 
 @pytest.mark.parametrize(("verb", "resource", "subresource", "namespace"), OPERATOR_CANNOT,
                          ids=[f"{v}-{r}{'-' + s if s else ''}" for v, r, s, _ in OPERATOR_CANNOT])
 def test_operator_cannot(cluster, release, verb, resource, subresource, namespace) -> None:
-    assert not can_i(cluster, account=release.operator_account, verb=verb, resource=resource,
+    assert not cluster.can_i(account=release.operator_account, verb=verb, resource=resource,
                      namespace=namespace, subresource=subresource)
 
 
 def test_profiler_writes_configmaps_in_its_namespace_only(cluster, release) -> None:
     def allowed(verb: str, resource: str, namespace: str) -> bool:
-        return can_i(cluster, account=release.profiler_account, verb=verb, resource=resource, namespace=namespace)
+        return cluster.can_i(account=release.profiler_account, verb=verb, resource=resource, namespace=namespace)
 
     for verb in ("get", "create", "update", "patch"):
         assert allowed(verb, "configmaps", release.namespace), verb

@@ -60,19 +60,6 @@ class Release:
         return f"system:serviceaccount:{self.namespace}:{self.fullname}"
 
 
-def can_i(cluster, account: str, verb: str, resource: str, namespace: str | None) -> bool:
-    """``kubectl auth can-i``; ``resource`` may name a subresource (``slmservices.slm.pareto.dev/status``);
-    namespace None asks about every namespace at once (a cluster-wide grant)."""
-    resource, _, subresource = resource.partition("/")
-    args = ["auth", "can-i", verb, resource, "--as", account]
-    args += ["-n", namespace] if namespace else ["--all-namespaces"]
-    if subresource:
-        args.append(f"--subresource={subresource}")
-    answer = cluster.kubectl(*args, check=False).stdout.strip()
-    assert answer in ("yes", "no"), f"kubectl {' '.join(args)} answered {answer!r}"
-    return answer == "yes"
-
-
 def create_namespace(cluster, name: str) -> None:
     cluster.kubectl("create", "namespace", name)
     cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=baseline")
@@ -166,31 +153,36 @@ def ids(table: list[tuple[str, str]]) -> list[str]:
 
 @pytest.mark.parametrize(("verb", "resource"), READS, ids=ids(READS))
 def test_namespaced_mode_reads_the_inventory_cluster_wide(cluster, namespaced, verb, resource):
-    assert can_i(cluster, namespaced.account, verb, resource, None)
+    assert cluster.can_i(account=namespaced.account, verb=verb, resource=resource, namespace=None)
 
 
 @pytest.mark.parametrize(("verb", "resource"), WRITES, ids=ids(WRITES))
 def test_namespaced_mode_writes_only_in_the_watched_namespaces(cluster, namespaced, verb, resource):
     for namespace in namespaced.watched:
-        assert can_i(cluster, namespaced.account, verb, resource, namespace), namespace
+        assert cluster.can_i(account=namespaced.account, verb=verb, resource=resource, namespace=namespace), namespace
     for namespace in FOREIGN:
-        assert not can_i(cluster, namespaced.account, verb, resource, namespace), namespace
-    assert not can_i(cluster, namespaced.account, verb, resource, None), "granted cluster-wide"
+        assert not cluster.can_i(account=namespaced.account, verb=verb, resource=resource,
+                                 namespace=namespace), namespace
+    assert not cluster.can_i(account=namespaced.account, verb=verb, resource=resource,
+                             namespace=None), "granted cluster-wide"
 
 
 @pytest.mark.parametrize(("verb", "resource"), RELEASE_NAMESPACE_ONLY, ids=ids(RELEASE_NAMESPACE_ONLY))
 def test_namespaced_mode_runs_jobs_and_caches_profiles_in_the_release_namespace_only(cluster, namespaced, verb,
                                                                                       resource):
-    assert can_i(cluster, namespaced.account, verb, resource, namespaced.namespace)
+    assert cluster.can_i(account=namespaced.account, verb=verb, resource=resource, namespace=namespaced.namespace)
     for namespace in (*namespaced.watched, *FOREIGN):
-        assert not can_i(cluster, namespaced.account, verb, resource, namespace), namespace
-    assert not can_i(cluster, namespaced.account, verb, resource, None), "granted cluster-wide"
+        assert not cluster.can_i(account=namespaced.account, verb=verb, resource=resource,
+                                 namespace=namespace), namespace
+    assert not cluster.can_i(account=namespaced.account, verb=verb, resource=resource,
+                             namespace=None), "granted cluster-wide"
 
 
 @pytest.mark.parametrize(("verb", "resource"), NEVER, ids=ids(NEVER))
 def test_namespaced_mode_never(cluster, namespaced, verb, resource):
     for namespace in (None, namespaced.namespace, *namespaced.watched):
-        assert not can_i(cluster, namespaced.account, verb, resource, namespace), namespace
+        assert not cluster.can_i(account=namespaced.account, verb=verb, resource=resource,
+                                 namespace=namespace), namespace
 
 
 def test_namespaced_mode_binds_nothing_that_writes_cluster_wide(cluster, namespaced):
@@ -213,22 +205,24 @@ def test_namespaced_mode_binds_nothing_that_writes_cluster_wide(cluster, namespa
 
 @pytest.mark.parametrize(("verb", "resource"), READS + WRITES, ids=ids(READS + WRITES))
 def test_clusterwide_mode_reads_and_writes_in_every_namespace(cluster, clusterwide, verb, resource):
-    assert can_i(cluster, clusterwide.account, verb, resource, None)
+    assert cluster.can_i(account=clusterwide.account, verb=verb, resource=resource, namespace=None)
 
 
 @pytest.mark.parametrize(("verb", "resource"), RELEASE_NAMESPACE_ONLY, ids=ids(RELEASE_NAMESPACE_ONLY))
 def test_clusterwide_mode_still_runs_jobs_and_caches_profiles_in_the_release_namespace_only(
     cluster, clusterwide, verb, resource,
 ):
-    assert can_i(cluster, clusterwide.account, verb, resource, clusterwide.namespace)
+    assert cluster.can_i(account=clusterwide.account, verb=verb, resource=resource, namespace=clusterwide.namespace)
     for namespace in FOREIGN:
-        assert not can_i(cluster, clusterwide.account, verb, resource, namespace), namespace
+        assert not cluster.can_i(account=clusterwide.account, verb=verb, resource=resource,
+                                 namespace=namespace), namespace
 
 
 @pytest.mark.parametrize(("verb", "resource"), NEVER, ids=ids(NEVER))
 def test_clusterwide_mode_never(cluster, clusterwide, verb, resource):
     for namespace in (None, clusterwide.namespace, "kube-system"):
-        assert not can_i(cluster, clusterwide.account, verb, resource, namespace), namespace
+        assert not cluster.can_i(account=clusterwide.account, verb=verb, resource=resource,
+                                 namespace=namespace), namespace
 
 
 # --- the operator itself, with the namespaced release's token ----------------------------------------

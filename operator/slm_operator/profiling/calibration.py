@@ -68,8 +68,36 @@ _REPLICATION_WEIGHT = 3.0
 _SPLIT_PRIOR_WEIGHT = 0.001
 
 
+class _PredictionErrors:
+    """Relative errors of a measured row's predictions (at its max-num-seqs, and at the batch the
+    engine actually ran), shared by the sweep and replication rows."""
+
+    measured_tok_s: float
+    measured_itl_ms: float
+    predicted_tok_s: float
+    predicted_itl_ms: float
+    predicted_tok_s_at_observed: float
+    predicted_itl_ms_at_observed: float
+
+    @property
+    def tok_s_error(self) -> float:
+        return self.predicted_tok_s / self.measured_tok_s - 1
+
+    @property
+    def itl_error(self) -> float:
+        return self.predicted_itl_ms / self.measured_itl_ms - 1
+
+    @property
+    def tok_s_error_at_observed(self) -> float:
+        return self.predicted_tok_s_at_observed / self.measured_tok_s - 1
+
+    @property
+    def itl_error_at_observed(self) -> float:
+        return self.predicted_itl_ms_at_observed / self.measured_itl_ms - 1
+
+
 @dataclasses.dataclass(frozen=True)
-class CalibrationRow:
+class CalibrationRow(_PredictionErrors):
     sweep: str
     max_num_seqs: int
     input_tokens: float
@@ -85,25 +113,9 @@ class CalibrationRow:
     predicted_tok_s_at_observed: float = math.nan
     predicted_itl_ms_at_observed: float = math.nan
 
-    @property
-    def tok_s_error(self) -> float:
-        return self.predicted_tok_s / self.measured_tok_s - 1
-
-    @property
-    def itl_error(self) -> float:
-        return self.predicted_itl_ms / self.measured_itl_ms - 1
-
-    @property
-    def tok_s_error_at_observed(self) -> float:
-        return self.predicted_tok_s_at_observed / self.measured_tok_s - 1
-
-    @property
-    def itl_error_at_observed(self) -> float:
-        return self.predicted_itl_ms_at_observed / self.measured_itl_ms - 1
-
 
 @dataclasses.dataclass(frozen=True)
-class ReplicationRow:
+class ReplicationRow(_PredictionErrors):
     replicas: int
     max_num_seqs: int
     measured_tok_s: float
@@ -119,22 +131,6 @@ class ReplicationRow:
     predicted_tok_s_at_observed: float = math.nan
     predicted_itl_ms_at_observed: float = math.nan
     predicted_preempts: bool = False
-
-    @property
-    def tok_s_error(self) -> float:
-        return self.predicted_tok_s / self.measured_tok_s - 1
-
-    @property
-    def itl_error(self) -> float:
-        return self.predicted_itl_ms / self.measured_itl_ms - 1
-
-    @property
-    def tok_s_error_at_observed(self) -> float:
-        return self.predicted_tok_s_at_observed / self.measured_tok_s - 1
-
-    @property
-    def itl_error_at_observed(self) -> float:
-        return self.predicted_itl_ms_at_observed / self.measured_itl_ms - 1
 
 
 @dataclasses.dataclass(frozen=True)
