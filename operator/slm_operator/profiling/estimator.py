@@ -341,6 +341,46 @@ def _effective_batch(
     return max(decoding, 1.0), pool_requests
 
 
+@dataclasses.dataclass(frozen=True)
+class _ReplicaStep:
+    """One replica at ``batch_size``: its memory, its KV pool, what decodes together, one step."""
+
+    batch_size: float
+    kv_cache_gib: float
+    memory_gib: float
+    decoding: float
+    pool_requests: float
+    step: StepTime
+
+    @property
+    def preempts(self) -> bool:
+        # NB: a hair of tolerance so a pool sized for exactly b requests is not a preemption.
+        return self.batch_size > self.pool_requests * (1 + 1e-9)
+
+
+def _replica_step(
+    *, model_config: ModelConfig, gpu: GpuSpec, workload: Workload, batch_size: float,
+    max_num_batched_tokens: int | None, gpu_memory_utilization: float | None, pool_gib: float | None,
+    length_cv: float, calibration: Calibration,
+) -> _ReplicaStep:
+    """Memory → KV pool (given, or what vLLM leaves at ``gpu_memory_utilization``) → the batch that
+    decodes together → one step: what one replica and k replicas are both estimated from."""
+    kv_gib, memory = replica_memory_gib(model_config=model_config, workload=workload, batch_size=batch_size,
+                                        max_num_batched_tokens=max_num_batched_tokens, calibration=calibration)
+    if pool_gib is None:
+        pool_gib = _pool_gib(model_config, gpu, workload, max_num_seqs=batch_size,
+                             max_num_batched_tokens=max_num_batched_tokens,
+                             gpu_memory_utilization=gpu_memory_utilization, calibration=calibration)
+    decoding, pool_requests = _effective_batch(
+        batch_size=batch_size, workload=workload, pool_gib=pool_gib, kv_bytes_per_token=model_config.kv_bytes_per_token,
+        max_num_batched_tokens=max_num_batched_tokens,
+    )
+    step = step_time(model_config=model_config, gpu=gpu, workload=workload, decoding=decoding,
+                     max_num_batched_tokens=max_num_batched_tokens, length_cv=length_cv, calibration=calibration)
+    return _ReplicaStep(batch_size=batch_size, kv_cache_gib=kv_gib, memory_gib=memory, decoding=decoding,
+                        pool_requests=pool_requests, step=step)
+
+
 def _bound(step: StepTime, c: Calibration, decoding: float) -> str:
     per_seq = c.per_sequence_overhead_s * decoding
     parts = {
@@ -376,23 +416,10 @@ def estimate_batch(
     m, c = model_config, calibration
     inp, out = float(workload.input_tokens), float(workload.output_tokens)
     per_request = inp + out
-    kv_gib, memory = replica_memory_gib(
-        model_config=m, workload=workload, batch_size=batch_size,
-        max_num_batched_tokens=max_num_batched_tokens, calibration=c,
-    )
-    if kv_pool_gib is None:
-        kv_pool_gib = _pool_gib(
-            m, gpu, workload, max_num_seqs=batch_size, max_num_batched_tokens=max_num_batched_tokens,
-            gpu_memory_utilization=None, calibration=c,
-        )
-    decoding, pool_requests = _effective_batch(
-        batch_size=batch_size, workload=workload, pool_gib=kv_pool_gib, kv_bytes_per_token=m.kv_bytes_per_token,
-        max_num_batched_tokens=max_num_batched_tokens,
-    )
-    step = step_time(
-        model_config=m, gpu=gpu, workload=workload, decoding=decoding,
-        max_num_batched_tokens=max_num_batched_tokens, length_cv=length_cv, calibration=c,
-    )
+    replica = _replica_step(model_config=m, gpu=gpu, workload=workload, batch_size=batch_size,
+                            max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=None,
+                            pool_gib=kv_pool_gib, length_cv=length_cv, calibration=c)
+    step, decoding = replica.step, replica.decoding
     itl = step.itl_s
     if max_num_batched_tokens:
         prefill_steps = math.ceil(inp / max(max_num_batched_tokens - decoding, 1.0))
@@ -411,12 +438,11 @@ def estimate_batch(
         output_throughput_tok_s=output_tok_s,
         inter_token_latency_ms=itl * 1e3,
         ttft_ms=ttft * 1e3,
-        kv_cache_gib=kv_gib,
-        memory_gib=memory,
+        kv_cache_gib=replica.kv_cache_gib,
+        memory_gib=replica.memory_gib,
         bound=_bound(step, c, decoding),
-        # NB: a hair of tolerance so a pool sized for exactly b requests is not a preemption.
-        preempts=batch_size > pool_requests * (1 + 1e-9),
-        kv_pool_requests=pool_requests,
+        preempts=replica.preempts,
+        kv_pool_requests=replica.pool_requests,
         roofline_fraction=step.roofline_s / itl,
     )
 
@@ -459,28 +485,13 @@ def estimate_replicas(
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
     _check_workload(workload)
-    m, c = model_config, calibration
-    util = c.gpu_memory_utilization / replicas
-    _, need = replica_memory_gib(
-        model_config=m, workload=workload, batch_size=batch_size,
-        max_num_batched_tokens=max_num_batched_tokens, calibration=c,
-    )
-    pool = kv_pool_gib_per_replica
-    if pool is None:
-        pool = _pool_gib(
-            m, gpu, workload, max_num_seqs=batch_size, max_num_batched_tokens=max_num_batched_tokens,
-            gpu_memory_utilization=util, calibration=c,
-        )
-    decoding, pool_requests = _effective_batch(
-        batch_size=batch_size, workload=workload, pool_gib=pool, kv_bytes_per_token=m.kv_bytes_per_token,
-        max_num_batched_tokens=max_num_batched_tokens,
-    )
-    step = step_time(
-        model_config=m, gpu=gpu, workload=workload, decoding=decoding,
-        max_num_batched_tokens=max_num_batched_tokens, length_cv=length_cv, calibration=c,
-    )
-    itl_s = step.shared_itl_s(replicas)
-    aggregate = replicas * decoding / itl_s * workload.tokens_per_request / workload.output_tokens
+    util = calibration.gpu_memory_utilization / replicas
+    replica = _replica_step(model_config=model_config, gpu=gpu, workload=workload, batch_size=batch_size,
+                            max_num_batched_tokens=max_num_batched_tokens, gpu_memory_utilization=util,
+                            pool_gib=kv_pool_gib_per_replica, length_cv=length_cv, calibration=calibration)
+    need = replica.memory_gib
+    itl_s = replica.step.shared_itl_s(replicas)
+    aggregate = replicas * replica.decoding / itl_s * workload.tokens_per_request / workload.output_tokens
     return ReplicaEstimate(
         replicas=replicas,
         batch_size=int(batch_size),
@@ -488,7 +499,7 @@ def estimate_replicas(
         inter_token_latency_ms=itl_s * 1e3,
         memory_per_replica_gib=need,
         fits_memory=need <= gpu.memory_gib * util,
-        preempts=batch_size > pool_requests * (1 + 1e-9),
+        preempts=replica.preempts,
     )
 
 
