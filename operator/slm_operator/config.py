@@ -17,6 +17,8 @@ from slm_operator.errors import ConfigError
 __all__ = ["ConfigError", "OperatorConfig", "RUNNERS"]
 
 RUNNERS = ("job", "local", "none")
+#: The chart's default ``metrics.port``; kopf's liveness endpoint has 8080.
+METRICS_PORT = 8081
 #: A Kubernetes quantity as a request takes it: ``500m``, ``2``, ``16Gi``, ``1e9``.
 _QUANTITY = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
 
@@ -41,6 +43,8 @@ class OperatorConfig:
     watch_namespace: str = ""
     #: Seconds between retries while something outside the spec must change (a Secret, free GPUs).
     retry_seconds: int = 30
+    #: Port of the Prometheus endpoint ``/metrics`` (``slm_operator.metrics``); 0 serves none.
+    metrics_port: int = METRICS_PORT
     #: The uid (and gid, fsGroup) vLLM pods run as: non-root, for the ``restricted`` Pod Security Standard.
     engine_run_as_user: int = ENGINE_RUN_AS_USER
     #: Requests of each vLLM replica where ``spec.engine.resources`` leaves cpu or memory unset
@@ -68,6 +72,7 @@ class OperatorConfig:
             work_dir=env.get("SLM_WORK_DIR") or defaults.work_dir,
             watch_namespace=env.get("SLM_WATCH_NAMESPACE") or "",
             retry_seconds=int(env.get("SLM_RETRY_SECONDS") or defaults.retry_seconds),
+            metrics_port=_port("SLM_METRICS_PORT", env.get("SLM_METRICS_PORT"), defaults.metrics_port),
             engine_run_as_user=_user_id("SLM_ENGINE_RUN_AS_USER", env.get("SLM_ENGINE_RUN_AS_USER"),
                                         defaults.engine_run_as_user),
             engine_cpu_request=_quantity("SLM_ENGINE_CPU_REQUEST", env),
@@ -97,6 +102,15 @@ def _user_id(name: str, raw: str | None, default: int) -> int:
         return default
     if not re.fullmatch(r"[0-9]+", raw.strip()) or int(raw) == 0:
         raise ConfigError(f"{name}={raw!r}: give a numeric user id other than 0, such as 1000")
+    return int(raw)
+
+
+def _port(name: str, raw: str | None, default: int) -> int:
+    """A TCP port, or 0 for none; a ConfigError naming ``name`` otherwise."""
+    if raw is None or not raw.strip():
+        return default
+    if not re.fullmatch(r"[0-9]+", raw.strip()) or int(raw) > 65535:
+        raise ConfigError(f"{name}={raw!r}: give a port number 1-65535, or 0 to serve no metrics")
     return int(raw)
 
 

@@ -9,11 +9,12 @@ configuration from the environment (a bad setting raises ConfigError, which ``__
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
 
+from slm_operator import metrics
 from slm_operator.config import OperatorConfig
 from slm_operator.constants import API_VERSION, GROUP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL
 from slm_operator.errors import ProfilePending
@@ -27,6 +28,8 @@ STATE = OperatorState(config=OperatorConfig.from_env())
 _WATCHED = {ns for ns in STATE.config.watch_namespace.split(",") if ns}
 #: A local (simulated) profile takes seconds to minutes; a profiler Job on a GPU takes minutes.
 PROFILE_POLL_SECONDS = 3 if STATE.config.profiler_runner == "local" else 30
+#: The stop function of the /metrics endpoint while it serves.
+_serving: list[Callable[[], None]] = []
 
 
 def _ours(*, namespace: str | None, **_: Any) -> bool:
@@ -43,7 +46,7 @@ def _waiting(*, status: Mapping[str, Any], namespace: str | None, **_: Any) -> b
 
 
 @kopf.on.startup()
-def configure(*, settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(*, settings: kopf.OperatorSettings, **indexes: Any) -> None:
     # Our own prefix for kopf's bookkeeping, so `kubectl get -o yaml` shows whose it is.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -51,15 +54,24 @@ def configure(*, settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=GROUP, key="last-handled-configuration")
     # NB: one replica with a Recreate strategy; peering would need extra RBAC and a CRD for nothing.
     settings.peering.standalone = True
-    # Our phase changes and failures are posted explicitly (kopf.event); kopf's own per-handler
-    # chatter ("failed temporarily" every poll) stays in the log, not in Events.
+    # Our phase changes and failures are posted explicitly (kopf.event, which these settings do not
+    # filter); kopf's own per-handler log lines ("failed temporarily" at every profile poll, at ERROR)
+    # stay in the log, not in Events: one Event per phase change, not one per poll.
+    settings.posting.loggers = False
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 32
+    # NB: kopf hands startup handlers its live indexes; scrapes build the inventory gauges from them.
+    index = GpuIndex({name: indexes[name] for name in GpuIndex.NAMES})
+    metrics.watch_inventory(lambda: index.inventory(ledger=STATE.ledger))
+    if STATE.config.metrics_port and not _serving:
+        _serving.append(metrics.serve(port=STATE.config.metrics_port))
 
 
 @kopf.on.cleanup()
 def stop_profilers(**_: Any) -> None:
     cancel_local_runs()
+    while _serving:
+        _serving.pop()()
 
 
 # --- Indexes: the GPU inventory, kept current by watches (gpu_index says what each keeps) ----------
@@ -120,3 +132,13 @@ def group_readiness_changed(*, labels: Mapping[str, str], namespace: str | None,
     # NB: an event handler, not a field handler: kopf stores nothing on the StatefulSet for it.
     fold_readiness(state=STATE, labels=labels, namespace=namespace or "", name=name, event_type=type,
                    status=status)
+
+
+# NB: every watch event of a served SLMService, its own writes included: the per-service gauges show
+# the status the API holds, and a deleted service's series go with it.
+@kopf.on.event(*RESOURCE, when=_ours)
+def service_seen(*, type: str | None, name: str, namespace: str | None, status: Mapping[str, Any], **_: Any) -> None:
+    if type == "DELETED":
+        metrics.forget_service(namespace=namespace or "", name=name)
+    else:
+        metrics.observe_service(namespace=namespace or "", name=name, status=status)

@@ -12,6 +12,7 @@ alone unless we set them ourselves.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
@@ -26,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ApiException as DynamicApiException
 
+from slm_operator import metrics
 from slm_operator.constants import API_VERSION, GROUP, KIND, OPERATOR_NAME, PLURAL
 from slm_operator.errors import ApplyRejected
 
@@ -70,19 +72,26 @@ def _resource(api_version: str, kind: str) -> Any:
         return _dynamic().resources.get(api_version=api_version, kind=kind)
 
 
-def _status_of(exc: Exception) -> int | None:
-    return getattr(exc, "status", None)
+def _status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _call(verb: str) -> contextlib.AbstractContextManager[None]:
+    """Every request below runs inside this: ``slm_operator_api_requests_total`` and, for an error
+    answer, ``slm_operator_api_errors_total`` by verb and HTTP code (``metrics.api_call``)."""
+    return metrics.api_call(verb, code_of=_status_of)
 
 
 def apply(obj: Mapping[str, Any]) -> Outcome:
     """Create or update ``obj`` by server-side apply; idempotent."""
     meta = obj["metadata"]
-    resource = _resource(obj["apiVersion"], obj["kind"])
     try:
-        resource.server_side_apply(
-            body=dict(obj), name=meta["name"], namespace=meta.get("namespace"),
-            field_manager=FIELD_MANAGER, force_conflicts=True,
-        )
+        with _call("apply"):
+            _resource(obj["apiVersion"], obj["kind"]).server_side_apply(
+                body=dict(obj), name=meta["name"], namespace=meta.get("namespace"),
+                field_manager=FIELD_MANAGER, force_conflicts=True,
+            )
     except (ApiException, DynamicApiException) as exc:
         code = _status_of(exc)
         if code is not None and 400 <= code < 500 and code not in (404, 409, 429):
@@ -103,8 +112,9 @@ def _reason_of(exc: Exception) -> str:
 def delete(*, api_version: str, kind: str, name: str, namespace: str | None) -> Outcome:
     """Delete with background propagation; a missing object is the outcome NOT_FOUND."""
     try:
-        _resource(api_version, kind).delete(name=name, namespace=namespace,
-                                            body={"propagationPolicy": "Background"})
+        with _call("delete"):
+            _resource(api_version, kind).delete(name=name, namespace=namespace,
+                                                body={"propagationPolicy": "Background"})
     except (ApiException, DynamicApiException) as exc:
         if _status_of(exc) == 404:
             return Outcome.NOT_FOUND
@@ -114,7 +124,8 @@ def delete(*, api_version: str, kind: str, name: str, namespace: str | None) -> 
 
 def get(*, api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
     try:
-        found: dict[str, Any] = _resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+        with _call("get"):
+            found: dict[str, Any] = _resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
         return found
     except (ApiException, DynamicApiException) as exc:
         if _status_of(exc) == 404:
@@ -125,7 +136,8 @@ def get(*, api_version: str, kind: str, name: str, namespace: str | None) -> dic
 def list_objects(
     *, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
 ) -> list[dict[str, Any]]:
-    result = _resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
+    with _call("list"):
+        result = _resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
     return [item.to_dict() for item in result.items]
 
 
@@ -133,7 +145,8 @@ def create(obj: Mapping[str, Any]) -> Outcome:
     """Create only; an existing object (409) is the outcome CONFLICT, left as it is."""
     meta = obj["metadata"]
     try:
-        _resource(obj["apiVersion"], obj["kind"]).create(body=dict(obj), namespace=meta.get("namespace"))
+        with _call("create"):
+            _resource(obj["apiVersion"], obj["kind"]).create(body=dict(obj), namespace=meta.get("namespace"))
     except (ApiException, DynamicApiException) as exc:
         if _status_of(exc) == 409:
             return Outcome.CONFLICT
@@ -144,8 +157,9 @@ def create(obj: Mapping[str, Any]) -> Outcome:
 def secret_exists(*, name: str, namespace: str) -> bool:
     """True if the Secret exists. We never read its data; RBAC grants ``get`` only."""
     try:
-        client.CoreV1Api(api_client()).read_namespaced_secret(name=name, namespace=namespace,
-                                                              _preload_content=False).release_conn()
+        with _call("get"):
+            client.CoreV1Api(api_client()).read_namespaced_secret(name=name, namespace=namespace,
+                                                                  _preload_content=False).release_conn()
     except ApiException as exc:
         if exc.status == 404:
             return False
@@ -158,10 +172,11 @@ def patch_service_status(*, name: str, namespace: str, status: Mapping[str, Any]
     if not status:
         return Outcome.UNCHANGED
     try:
-        client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
-            group=GROUP, version=API_VERSION, namespace=namespace, plural=PLURAL, name=name,
-            body={"status": dict(status)},
-        )
+        with _call("patch"):
+            client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
+                group=GROUP, version=API_VERSION, namespace=namespace, plural=PLURAL, name=name,
+                body={"status": dict(status)},
+            )
     except ApiException as exc:
         if exc.status == 404:
             return Outcome.NOT_FOUND

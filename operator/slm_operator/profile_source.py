@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
-from slm_operator import kube
+from slm_operator import kube, metrics
 from slm_operator.builders.profiler_job import build_profiler_job
 from slm_operator.config import OperatorConfig
 from slm_operator.constants import (
@@ -40,6 +42,9 @@ from slm_operator.spec import SLMServiceSpec
 logger = logging.getLogger(__name__)
 _local_runs: dict[str, LocalProfileRun] = {}
 _local_lock = threading.Lock()
+#: Measurements this process started (result ConfigMap name -> monotonic start), for their duration.
+#: NB: a restart forgets them; a measurement it did not see start is counted as a cache hit only.
+_measuring: dict[str, float] = {}
 
 
 def obtain_profile(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig,
@@ -60,14 +65,14 @@ def obtain_profile(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfi
 def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig, gpu_memory_gib: float | None) -> Profile:
     mode = spec.profiling.mode
     if mode == "static":
-        return static_profile(spec=spec, gpu_product=gpu_product)
+        return _counted("static", lambda: static_profile(spec=spec, gpu_product=gpu_product))
     if mode == "skip":
-        return skip_profile(spec=spec, gpu_product=gpu_product)
+        return _counted("static", lambda: skip_profile(spec=spec, gpu_product=gpu_product))
     job_cannot_measure = cfg.profiler_runner == "job" and (
         spec.model.startswith("pvc://") or spec.engine.hf_token_secret_ref is not None)
     if mode == "estimate" or cfg.profiler_runner == "none" or job_cannot_measure:
         # The estimator needs the architecture and the GPU's numbers; a measurement needs neither.
-        profile = _estimate(spec=spec, gpu_product=gpu_product)
+        profile = _counted("estimated", lambda: _estimate(spec=spec, gpu_product=gpu_product))
         if mode != "estimate":
             # NB: the profiler Job runs in the operator's namespace: it can mount neither the
             # service's PVC nor its token Secret, so such models are estimated, and say so.
@@ -87,11 +92,40 @@ def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig, gpu_
     key = profile_cache_key(request=request, engine_image=request.engine_image or "")
     cm_name = f"{PROFILE_CONFIGMAP_PREFIX}{key}"
     cached = _read_cached(name=cm_name, namespace=cfg.profiler_namespace)
+    metrics.record_cache_lookup(hit=cached is not None)
     if cached is not None:
+        metrics.record_profile(source="cache", result="succeeded")
+        _measured(cm_name, result="succeeded")  # a profiler Job's result, seen for the first time
         return cached
     if cfg.profiler_runner == "local":
         return _run_locally(request=request, key=key, cm_name=cm_name, cfg=cfg)
     return _run_as_job(request=request, cm_name=cm_name, cfg=cfg)
+
+
+def _counted(source: str, obtain: Callable[[], Profile]) -> Profile:
+    """``obtain()``, counted in ``slm_operator_profile_runs_total`` and timed."""
+    started = time.monotonic()
+    try:
+        profile = obtain()
+    except PermanentError:
+        metrics.record_profile(source=source, result="failed")
+        raise
+    metrics.record_profile(source=source, result="succeeded", seconds=time.monotonic() - started)
+    return profile
+
+
+def _measuring_started(cm_name: str) -> None:
+    with _local_lock:
+        _measuring[cm_name] = time.monotonic()
+    metrics.record_profile(source="measured", result="started")
+
+
+def _measured(cm_name: str, *, result: str) -> None:
+    """A measurement this process started has ``result``; nothing when it did not start one."""
+    with _local_lock:
+        started = _measuring.pop(cm_name, None)
+    if started is not None:
+        metrics.record_profile(source="measured", result=result, seconds=time.monotonic() - started)
 
 
 def _estimate(*, spec: SLMServiceSpec, gpu_product: str) -> Profile:
@@ -129,6 +163,7 @@ def _result_configmap(*, name: str, namespace: str, request: ProfileRequest, pro
 
 
 def _run_locally(*, request: ProfileRequest, key: str, cm_name: str, cfg: OperatorConfig) -> Profile:
+    started_now = False
     with _local_lock:
         run = _local_runs.get(key)
         if run is None:
@@ -143,17 +178,22 @@ def _run_locally(*, request: ProfileRequest, key: str, cm_name: str, cfg: Operat
             # NB: the same extra flags as a profiler Job's (shorter windows on a dev cluster).
             run = _local_runs[key] = start_local_profile(request=request, work_dir=work_dir,
                                                          extra_args=cfg.profiler_extra_args)
+            started_now = True
+    if started_now:
+        _measuring_started(cm_name)
     try:
         profile = run.poll()
     except ProfilingFailed:
         with _local_lock:
             _local_runs.pop(key, None)
+        _measured(cm_name, result="failed")
         raise
     if profile is None:
         raise ProfilePending(_progress_text(run.progress()))
     kube.apply(_result_configmap(name=cm_name, namespace=cfg.profiler_namespace, request=request, profile=profile))
     with _local_lock:
         _local_runs.pop(key, None)
+    _measured(cm_name, result="succeeded")
     return dataclasses.replace(profile, profile_ref=f"configmap/{cfg.profiler_namespace}/{cm_name}")
 
 
@@ -166,19 +206,24 @@ def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig) -
     )
     current = kube.get(api_version="batch/v1", kind="Job", name=cm_name, namespace=cfg.profiler_namespace)
     if current is None:
-        kube.create(job)  # a 409 here: another SLMService of the same key started it a moment ago
+        # A 409 here: another SLMService of the same key started it a moment ago.
+        if kube.create(job) is kube.Outcome.APPLIED:
+            _measuring_started(cm_name)
         current = {}
     job_status = current.get("status") or {}
     finished = {c.get("type") for c in job_status.get("conditions") or () if c.get("status") == "True"}
     logs = f"kubectl logs -n {cfg.profiler_namespace} job/{cm_name}"
     if "Failed" in finished:
+        _measured(cm_name, result="failed")
         raise ProfilingFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} failed; see its logs ({logs}), then "
                             f"`kubectl delete job -n {cfg.profiler_namespace} {cm_name}` to profile again")
     if "Complete" in finished:
         # NB: re-read: the Job may have written its result between our first read and now.
         cached = _read_cached(name=cm_name, namespace=cfg.profiler_namespace)
         if cached is not None:
+            _measured(cm_name, result="succeeded")
             return cached
+        _measured(cm_name, result="failed")
         raise ProfilingFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} completed without writing "
                             f"ConfigMap {cm_name}; see its logs ({logs}) and the slm-profiler Role")
     raise ProfilePending(f"profiler Job {cfg.profiler_namespace}/{cm_name} running")

@@ -18,10 +18,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from slm_operator import kube
+from slm_operator import kube, metrics
 from slm_operator.builders.children import endpoint_url
 from slm_operator.config import OperatorConfig
 from slm_operator.constants import LABEL_GPU_PRODUCT, LABEL_SERVICE
@@ -58,12 +59,21 @@ def reconcile_service(
 ) -> None:
     """Bring one SLMService's children and status to what its spec asks. Raises ProfilePending
     while a measurement runs (after writing its progress)."""
-    # NB: the readiness handler writes the same status from another thread; the lock makes each
-    # read-decide-write atomic, so neither overwrites the other with stale readiness.
-    with state.locks.of(namespace, name):
-        writer = StatusWriter(body=body, name=name, namespace=namespace, current=status or {},
-                              generation=meta.get("generation"))
-        _reconcile(state=state, index=index, writer=writer, spec=spec, name=name, namespace=namespace, uid=uid)
+    started = time.monotonic()
+    writer = StatusWriter(body=body, name=name, namespace=namespace, current=status or {},
+                          generation=meta.get("generation"))
+    outcome: str | None = "Error"
+    try:
+        # NB: the readiness handler writes the same status from another thread; the lock makes each
+        # read-decide-write atomic, so neither overwrites the other with stale readiness.
+        with state.locks.of(namespace, name):
+            _reconcile(state=state, index=index, writer=writer, spec=spec, name=name, namespace=namespace, uid=uid)
+        outcome = writer.current.get("phase")
+    except ProfilePending:
+        outcome = "Profiling"
+        raise
+    finally:
+        metrics.observe_reconcile(outcome=outcome, seconds=time.monotonic() - started)
 
 
 def _reconcile(
