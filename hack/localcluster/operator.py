@@ -70,7 +70,7 @@ def serviceaccount_kubeconfig(
 
 
 class OperatorProcess:
-    """``python -m slm_operator`` with its liveness endpoint on a free port; restartable and killable.
+    """``python -m slm_operator`` with its liveness and metrics endpoints on free ports; restartable and killable.
 
     Its environment is ours, then :attr:`DEFAULT_ENV`, the kubeconfig, the profiler namespace and
     the work dir, then ``extra_env``. Its output is appended to ``log_path`` (default
@@ -101,6 +101,8 @@ class OperatorProcess:
         self.sample_rss = sample_rss
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        #: The port of its /metrics endpoint (SLM_METRICS_PORT), chosen with the liveness port.
+        self.metrics_port = 0
         self.peak_rss_mib = 0.0
         self._stop_sampling = threading.Event()
 
@@ -117,6 +119,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "SLM_PROFILER_NAMESPACE": OPERATOR_NAMESPACE,
             "SLM_WORK_DIR": str(self.work_dir),
+            "SLM_METRICS_PORT": str(self.metrics_port),
         } | self.extra_env
 
     def start(self) -> float:
@@ -127,7 +130,7 @@ class OperatorProcess:
         """
         if self.running:
             raise OperatorError(f"the operator is already running (pid {self.pid})")
-        self.port = processes.pick_free_ports(count=1)[0]
+        self.port, self.metrics_port = processes.pick_free_ports(count=2)
         url = f"http://{processes.HOST}:{self.port}/healthz"
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +179,12 @@ class OperatorProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
         self._forget()
+
+    def scrape(self) -> str:
+        """The text of its ``/metrics`` endpoint now (Prometheus exposition format)."""
+        url = f"http://{processes.HOST}:{self.metrics_port}/metrics"
+        with _opener().open(url, timeout=5) as response:
+            return str(response.read().decode())
 
     def log_tail(self, lines: int = 60) -> str:
         try:
@@ -234,10 +243,14 @@ def stop_recorded_operator(*, pid_file: Path, grace: float = 10.0) -> bool:
     return pid is not None
 
 
-def _answers(url: str) -> bool:
+def _opener() -> urllib.request.OpenerDirector:
     # NB: no proxy, whatever the environment says: urllib would send 127.0.0.1 through one.
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _answers(url: str) -> bool:
     try:
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=2) as response:
+        with _opener().open(url, timeout=2) as response:
             return response.status == 200
     except OSError:
         return False

@@ -32,7 +32,15 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -61,6 +69,9 @@ API_VERBS: Final = ("apply", "get", "list", "create", "delete", "patch")
 #: A reconcile's outcome: the phase it left the service in, or ``Error`` (an unexpected exception).
 RECONCILE_OUTCOMES: Final = (*PHASES, "Error")
 
+# NB: no ``*_created`` series beside each counter and histogram: Prometheus reads resets by itself,
+# and they would double the series of every labelled counter.
+disable_created_metrics()
 #: The operator's one registry (``prometheus_client``'s global default stays unused).
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 

@@ -51,3 +51,15 @@ def test_requests_must_be_quantities(variable, value):
 @pytest.mark.parametrize("value", ["500m", "2", "0.5", "16Gi", "1e9", "128M", ".5"])
 def test_quantities_kubernetes_takes_are_accepted(value):
     assert OperatorConfig.from_env({"SLM_ENGINE_MEMORY_REQUEST": value}).engine_memory_request == value
+
+
+def test_metrics_port_defaults_to_the_charts_and_zero_serves_none() -> None:
+    assert OperatorConfig.from_env({}).metrics_port == 8081
+    assert OperatorConfig.from_env({"SLM_METRICS_PORT": "9102"}).metrics_port == 9102
+    assert OperatorConfig.from_env({"SLM_METRICS_PORT": "0"}).metrics_port == 0
+
+
+@pytest.mark.parametrize("raw", ["http", "-1", "65536", "80.5"])
+def test_a_bad_metrics_port_is_refused_by_name(raw: str) -> None:
+    with pytest.raises(ConfigError, match="SLM_METRICS_PORT"):
+        OperatorConfig.from_env({"SLM_METRICS_PORT": raw})
