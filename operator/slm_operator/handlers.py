@@ -60,9 +60,10 @@ def configure(*, settings: kopf.OperatorSettings, **indexes: Any) -> None:
     settings.posting.loggers = False
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 32
-    # NB: kopf hands startup handlers its live indexes; scrapes build the inventory gauges from them.
+    # NB: kopf hands startup handlers its live indexes; scrapes build the gauges from them.
     index = GpuIndex({name: indexes[name] for name in GpuIndex.NAMES})
     metrics.watch_inventory(lambda: index.inventory(ledger=STATE.ledger))
+    metrics.watch_services(indexes["slm_services"])
     if STATE.config.metrics_port and not _serving:
         _serving.append(metrics.serve(port=STATE.config.metrics_port))
 
@@ -74,7 +75,7 @@ def stop_profilers(**_: Any) -> None:
         _serving.pop()()
 
 
-# --- Indexes: the GPU inventory, kept current by watches (gpu_index says what each keeps) ----------
+# --- Indexes: the GPU inventory (gpu_index says what each keeps) and our services, kept by watches ---
 
 @kopf.index("nodes")
 def gpu_nodes(*, name: str, labels: Mapping[str, str], spec: Mapping[str, Any], status: Mapping[str, Any],
@@ -97,6 +98,13 @@ def gpu_slices(*, name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, Any
 def gpu_claims(*, uid: str, namespace: str | None, name: str, status: Mapping[str, Any],
                **_: Any) -> dict[str, Any] | None:
     return claim_entry(uid=uid, namespace=namespace or "", name=name, status=status)
+
+
+# NB: an index, not an event handler: kopf drops a deleted service's entry (and its series go with
+# it), and indexing logs nothing per event.
+@kopf.index(*RESOURCE, when=_ours)
+def slm_services(*, namespace: str | None, name: str, status: Mapping[str, Any], **_: Any) -> dict[Any, Any]:
+    return metrics.service_entry(namespace=namespace or "", name=name, status=status)
 
 
 @kopf.index("apps", "v1", "statefulsets", labels=OURS)
@@ -133,12 +141,3 @@ def group_readiness_changed(*, labels: Mapping[str, str], namespace: str | None,
     fold_readiness(state=STATE, labels=labels, namespace=namespace or "", name=name, event_type=type,
                    status=status)
 
-
-# NB: every watch event of a served SLMService, its own writes included: the per-service gauges show
-# the status the API holds, and a deleted service's series go with it.
-@kopf.on.event(*RESOURCE, when=_ours)
-def service_seen(*, type: str | None, name: str, namespace: str | None, status: Mapping[str, Any], **_: Any) -> None:
-    if type == "DELETED":
-        metrics.forget_service(namespace=namespace or "", name=name)
-    else:
-        metrics.observe_service(namespace=namespace or "", name=name, status=status)

@@ -5,10 +5,10 @@ What is measured where:
 * ``reconcile`` times each reconcile (:func:`observe_reconcile`); ``profile_source`` counts profile
   runs, cache lookups and measurement durations (:func:`record_profile`, :func:`record_cache_lookup`);
   ``kube`` counts API requests and error answers (:func:`api_call`).
-* ``handlers`` feeds every SLMService's status as the watch sees it (:func:`observe_service`,
-  :func:`forget_service`) and, at start-up, a function that builds the planner's GPU inventory
-  (:func:`watch_inventory`); both are turned into gauges when Prometheus scrapes, so a gauge never
-  outlives its service and the inventory is the one a plan made now would see.
+* ``handlers`` indexes every served SLMService's status (:func:`service_entry`) and, at start-up,
+  hands that index (:func:`watch_services`) and a function that builds the planner's GPU inventory
+  (:func:`watch_inventory`) to the collectors here; both are read when Prometheus scrapes, so a
+  gauge never outlives its service and the inventory is the one a plan made now would see.
 * ``serve`` starts the ``/metrics`` endpoint (``SLM_METRICS_PORT``).
 
 Label cardinality is bounded: no per-pod or per-node label anywhere. ``product`` × ``sharing`` (or
@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, get_args
 
@@ -50,8 +49,8 @@ from slm_operator.status import Phase
 
 __all__ = [
     "API_VERBS", "METRIC_NAMES", "PHASES", "PROFILE_RESULTS", "PROFILE_SOURCES", "REGISTRY", "api_call",
-    "forget_service", "inventory_totals", "observe_reconcile", "observe_service", "record_cache_lookup",
-    "record_profile", "serve", "service_sample", "watch_inventory",
+    "inventory_totals", "observe_reconcile", "record_cache_lookup", "record_profile", "serve", "service_entry",
+    "service_sample", "watch_inventory", "watch_services",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ RECONCILE_OUTCOMES: Final = (*PHASES, "Error")
 
 # NB: no ``*_created`` series beside each counter and histogram: Prometheus reads resets by itself,
 # and they would double the series of every labelled counter.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 #: The operator's one registry (``prometheus_client``'s global default stays unused).
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 
@@ -192,24 +191,46 @@ def service_sample(status: Mapping[str, Any] | None) -> ServiceSample:
     )
 
 
-class _Services(Collector):
-    """The last status seen of each served SLMService, as gauges at scrape time."""
+#: The services as a kopf index keeps them: ``(namespace, name)`` -> the samples of that key.
+ServiceIndex = Mapping[tuple[str, str], Iterable[ServiceSample]]
+
+
+def service_entry(
+    *, namespace: str, name: str, status: Mapping[str, Any] | None
+) -> dict[tuple[str, str], ServiceSample]:
+    """One served SLMService's index entry (``handlers.slm_services``)."""
+    return {(namespace, name): service_sample(status)}
+
+
+class _ScrapeTime(Collector):
+    """A collector whose source is read when Prometheus scrapes (``None``: no samples).
+
+    NB: sources read kopf's indexes from the scrape thread while the event loop updates them; a
+    read that races an update raises RuntimeError and is simply taken again.
+    """
+
+    ATTEMPTS = 3
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._samples: dict[tuple[str, str], ServiceSample] = {}
+        self.source: Callable[[], Any] | None = None
 
-    def observe(self, *, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
-        with self._lock:
-            self._samples[(namespace, name)] = service_sample(status)
+    def _read(self) -> Any:
+        if self.source is None:
+            return None
+        for _ in range(self.ATTEMPTS):
+            try:
+                return self.source()
+            except RuntimeError:
+                continue
+        logger.warning("%s skipped this scrape: the indexes kept changing while read", type(self).__name__)
+        return None
 
-    def forget(self, *, namespace: str, name: str) -> None:
-        with self._lock:
-            self._samples.pop((namespace, name), None)
+
+class _Services(_ScrapeTime):
+    """Every served SLMService's last status, from the watch's index, as gauges at scrape time."""
 
     def collect(self) -> Iterable[Metric]:
-        with self._lock:
-            samples = sorted(self._samples.items())
+        samples: list[tuple[tuple[str, str], ServiceSample]] = sorted(self._read() or (), key=lambda kv: kv[0])
         per_phase = GaugeMetricFamily(f"{PREFIX}_service_phase",
                                       "1 for the phase each SLMService is in, 0 for the others.",
                                       labels=["namespace", "slm_service", "phase"])
@@ -251,14 +272,11 @@ _SERVICES: Final = _Services()
 REGISTRY.register(_SERVICES)
 
 
-def observe_service(*, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
-    """The watch saw SLMService ``namespace/name`` with ``status``."""
-    _SERVICES.observe(namespace=namespace, name=name, status=status)
-
-
-def forget_service(*, namespace: str, name: str) -> None:
-    """SLMService ``namespace/name`` was deleted: its series go at the next scrape."""
-    _SERVICES.forget(namespace=namespace, name=name)
+def watch_services(index: ServiceIndex | None) -> None:
+    """Scrapes read the per-service gauges from ``index`` (kopf's, fed by :func:`service_entry`):
+    a deleted service leaves the index, and its series go with it."""
+    _SERVICES.source = None if index is None else (
+        lambda: [(key, sample) for key in index for sample in index[key]])
 
 
 # --- The GPU inventory the planner sees -----------------------------------------------------------
@@ -295,15 +313,8 @@ def inventory_totals(inventory: Inventory) -> dict[tuple[str, str], InventoryTot
     return totals
 
 
-class _InventoryGauges(Collector):
+class _InventoryGauges(_ScrapeTime):
     """The inventory a plan made now would see, built at scrape time by the source ``handlers`` set."""
-
-    #: NB: the source reads kopf's indexes from the scrape thread while the event loop updates
-    #: them; a read that races an update raises RuntimeError and is simply taken again.
-    ATTEMPTS = 3
-
-    def __init__(self) -> None:
-        self.source: Callable[[], Inventory] | None = None
 
     def collect(self) -> Iterable[Metric]:
         families = {
@@ -323,23 +334,12 @@ class _InventoryGauges(Collector):
                                                    "GPU memory behind the free slots (each slot's share of its GPU).",
                                                    labels=["product", "sharing"]),
         }
-        inventory = self._read()
+        inventory: Inventory | None = self._read()
         if inventory is not None:
             for (product, sharing), totals in inventory_totals(inventory).items():
                 for field, family in families.items():
                     family.add_metric([product, sharing], float(getattr(totals, field)))
         return list(families.values())
-
-    def _read(self) -> Inventory | None:
-        if self.source is None:
-            return None
-        for _ in range(self.ATTEMPTS):
-            try:
-                return self.source()
-            except RuntimeError:
-                continue
-        logger.warning("GPU inventory metrics skipped this scrape: the indexes kept changing while read")
-        return None
 
 
 _INVENTORY: Final = _InventoryGauges()

@@ -24,7 +24,7 @@ from slm_operator.planning.inventory import build_inventory
 from slm_operator.profile_source import obtain_profile
 from slm_operator.reconcile import OperatorState
 from tests.unit.factories import H100, H100_MIB, dra_slice, gpu_pod, node, profile, spec
-from tests.unit.fakes import FakeApi, gpu_index
+from tests.unit.fakes import FakeApi, gpu_index, kopf_index
 from tests.unit.test_reconcile import STATIC, reconcile, service
 
 #: Labels that would grow with the cluster's pods or nodes: none of our metrics may have them.
@@ -50,6 +50,11 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     return fake
 
 
+READY = {"phase": "Ready",
+         "profile": {"batchSize": 64, "gpuProduct": H100, "source": "static"},
+         "placement": {"mechanism": "mps", "gpus": 2, "replicasPerGPU": 2, "plannedTokensPerSecond": 40000.0}}
+
+
 # --- names and labels --------------------------------------------------------------------------------
 
 
@@ -64,7 +69,7 @@ def test_every_metric_is_listed_prefixed_and_documented() -> None:
 
 
 def test_labels_are_bounded(api: FakeApi) -> None:
-    metrics.observe_service(namespace="ns", name="labels", status={"phase": "Ready"})
+    metrics.watch_services(kopf_index([metrics.service_entry(namespace="ns", name="labels", status=READY)]))
     metrics.watch_inventory(lambda: build_inventory(nodes=[node("n", sharing="mps", replicas=4)]))
     try:
         for name, family in exposed_families().items():
@@ -73,7 +78,7 @@ def test_labels_are_bounded(api: FakeApi) -> None:
             if name not in PER_SERVICE:
                 assert not labels & {"namespace", "slm_service"}, (name, labels)
     finally:
-        metrics.forget_service(namespace="ns", name="labels")
+        metrics.watch_services(None)
         metrics.watch_inventory(None)
 
 
@@ -184,38 +189,37 @@ def test_api_calls_count_requests_and_error_answers_by_verb_and_code(monkeypatch
 # --- per-service gauges ----------------------------------------------------------------------------
 
 
-READY = {"phase": "Ready",
-         "profile": {"batchSize": 64, "gpuProduct": H100, "source": "static"},
-         "placement": {"mechanism": "mps", "gpus": 2, "replicasPerGPU": 2, "plannedTokensPerSecond": 40000.0}}
+# --- per-service gauges ----------------------------------------------------------------------------
 
 
-def test_service_gauges_follow_the_status_and_go_with_the_service() -> None:
-    before = value("slm_operator_services", phase="Ready")
-    placed = value("slm_operator_placed_gpus", product=H100, mechanism="mps", replicas_per_gpu="2")
-    metrics.observe_service(namespace="ns", name="opt", status={"phase": "Pending"})
-    assert value("slm_operator_service_phase", namespace="ns", slm_service="opt", phase="Pending") == 1
-    metrics.observe_service(namespace="ns", name="opt", status=READY)
+def test_service_gauges_are_read_from_the_index_of_served_services() -> None:
+    """What kopf's index of SLMServices holds is what a scrape shows; a deleted service's series go."""
+    entries = {"opt": handlers.slm_services(namespace="ns", name="opt", status=READY),
+               "new": handlers.slm_services(namespace="ns", name="new", status={"phase": "Pending"}),
+               "old": handlers.slm_services(namespace="other", name="old", status=READY | {"phase": "Degraded"})}
+    index = kopf_index(list(entries.values()))
+    metrics.watch_services(index)
     try:
         phases = {p: value("slm_operator_service_phase", namespace="ns", slm_service="opt", phase=p)
                   for p in metrics.PHASES}
         assert phases == {p: (1.0 if p == "Ready" else 0.0) for p in metrics.PHASES}
-        assert value("slm_operator_services", phase="Ready") == before + 1
+        assert value("slm_operator_service_phase", namespace="ns", slm_service="new", phase="Pending") == 1
+        assert {p: value("slm_operator_services", phase=p) for p in ("Ready", "Pending", "Degraded", "Failed")} == {
+            "Ready": 1, "Pending": 1, "Degraded": 1, "Failed": 0}
         assert value("slm_operator_service_planned_tokens_per_second", namespace="ns", slm_service="opt") == 40000
         assert value("slm_operator_service_batch_size", namespace="ns", slm_service="opt") == 64
-        assert value("slm_operator_placed_gpus", product=H100, mechanism="mps", replicas_per_gpu="2") == placed + 2
+        assert metrics.REGISTRY.get_sample_value("slm_operator_service_batch_size",
+                                                 {"namespace": "ns", "slm_service": "new"}) is None
+        # Two services of two GPUs each at k=2 (Ready and Degraded): four GPUs placed.
+        assert value("slm_operator_placed_gpus", product=H100, mechanism="mps", replicas_per_gpu="2") == 4
+
+        del index[("other", "old")]  # what kopf does when the watch reports the deletion
+        gone = {"namespace": "other", "slm_service": "old", "phase": "Degraded"}
+        assert metrics.REGISTRY.get_sample_value("slm_operator_service_phase", gone) is None
+        assert value("slm_operator_placed_gpus", product=H100, mechanism="mps", replicas_per_gpu="2") == 2
     finally:
-        metrics.forget_service(namespace="ns", name="opt")
-    assert metrics.REGISTRY.get_sample_value("slm_operator_service_phase",
-                                             {"namespace": "ns", "slm_service": "opt", "phase": "Ready"}) is None
-    assert value("slm_operator_services", phase="Ready") == before
-
-
-def test_the_watch_handler_feeds_and_forgets_the_service_gauges() -> None:
-    handlers.service_seen(type="MODIFIED", name="w", namespace="ns", status=READY)
-    assert value("slm_operator_service_batch_size", namespace="ns", slm_service="w") == 64
-    handlers.service_seen(type="DELETED", name="w", namespace="ns", status=READY)
-    assert metrics.REGISTRY.get_sample_value("slm_operator_service_batch_size",
-                                             {"namespace": "ns", "slm_service": "w"}) is None
+        metrics.watch_services(None)
+    assert value("slm_operator_services", phase="Ready") == 0
 
 
 # --- the GPU inventory -------------------------------------------------------------------------------
@@ -284,7 +288,7 @@ def test_startup_settings_post_no_event_per_log_line(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(handlers, "STATE", OperatorState(config=OperatorConfig(metrics_port=0)))
     settings = kopf.OperatorSettings()
-    handlers.configure(settings=settings, **{name: {} for name in handlers.GpuIndex.NAMES})
+    handlers.configure(settings=settings, **{name: {} for name in (*handlers.GpuIndex.NAMES, "slm_services")})
     try:
         assert settings.posting.enabled and settings.posting.loggers is False
         record = logging.LogRecord("kopf.objects", logging.ERROR, __file__, 1,
@@ -296,3 +300,4 @@ def test_startup_settings_post_no_event_per_log_line(monkeypatch: pytest.MonkeyP
         assert value("slm_operator_inventory_gpus", product=H100, sharing="mps") == 0  # empty indexes
     finally:
         metrics.watch_inventory(None)
+        metrics.watch_services(None)

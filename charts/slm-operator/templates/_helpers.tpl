@@ -114,3 +114,24 @@ own default holds. Whole numbers (cpu: 2, runAsUser) are written without a decim
 {{- toYaml $env }}
 {{- end }}
 {{- end }}
+
+{{/*
+SLM_METRICS_PORT: metrics.port, or 0 (no endpoint) when metrics.enabled is false. Fails when it is
+healthPort: kopf's liveness endpoint and /metrics cannot share a port.
+*/}}
+{{- define "slm-operator.metricsPort" -}}
+{{- if .Values.metrics.enabled }}
+{{- if eq (int .Values.metrics.port) (int .Values.healthPort) }}
+{{- fail (printf "metrics.port and healthPort are both %v: give /metrics a port of its own" .Values.healthPort) }}
+{{- end }}
+{{- .Values.metrics.port }}
+{{- else }}
+{{- 0 }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of the operator's pod that a Service or monitor selects it by. */}}
+{{- define "slm-operator.operatorSelectorLabels" -}}
+{{ include "slm-operator.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}

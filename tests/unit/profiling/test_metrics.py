@@ -22,6 +22,10 @@ kv_cache_size_tokens="524288",num_gpu_blocks="4096"} 1.0
 vllm:inter_token_latency_seconds_bucket{engine="0",le="0.01",model_name="/tmp/tiny"} 4.0
 vllm:inter_token_latency_seconds_count{engine="0",model_name="/tmp/tiny"} 4.0
 vllm:inter_token_latency_seconds_sum{engine="0",model_name="/tmp/tiny"} 0.02
+# TYPE vllm:prompt_tokens counter
+vllm:prompt_tokens_total{engine="0",model_name="/tmp/tiny"} 1280.0
+# TYPE vllm:generation_tokens counter
+vllm:generation_tokens_total{engine="0",model_name="/tmp/tiny"} 640.0
 """
 
 # vLLM 0.6 (V0) spelling: GPU cache usage and a preemption counter without _total.
@@ -42,6 +46,7 @@ def test_v1_names():
     assert m.names["kv_usage"] == "vllm:kv_cache_usage_perc"
     assert m.names["preemptions"] == "vllm:num_preemptions_total"
     assert (m.itl_sum, m.itl_count) == (0.02, 4.0)
+    assert (m.prompt_tokens, m.generation_tokens) == (1280.0, 640.0)
 
 
 def test_old_names_are_accepted_and_recorded():
