@@ -357,7 +357,8 @@ def test_network_policy_is_off_by_default() -> None:
 
 @needs_helm
 def test_network_policy_admits_the_health_port_only_and_egresses_to_the_api_server_and_dns() -> None:
-    docs = objects("--set", "networkPolicy.enabled=true", "--set", "healthPort=9090",
+    # NB: metrics off: the metrics port's own rule is test_chart_monitoring's.
+    docs = objects("--set", "networkPolicy.enabled=true", "--set", "healthPort=9090", "--set", "metrics.enabled=false",
                    "--set", "networkPolicy.apiServer.cidrs={10.0.0.1/32}")
     policy = one(docs, "NetworkPolicy")["spec"]
     pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
