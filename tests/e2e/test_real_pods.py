@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
+from hack.render_manifests import MIN_KUBE_VERSION
 from slm_operator.constants import PROFILE_KEY
+from slm_operator.profiling.metrics import parse_metrics
 from tests.e2e.conftest import E2E
 from tests.kubetest import StopWaiting, wait_for
 
@@ -313,6 +315,34 @@ def test_a_burst_is_spread_over_more_than_one_replica(e2e: E2E):
     print(f"[e2e] burst requests served per replica (vllm:request_success_total): {served}")
     assert sum(served.values()) >= 48
     assert sum(1 for n in served.values() if n > 0) >= 2, served
+
+
+def test_the_pod_monitors_selector_finds_every_replica_and_its_vllm_metrics(e2e: E2E):
+    """What Prometheus would scrape with the chart's PodMonitor: the pods its selector picks, on the port
+    it names, serve the vLLM metrics the packing board draws."""
+    rendered = e2e.cluster.helm("template", RELEASE, str(CHART), "--namespace", SYSTEM, "--kube-version",
+                                MIN_KUBE_VERSION, "--set", "monitoring.podMonitor.enabled=true").stdout
+    (monitor,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "PodMonitor"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    selector = ",".join(f"{k}={v}" for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    selected = _json(e2e, "-n", story.namespace, "get", "pods", "-l", selector)["items"]
+    assert {p["metadata"]["name"] for p in selected} == {p["metadata"]["name"] for p in _model_pods(e2e)}
+    packing = json.loads((CHART / "dashboards" / "packing.json").read_text())
+    drawn = {re.sub(r"_(bucket|sum|count)$", "", name) for panel in packing["panels"] for t in panel["targets"]
+             for name in re.findall(r"vllm:[a-z_:]+", t["expr"])}
+    for pod in (p for p in selected if _ready(p)):
+        (container,) = [c for c in pod["spec"]["containers"]
+                        if endpoint["port"] in {port.get("name") for port in c.get("ports", ())}]
+        port = next(p["containerPort"] for p in container["ports"] if p["name"] == endpoint["port"])
+        text = _in_cluster(e2e, "import urllib.request; print(urllib.request.urlopen("
+                                f"'http://{pod['status']['podIP']}:{port}{endpoint['path']}').read().decode())")
+        scraped = parse_metrics(text)
+        assert scraped.running is not None and scraped.kv_usage is not None, scraped.names
+        assert (scraped.generation_tokens or 0) > 0 and (scraped.prompt_tokens or 0) > 0, "the burst above"
+        exported = {re.sub(r"_(bucket|sum|count)$", "", name) for name in re.findall(r"^(vllm:[a-z_:]+)", text, re.M)}
+        assert drawn <= exported, f"the packing board draws {sorted(drawn - exported)}, which vLLM does not export"
+        print(f"[e2e] {pod['metadata']['name']}: {len(exported)} vllm: metrics on port {endpoint['port']} ({port}), "
+              f"running={scraped.running}, kv={scraped.kv_usage}, generated={scraped.generation_tokens}")
 
 
 def test_a_shared_gpu_group_starts_its_replicas_one_after_another(e2e: E2E):
