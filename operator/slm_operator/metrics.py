@@ -61,7 +61,8 @@ MIB: Final = 1024**2
 PHASES: Final[tuple[str, ...]] = get_args(Phase)
 #: Where a profile came from: ``Profile.source`` (measured, estimated, static) or a cached result.
 PROFILE_SOURCES: Final = ("measured", "estimated", "static", "cache")
-#: ``started`` and ``failed`` apply to measurements only (a profiler Job or a local run).
+#: ``started`` applies to measurements only (a profiler Job or a local run); ``failed`` to every
+#: source but the cache (a measurement that failed, a spec or model the estimate cannot use).
 PROFILE_RESULTS: Final = ("started", "succeeded", "failed")
 #: The API calls ``kube`` makes (server-side apply is its own verb, as the API server counts it).
 API_VERBS: Final = ("apply", "get", "list", "create", "delete", "patch")
@@ -89,7 +90,7 @@ RECONCILE_SECONDS: Final = Histogram(
 PROFILE_RUNS: Final = Counter(
     f"{PREFIX}_profile_runs",
     "Profiles the reconciler obtained, by source (measured, estimated, static, cache) and result "
-    "(started, succeeded, failed; started and failed for measurements only).",
+    "(started, succeeded, failed; started for measurements only).",
     ["source", "result"], registry=REGISTRY,
 )
 PROFILE_SECONDS: Final = Histogram(
@@ -113,8 +114,9 @@ API_ERRORS: Final = Counter(
     ["verb", "code"], registry=REGISTRY,
 )
 
+# NB: every series that can occur exists from the start (at 0), so rate() and increase() see the first one.
 for _source in PROFILE_SOURCES:
-    for _result in (PROFILE_RESULTS if _source == "measured" else ("succeeded", "failed")):
+    for _result in {"measured": PROFILE_RESULTS, "cache": ("succeeded",)}.get(_source, ("succeeded", "failed")):
         PROFILE_RUNS.labels(source=_source, result=_result)
 for _lookup in ("hit", "miss"):
     PROFILE_CACHE_LOOKUPS.labels(result=_lookup)

@@ -129,6 +129,10 @@ def test_a_measured_service_posts_an_event_per_phase_not_per_profile_poll(cluste
     assert "Logging" not in reasons and all(e["type"] == "Normal" for e in events), reasons
     assert {"Profiling", "Ready"} <= set(reasons) and len(reasons) == len(set(reasons)), reasons
     assert all(e.get("count", 1) == 1 for e in events), [(e["reason"], e.get("count")) for e in events]
+    described = cluster.kubectl("describe", "slms", "polled", "-n", namespace).stdout
+    for text in ("Replicas To Saturate:", "Profile Ref:", "Replicas Per GPU:", "Planned Tokens Per Second:",
+                 "Groups:", "Endpoint:", "AllReplicasReady"):
+        assert text in described, (text, described)
 
     values = scrape(operator)
     for result in ("started", "succeeded"):
@@ -136,3 +140,21 @@ def test_a_measured_service_posts_an_event_per_phase_not_per_profile_poll(cluste
     assert (sample(values, "slm_operator_profile_duration_seconds_count", source="measured") or 0) >= 1
     assert (sample(values, "slm_operator_profile_cache_lookups_total", result="miss") or 0) >= 1
     assert (sample(values, "slm_operator_reconcile_duration_seconds_count", outcome="Profiling") or 0) >= 2
+
+
+def test_describe_and_metrics_say_why_a_service_is_pending(cluster, operator, namespace):
+    svc = static_service("nowhere")
+    svc["spec"]["gpu"]["product"] = "NVIDIA-A100-SXM4-80GB"  # no such node in hack/gpu-nodes.yaml
+    apply_yaml(cluster, namespace, svc)
+    status = wait_phase(cluster, namespace, "nowhere", ("Pending",), operator=operator)["status"]
+    planned = {c["type"]: c for c in status["conditions"]}["Planned"]
+    assert planned["status"] == "False" and planned["reason"] == "NoMatchingGPUs"
+    described = cluster.kubectl("describe", "slms", "nowhere", "-n", namespace).stdout
+    # The story in one place: why it waits, the profile it would be planned from, the Event.
+    for text in ("Pending", "NoMatchingGPUs", status["message"].split(";")[0], "Batch Size:", "Explanation:",
+                 "Replicas To Saturate:"):
+        assert text in described, (text, described)
+    assert "Events:" in described and described.count("Logging") == 0
+    wait_for(lambda: sample(scrape(operator), "slm_operator_service_phase", namespace=namespace,
+                            slm_service="nowhere", phase="Pending") == 1,
+             timeout=30, message="the Pending phase in /metrics")
