@@ -51,3 +51,21 @@ def test_requests_must_be_quantities(variable, value):
 @pytest.mark.parametrize("value", ["500m", "2", "0.5", "16Gi", "1e9", "128M", ".5"])
 def test_quantities_kubernetes_takes_are_accepted(value):
     assert OperatorConfig.from_env({"SLM_ENGINE_MEMORY_REQUEST": value}).engine_memory_request == value
+
+
+def test_leader_election_settings():
+    assert OperatorConfig.from_env({}).leader_election is False
+    config = OperatorConfig.from_env({"SLM_LEADER_ELECTION": "True", "SLM_PROFILER_NAMESPACE": "ops",
+                                      "SLM_LEASE_NAME": "lead", "SLM_LEASE_DURATION_SECONDS": "6"})
+    assert (config.leader_election, config.leader_election_namespace, config.lease_name,
+            config.lease_duration_seconds) == (True, "ops", "lead", 6.0)
+    assert OperatorConfig.from_env({"SLM_LEADER_ELECTION_NAMESPACE": "x", "SLM_PROFILER_NAMESPACE": "ops"}
+                                   ).leader_election_namespace == "x"
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("SLM_LEADER_ELECTION", "yes"), ("SLM_LEASE_DURATION_SECONDS", "0.5"), ("SLM_LEASE_DURATION_SECONDS", "soon"),
+])
+def test_leader_election_settings_are_checked(variable, value):
+    with pytest.raises(ConfigError, match=variable):
+        OperatorConfig.from_env({variable: value})
