@@ -70,15 +70,21 @@ def main(argv: list[str] | None = None) -> int:
         threading.Timer(grace, lambda: os._exit(1)).start()
 
     done = threading.Event()
-    threading.Thread(target=elector.keep, kwargs={"stop": done, "on_lost": on_lost}, daemon=True,
-                     name="leader-election").start()
-    try:
-        kopf.run(clusterwide=True, liveness_endpoint=args.liveness, standalone=True, stop_flag=stop)
-    finally:
+
+    # NB: released in a kopf cleanup activity, not after kopf.run returns: a stop by signal can
+    # end the process (kopf's own deadline, the pod's grace period) before that.
+    @kopf.on.cleanup(id="release-leader-lease")
+    def release_lease(**_: object) -> None:
         done.set()
         if not lost.is_set():
-            with contextlib.suppress(Exception):
+            try:
                 elector.release()
+            except Exception as exc:  # NB: the Lease then expires on its own; a standby waits for that
+                logging.getLogger(__name__).warning("leader election: releasing the Lease failed: %r", exc)
+
+    threading.Thread(target=elector.keep, kwargs={"stop": done, "on_lost": on_lost}, daemon=True,
+                     name="leader-election").start()
+    kopf.run(clusterwide=True, liveness_endpoint=args.liveness, standalone=True, stop_flag=stop)
     return 1 if lost.is_set() else 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import datetime
 import threading
@@ -126,12 +127,8 @@ def test_racing_electors_never_both_win() -> None:
     for _ in range(50):
         store, clock = LeaseStore(), Clock()
         electors = [elector(store, f"e{i}", clock) for i in range(4)]
-        results: list[bool] = []
-        threads = [threading.Thread(target=lambda e=e: results.append(e.try_once())) for e in electors]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(electors)) as pool:
+            results = list(pool.map(LeaderElector.try_once, electors))
         assert results.count(True) == 1
 
 
