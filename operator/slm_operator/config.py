@@ -55,6 +55,12 @@ class OperatorConfig:
     #: Requests of the profiler Job's pod (why these defaults: ``builders.profiler_job``).
     profiler_cpu_request: str = profiler_job.CPU_REQUEST
     profiler_memory_request: str = profiler_job.MEMORY_REQUEST
+    #: One acting replica among several (``leader.py``): a Lease in ``leader_election_namespace``
+    #: (the release namespace; empty: the profiler namespace), held ``lease_duration_seconds``.
+    leader_election: bool = False
+    leader_election_namespace: str = ""
+    lease_name: str = "slm-operator-leader"
+    lease_duration_seconds: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -80,6 +86,12 @@ class OperatorConfig:
             engine_ephemeral_storage_request=_quantity("SLM_ENGINE_EPHEMERAL_STORAGE_REQUEST", env),
             profiler_cpu_request=_quantity("SLM_PROFILER_CPU_REQUEST", env) or defaults.profiler_cpu_request,
             profiler_memory_request=_quantity("SLM_PROFILER_MEMORY_REQUEST", env) or defaults.profiler_memory_request,
+            leader_election=_flag("SLM_LEADER_ELECTION", env.get("SLM_LEADER_ELECTION"), defaults.leader_election),
+            leader_election_namespace=(env.get("SLM_LEADER_ELECTION_NAMESPACE") or env.get("SLM_PROFILER_NAMESPACE")
+                                       or defaults.profiler_namespace),
+            lease_name=env.get("SLM_LEASE_NAME") or defaults.lease_name,
+            lease_duration_seconds=_seconds("SLM_LEASE_DURATION_SECONDS", env.get("SLM_LEASE_DURATION_SECONDS"),
+                                            defaults.lease_duration_seconds),
         )
         if cfg.profiler_runner not in RUNNERS:
             raise ConfigError(f"SLM_PROFILER_RUNNER={cfg.profiler_runner!r}: use one of {', '.join(RUNNERS)}")
@@ -112,6 +124,28 @@ def _port(name: str, raw: str | None, default: int) -> int:
     if not re.fullmatch(r"[0-9]+", raw.strip()) or int(raw) > 65535:
         raise ConfigError(f"{name}={raw!r}: give a port number 1-65535, or 0 to serve no metrics")
     return int(raw)
+
+
+def _flag(name: str, raw: str | None, default: bool) -> bool:
+    """``true``/``false`` (any case; empty: ``default``), or a ConfigError naming ``name``."""
+    if not raw:
+        return default
+    if raw.strip().lower() not in ("true", "false"):
+        raise ConfigError(f"{name}={raw!r}: give true or false")
+    return raw.strip().lower() == "true"
+
+
+def _seconds(name: str, raw: str | None, default: float) -> float:
+    """A duration of at least one second, or a ConfigError naming ``name``."""
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if value < 1:
+        raise ConfigError(f"{name}={raw!r}: give a number of seconds, at least 1, such as 15")
+    return value
 
 
 def _quantity(name: str, env: Mapping[str, str]) -> str | None:

@@ -154,6 +154,24 @@ def create(obj: Mapping[str, Any]) -> Outcome:
     return Outcome.APPLIED
 
 
+def patch_at_version(*, api_version: str, kind: str, name: str, namespace: str | None, resource_version: str,
+                     patch: Mapping[str, Any]) -> Outcome:
+    """Merge-patch ``patch`` only if the object is still at ``resource_version``; else the outcome CONFLICT.
+
+    NB: the resourceVersion inside a merge patch is a precondition the API server checks (409 when
+    it moved on): optimistic concurrency with the ``patch`` verb, so RBAC needs no ``update``.
+    """
+    body = dict(patch) | {"metadata": {"resourceVersion": resource_version}}
+    try:
+        _resource(api_version, kind).patch(body=body, name=name, namespace=namespace,
+                                           content_type="application/merge-patch+json")
+    except (ApiException, DynamicApiException) as exc:
+        if _status_of(exc) in (404, 409):
+            return Outcome.CONFLICT
+        raise
+    return Outcome.APPLIED
+
+
 def secret_exists(*, name: str, namespace: str) -> bool:
     """True if the Secret exists. We never read its data; RBAC grants ``get`` only."""
     try:

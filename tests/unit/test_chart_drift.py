@@ -138,6 +138,7 @@ OPERATOR_WRITES = {
 OPERATOR_RELEASE_NAMESPACE = {
     ("batch", "jobs"): {"get", "create"},
     ("", "configmaps"): {"get", "create", "patch"},
+    ("coordination.k8s.io", "leases"): {"create", "get", "patch"},
 }
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 WORKLOADS = {("apps", "statefulsets"), ("", "services"), ("resource.k8s.io", "resourceclaims"), ("batch", "jobs")}
@@ -218,7 +219,9 @@ def test_no_wildcards_anywhere_in_rbac() -> None:
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], (role["metadata"]["name"], rule)
-            assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+            assert "nonResourceURLs" not in rule
+            # NB: resourceNames only narrow a rule; the one that has them is the leader Lease's.
+            assert "resourceNames" not in rule or rule["resources"] == ["leases"], rule
 
 
 @pytest.mark.parametrize("template", ["rbac-operator.yaml", "role-profiler.yaml"])
@@ -243,7 +246,8 @@ def test_rbac_create_false_renders_no_rbac() -> None:
 def test_deployment_is_one_hardened_replica() -> None:
     deployment = one(objects(), "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # NB: a rolling update is safe by default: the new pod waits for the leader Lease the old one holds.
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "RollingUpdate"}
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == "slm-operator"
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
@@ -279,7 +283,7 @@ def test_values_reach_the_operator_config() -> None:
         "--set", "profiler.serviceAccount.name=sweeper",
     )
     (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     config = OperatorConfig.from_env(env)
     assert config.default_engine_image == "vllm/vllm-openai:v0.10.2"
     assert config.default_sharing == "mps"
@@ -296,7 +300,7 @@ def test_default_values_make_a_valid_operator_config() -> None:
     from slm_operator.config import OperatorConfig
 
     (container,) = one(objects(), "Deployment")["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert set(env) >= {"SLM_DEFAULT_ENGINE_IMAGE", "SLM_DEFAULT_SHARING", "SLM_PROFILER_IMAGE", "SLM_PROFILER_RUNNER",
                         "SLM_PROFILER_NAMESPACE", "SLM_PROFILER_SERVICE_ACCOUNT", "SLM_WATCH_NAMESPACE"}
     config = OperatorConfig.from_env(env)
@@ -312,7 +316,7 @@ POD_DEFAULTS = {
 
 def operator_env(*flags: str) -> dict[str, str]:
     (container,) = one(objects(*flags), "Deployment")["spec"]["template"]["spec"]["containers"]
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
 @needs_helm
@@ -377,7 +381,8 @@ def test_network_policy_admits_the_health_port_only_and_egresses_to_the_api_serv
     (["--set", "profiler.runner=gpu"], "profiler.runner"),
     (["--set", "operator.defaultSharing=mig"], "operator.defaultSharing"),
     (["--set", "healthPort=80"], "healthPort"),
-    (["--set", "replicaCount=2"], "replicaCount"),
+    (["--set", "replicaCount=0"], "replicaCount"),
+    (["--set", "leaderElection.leaseDurationSeconds=2"], "leaseDurationSeconds"),
     (["--set", "operator.watchNamespace=Team-A"], "watchNamespace"),
     (["--set-string", r"operator.watchNamespace=team-a\, team-b"], "watchNamespace"),
     (["--set", "operator.watchNamespaces={team_a}"], "watchNamespaces"),
@@ -486,3 +491,28 @@ def test_hadolint_is_clean() -> None:
     assert len(local) >= 5, local
     result = subprocess.run([find_hadolint(), str(DOCKERFILE), *local], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_helm
+def test_leader_election_is_on_by_default_and_reads_and_writes_one_lease() -> None:
+    docs = objects("--set", "replicaCount=2")
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SLM_LEADER_ELECTION"]["value"] == "true"
+    assert env["SLM_LEADER_ELECTION_NAMESPACE"]["value"] == "slm-system"
+    assert env["SLM_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    lease_rules = [r for r in one(docs, "Role", "slm-operator")["rules"] if "leases" in r["resources"]]
+    assert sorted((tuple(r["verbs"]), tuple(r.get("resourceNames") or ())) for r in lease_rules) == [
+        (("create",), ()), (("get", "patch"), (env["SLM_LEASE_NAME"]["value"],))]
+
+
+@needs_helm
+def test_without_leader_election_exactly_one_replica_and_no_lease_access() -> None:
+    docs = objects("--set", "leaderElection.enabled=false", "--set", "replicaCount=3")
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["SLM_LEADER_ELECTION"] == "false"
+    assert ("coordination.k8s.io", "leases") not in permissions(one(docs, "Role", "slm-operator"))

@@ -63,3 +63,21 @@ def test_metrics_port_defaults_to_the_charts_and_zero_serves_none() -> None:
 def test_a_bad_metrics_port_is_refused_by_name(raw: str) -> None:
     with pytest.raises(ConfigError, match="SLM_METRICS_PORT"):
         OperatorConfig.from_env({"SLM_METRICS_PORT": raw})
+
+
+def test_leader_election_settings():
+    assert OperatorConfig.from_env({}).leader_election is False
+    config = OperatorConfig.from_env({"SLM_LEADER_ELECTION": "True", "SLM_PROFILER_NAMESPACE": "ops",
+                                      "SLM_LEASE_NAME": "lead", "SLM_LEASE_DURATION_SECONDS": "6"})
+    assert (config.leader_election, config.leader_election_namespace, config.lease_name,
+            config.lease_duration_seconds) == (True, "ops", "lead", 6.0)
+    assert OperatorConfig.from_env({"SLM_LEADER_ELECTION_NAMESPACE": "x", "SLM_PROFILER_NAMESPACE": "ops"}
+                                   ).leader_election_namespace == "x"
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("SLM_LEADER_ELECTION", "yes"), ("SLM_LEASE_DURATION_SECONDS", "0.5"), ("SLM_LEASE_DURATION_SECONDS", "soon"),
+])
+def test_leader_election_settings_are_checked(variable, value):
+    with pytest.raises(ConfigError, match=variable):
+        OperatorConfig.from_env({variable: value})
