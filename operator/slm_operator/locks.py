@@ -42,3 +42,8 @@ class ReadinessMemo:
                 return False
             self._ready[key] = ready
             return True
+
+    def forget(self, key: str) -> None:
+        """Forget ``key``: its next event counts as a change (after a write that failed, say)."""
+        with self._guard:
+            self._ready.pop(key, None)

@@ -144,8 +144,20 @@ def fold_readiness(
     """Fold the readiness of every GPU group of the StatefulSet's service into that service's
     status (no re-plan, no child writes). Events that leave readiness as it was cost nothing."""
     ready_now = int((status or {}).get("readyReplicas") or 0)
-    if not state.readiness.changed(f"{namespace}/{name}", ready_now, deleted=event_type == "DELETED"):
+    key = f"{namespace}/{name}"
+    if not state.readiness.changed(key, ready_now, deleted=event_type == "DELETED"):
         return
+    try:
+        _fold_readiness(state=state, labels=labels, namespace=namespace)
+    except Exception:
+        # NB: not folded (an API outage): forget what was seen, so the next event of this
+        # StatefulSet — at the latest the re-list when the watch reconnects — folds it again,
+        # instead of the status saying "1/2" for good.
+        state.readiness.forget(key)
+        raise
+
+
+def _fold_readiness(*, state: OperatorState, labels: Mapping[str, str], namespace: str) -> None:
     service = labels.get(LABEL_SERVICE)
     if not service:
         return
@@ -156,7 +168,7 @@ def fold_readiness(
         current = dict(owner.get("status") or {})
         update = readiness(current=current, groups=read_groups(name=service, namespace=namespace))
         if update is None:
-            return  # the reconciler has not placed anything yet; it reads readiness itself
+            return  # nothing placed yet, or a phase only the reconciler leaves (status.RECONCILER_PHASES)
         writer = StatusWriter(body=owner, name=service, namespace=namespace, current=current,
                               generation=current.get("observedGeneration"))
         writer.write(update)

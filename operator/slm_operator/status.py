@@ -192,10 +192,18 @@ def serving(*, plan: Plan, groups: Sequence[GroupState], endpoint: str) -> Statu
                         fields={"placement": placement, "endpoint": endpoint})
 
 
+#: Phases a readiness change never moves a service out of: the reconciler set them for a reason
+#: pod readiness knows nothing of (a bad spec, a missing Secret, a profile being measured), and
+#: only the reconciler, once that reason is gone, moves it on.
+RECONCILER_PHASES: tuple[Phase, ...] = ("Failed", "Pending", "Profiling", "Planning")
+
+
 def readiness(*, current: Mapping[str, Any], groups: Sequence[GroupState]) -> StatusUpdate | None:
-    """The stored placement with the groups' readiness now; ``None`` before anything is placed."""
+    """The stored placement with the groups' readiness now; ``None`` when readiness has nothing to say:
+    before anything is placed, or while the service is in one of :data:`RECONCILER_PHASES` (NB: so a
+    Failed service never turns Ready because its old pods still run)."""
     placement = dict(current.get("placement") or {})
-    if not placement:
+    if not placement or current.get("phase") in RECONCILER_PHASES:
         return None
     ready = sum(g.ready_replicas for g in groups)
     placement |= {"readyReplicas": ready, "ready": f"{ready}/{placement.get('totalReplicas', 0)}",

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from slm_operator import kube
 from slm_operator.config import OperatorConfig
 from slm_operator.gpu_index import GpuIndex
 from slm_operator.reconcile import OperatorState, fold_readiness, reconcile_service
@@ -164,3 +165,40 @@ def test_a_model_no_batch_size_fits_fails_once_with_its_reason(api: FakeApi) -> 
     status = reconcile(api, state(), gpu_index(node("m")), body)
     assert status["phase"] == "Failed" and conditions(status)["Profiled"] == ("False", "NoFeasibleBatchSize")
     assert "SLO" in status["message"] and api.writes == []
+
+
+def test_readiness_never_moves_a_failed_service_and_a_failed_write_is_folded_again(
+        api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    index, st = gpu_index(node("m", count=1, sharing="mps", replicas=4)), state()
+    body = service(api, {"model": "facebook/opt-1.3b", "gpu": {"product": H100}, "scale": {"gpus": 1},
+                         "profiling": STATIC})
+    assert reconcile(api, st, index, body)["phase"] == "Deploying"
+    sts = api.objects[("StatefulSet", "ns", "opt-g0")]
+    labels = sts["metadata"]["labels"]
+
+    # The API fails while the pods turn Ready: the fold raises, and the same event later is folded.
+    api.run_pods(node_name="m", ready=True)
+    real_patch = api.patch_service_status
+
+    def outage(**_: Any) -> kube.Outcome:
+        raise ConnectionError("API server unreachable")
+
+    monkeypatch.setattr(kube, "patch_service_status", outage)
+    with pytest.raises(ConnectionError):
+        fold_readiness(state=st, labels=labels, namespace="ns", name="opt-g0", event_type="MODIFIED",
+                       status=sts["status"])
+    assert api.objects[("SLMService", "ns", "opt")]["status"]["phase"] == "Deploying"
+    monkeypatch.setattr(kube, "patch_service_status", real_patch)
+    fold_readiness(state=st, labels=labels, namespace="ns", name="opt-g0", event_type="MODIFIED",
+                   status=sts["status"])
+    assert api.objects[("SLMService", "ns", "opt")]["status"]["phase"] == "Ready"
+
+    # A spec the reconciler refuses: Failed, and the old pods' readiness does not turn it Ready again.
+    failed = api.objects[("SLMService", "ns", "opt")]
+    failed["spec"] = failed["spec"] | {"scale": {"gpus": 1, "targetTokensPerSecond": 5}}
+    assert reconcile(api, st, index, failed)["phase"] == "Failed"
+    sts["status"] = {"readyReplicas": 1}
+    fold_readiness(state=st, labels=labels, namespace="ns", name="opt-g0", event_type="MODIFIED", status=sts["status"])
+    sts["status"] = {"readyReplicas": 2}
+    fold_readiness(state=st, labels=labels, namespace="ns", name="opt-g0", event_type="MODIFIED", status=sts["status"])
+    assert api.objects[("SLMService", "ns", "opt")]["status"]["phase"] == "Failed"
