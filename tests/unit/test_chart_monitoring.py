@@ -85,7 +85,8 @@ def test_metrics_can_be_turned_off_or_moved() -> None:
     assert "metrics" not in {p["name"] for p in container["ports"]}
     (container,) = one(objects("--set", "metrics.port=9102"), "Deployment")["spec"]["template"]["spec"]["containers"]
     assert {p["name"]: p["containerPort"] for p in container["ports"]}["metrics"] == 9102
-    assert OperatorConfig.from_env({e["name"]: e["value"] for e in container["env"] if "value" in e}).metrics_port == 9102
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert OperatorConfig.from_env(env).metrics_port == 9102
 
 
 @pytest.mark.parametrize(("flags", "complaint"), [
