@@ -84,8 +84,8 @@ class ProfilingFailed(PermanentError):
 
 
 class ApplyRejected(PermanentError):
-    """The API server refused a child object as invalid or forbidden (a 4xx other than 404/409/429):
-    applying the same object again cannot help."""
+    """The API server refused a child object as invalid (400, 422: its message names the field):
+    applying the same object again cannot help until the spec or a cluster policy changes."""
 
     reason = "ApplyFailed"
 
@@ -100,6 +100,18 @@ class ProfilePending(TemporaryError):
     def __init__(self, progress: str) -> None:
         super().__init__(progress)
         self.progress = progress
+
+
+class ApplyDeferred(TemporaryError):
+    """Applying a child got an answer that changes by itself: forbidden (RBAC being granted, a quota,
+    a terminating namespace), conflict, too many requests, a server error, a timeout or no answer.
+    Its ``reason`` is per instance (``Forbidden``, ``TooManyRequests``, ``ApiUnreachable``, ...)."""
+
+    reason = "ApplyRetrying"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # type: ignore[misc]  # NB: narrows the class default per instance
 
 
 class PlanningError(TemporaryError):

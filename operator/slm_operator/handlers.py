@@ -17,7 +17,7 @@ import kopf
 from slm_operator import metrics
 from slm_operator.config import OperatorConfig
 from slm_operator.constants import API_VERSION, GROUP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL
-from slm_operator.errors import ProfilePending
+from slm_operator.errors import ApplyRejected, ProfilePending
 from slm_operator.gpu_index import GpuIndex, claim_entry, group_entry, node_entry, pod_entry, slice_entry
 from slm_operator.profile_source import cancel_local_runs
 from slm_operator.reconcile import OperatorState, fold_readiness, reconcile_service
@@ -28,6 +28,11 @@ STATE = OperatorState(config=OperatorConfig.from_env())
 _WATCHED = {ns for ns in STATE.config.watch_namespace.split(",") if ns}
 #: A local (simulated) profile takes seconds to minutes; a profiler Job on a GPU takes minutes.
 PROFILE_POLL_SECONDS = 3 if STATE.config.profiler_runner == "local" else 30
+#: A child the API server refused as invalid is applied again this many retry intervals later (an
+#: admission policy may have been lifted), not every interval: the answer is most likely the same.
+REJECTED_RETRY_FACTOR = 10
+#: Watches end (and are resumed) after this long, so none outlives a connection the server forgot.
+WATCH_SERVER_TIMEOUT_SECONDS = 300
 #: The stop function of the /metrics endpoint while it serves.
 _serving: list[Callable[[], None]] = []
 
@@ -45,6 +50,13 @@ def _waiting(*, status: Mapping[str, Any], namespace: str | None, **_: Any) -> b
     return (status or {}).get("phase") in ("Pending", "Degraded") and _ours(namespace=namespace)
 
 
+def _rejected(*, status: Mapping[str, Any], namespace: str | None, **_: Any) -> bool:
+    """Failed because the API server refused a child (``ApplyFailed``): a policy that may be lifted."""
+    status = status or {}
+    return (status.get("phase") == "Failed" and _ours(namespace=namespace)
+            and any(c.get("reason") == ApplyRejected.reason for c in status.get("conditions") or ()))
+
+
 @kopf.on.startup()
 def configure(*, settings: kopf.OperatorSettings, **indexes: Any) -> None:
     # Our own prefix for kopf's bookkeeping, so `kubectl get -o yaml` shows whose it is.
@@ -60,6 +72,12 @@ def configure(*, settings: kopf.OperatorSettings, **indexes: Any) -> None:
     settings.posting.loggers = False
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 32
+    # NB: timeouts on every watch and on kopf's own requests: a half-open connection (a restarted
+    # API server behind a load balancer) would otherwise stall a watch, and the operator with it.
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_SECONDS
+    settings.watching.client_timeout = WATCH_SERVER_TIMEOUT_SECONDS + 30
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
     # NB: kopf hands startup handlers its live indexes; scrapes build the gauges from them.
     index = GpuIndex({name: indexes[name] for name in GpuIndex.NAMES})
     metrics.watch_inventory(lambda: index.inventory(ledger=STATE.ledger))
@@ -123,6 +141,8 @@ def slm_groups(*, namespace: str | None, name: str, labels: Mapping[str, str], a
 # nothing unless the status changes. The per-object lock keeps it from racing the change handlers.
 @kopf.timer(*RESOURCE, id="retry-pending", interval=STATE.config.retry_seconds,
             idle=STATE.config.retry_seconds, when=_waiting)
+@kopf.timer(*RESOURCE, id="retry-rejected", interval=STATE.config.retry_seconds * REJECTED_RETRY_FACTOR,
+            idle=STATE.config.retry_seconds * REJECTED_RETRY_FACTOR, when=_rejected)
 def reconcile(*, body: kopf.Body, spec: Mapping[str, Any], name: str, namespace: str | None, uid: str,
               meta: Mapping[str, Any], status: Mapping[str, Any], **indexes: Any) -> None:
     try:

@@ -2,8 +2,10 @@
 
 Everything else builds plain dicts (``builders``) or decides (``planning``, ``profiling``); this
 module sends them. Expected API answers are outcomes, not exceptions: 404 on delete or get means
-"already gone", 409 on create means "someone else made it". Anything else propagates, so kopf
-retries the handler with backoff.
+"already gone", 409 on create means "someone else made it". An apply that fails is sorted once,
+here: invalid (400, 422) is :class:`~slm_operator.errors.ApplyRejected`, anything that can change
+by itself (403, 404, 409, 429, 5xx, a timeout, no answer) :class:`~slm_operator.errors.ApplyDeferred`.
+Anything else propagates, so kopf retries the handler with backoff. Every request has a timeout.
 
 Writes use server-side apply with one field manager: applying the same desired state twice is a
 no-op on the server, and fields other controllers own (HPA replicas, injected sidecars) are left
@@ -22,6 +24,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
@@ -29,9 +32,18 @@ from kubernetes.dynamic.exceptions import ApiException as DynamicApiException
 
 from slm_operator import metrics
 from slm_operator.constants import API_VERSION, GROUP, KIND, OPERATOR_NAME, PLURAL
-from slm_operator.errors import ApplyRejected
+from slm_operator.errors import ApplyDeferred, ApplyRejected
 
 FIELD_MANAGER = OPERATOR_NAME
+#: Answers to an apply that retrying cannot change: the object is invalid (the message names the field).
+PERMANENT_CODES = (400, 422)
+#: Answers that change by themselves, and the reason the status shows while retrying. NB: 403 is
+#: RBAC not granted yet, a ResourceQuota, or a namespace being deleted; 404 a namespace or a CRD
+#: not there yet; 409 a concurrent writer.
+TRANSIENT_REASONS = {403: "Forbidden", 404: "NotFound", 408: "Timeout", 409: "Conflict", 429: "TooManyRequests"}
+#: Seconds to connect and to read each API answer (NB: without, a half-open connection blocks a
+#: handler thread for good).
+REQUEST_TIMEOUT = (5, 60)
 logger = logging.getLogger(__name__)
 
 
@@ -90,14 +102,18 @@ def apply(obj: Mapping[str, Any]) -> Outcome:
         with _call("apply"):
             _resource(obj["apiVersion"], obj["kind"]).server_side_apply(
                 body=dict(obj), name=meta["name"], namespace=meta.get("namespace"),
-                field_manager=FIELD_MANAGER, force_conflicts=True,
+                field_manager=FIELD_MANAGER, force_conflicts=True, _request_timeout=REQUEST_TIMEOUT,
             )
     except (ApiException, DynamicApiException) as exc:
+        what = f"{obj['kind']} {meta.get('namespace')}/{meta['name']}"
         code = _status_of(exc)
-        if code is not None and 400 <= code < 500 and code not in (404, 409, 429):
-            raise ApplyRejected(f"{obj['kind']} {meta.get('namespace')}/{meta['name']} rejected "
-                              f"(HTTP {code}): {_reason_of(exc)}") from exc
-        raise
+        if code in PERMANENT_CODES:
+            raise ApplyRejected(f"{what} rejected (HTTP {code}): {_reason_of(exc)}") from exc
+        reason = TRANSIENT_REASONS.get(code or 0, "ServerError" if (code or 0) >= 500 else "ApiError")
+        raise ApplyDeferred(reason, f"{what}: HTTP {code} ({_reason_of(exc)}); retrying") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise ApplyDeferred("ApiUnreachable", f"{obj['kind']} {meta.get('namespace')}/{meta['name']}: "
+                            f"no answer from the API server ({exc}); retrying") from exc
     return Outcome.APPLIED
 
 
@@ -114,7 +130,8 @@ def delete(*, api_version: str, kind: str, name: str, namespace: str | None) -> 
     try:
         with _call("delete"):
             _resource(api_version, kind).delete(name=name, namespace=namespace,
-                                                body={"propagationPolicy": "Background"})
+                                                body={"propagationPolicy": "Background"},
+                                                _request_timeout=REQUEST_TIMEOUT)
     except (ApiException, DynamicApiException) as exc:
         if _status_of(exc) == 404:
             return Outcome.NOT_FOUND
@@ -125,7 +142,8 @@ def delete(*, api_version: str, kind: str, name: str, namespace: str | None) -> 
 def get(*, api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
     try:
         with _call("get"):
-            found: dict[str, Any] = _resource(api_version, kind).get(name=name, namespace=namespace).to_dict()
+            found: dict[str, Any] = _resource(api_version, kind).get(name=name, namespace=namespace,
+                                                                    _request_timeout=REQUEST_TIMEOUT).to_dict()
         return found
     except (ApiException, DynamicApiException) as exc:
         if _status_of(exc) == 404:
@@ -137,7 +155,8 @@ def list_objects(
     *, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
 ) -> list[dict[str, Any]]:
     with _call("list"):
-        result = _resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
+        result = _resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
+                                                    _request_timeout=REQUEST_TIMEOUT)
     return [item.to_dict() for item in result.items]
 
 
@@ -146,7 +165,8 @@ def create(obj: Mapping[str, Any]) -> Outcome:
     meta = obj["metadata"]
     try:
         with _call("create"):
-            _resource(obj["apiVersion"], obj["kind"]).create(body=dict(obj), namespace=meta.get("namespace"))
+            _resource(obj["apiVersion"], obj["kind"]).create(body=dict(obj), namespace=meta.get("namespace"),
+                                                                 _request_timeout=REQUEST_TIMEOUT)
     except (ApiException, DynamicApiException) as exc:
         if _status_of(exc) == 409:
             return Outcome.CONFLICT
@@ -163,8 +183,10 @@ def patch_at_version(*, api_version: str, kind: str, name: str, namespace: str |
     """
     body = dict(patch) | {"metadata": {"resourceVersion": resource_version}}
     try:
-        _resource(api_version, kind).patch(body=body, name=name, namespace=namespace,
-                                           content_type="application/merge-patch+json")
+        with _call("patch"):
+            _resource(api_version, kind).patch(body=body, name=name, namespace=namespace,
+                                               content_type="application/merge-patch+json",
+                                               _request_timeout=REQUEST_TIMEOUT)
     except (ApiException, DynamicApiException) as exc:
         if _status_of(exc) in (404, 409):
             return Outcome.CONFLICT
@@ -177,7 +199,8 @@ def secret_exists(*, name: str, namespace: str) -> bool:
     try:
         with _call("get"):
             client.CoreV1Api(api_client()).read_namespaced_secret(name=name, namespace=namespace,
-                                                                  _preload_content=False).release_conn()
+                                                                  _preload_content=False,
+                                                                  _request_timeout=REQUEST_TIMEOUT).release_conn()
     except ApiException as exc:
         if exc.status == 404:
             return False
@@ -193,7 +216,7 @@ def patch_service_status(*, name: str, namespace: str, status: Mapping[str, Any]
         with _call("patch"):
             client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
                 group=GROUP, version=API_VERSION, namespace=namespace, plural=PLURAL, name=name,
-                body={"status": dict(status)},
+                body={"status": dict(status)}, _request_timeout=REQUEST_TIMEOUT,
             )
     except ApiException as exc:
         if exc.status == 404:

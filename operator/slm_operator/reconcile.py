@@ -27,14 +27,14 @@ from slm_operator.builders.children import endpoint_url
 from slm_operator.config import OperatorConfig
 from slm_operator.constants import LABEL_GPU_PRODUCT, LABEL_SERVICE
 from slm_operator.deploy import apply_children, read_groups
-from slm_operator.errors import ApplyRejected, PermanentError, PlanningError, ProfilePending, SpecError
+from slm_operator.errors import ApplyDeferred, ApplyRejected, PermanentError, PlanningError, ProfilePending, SpecError
 from slm_operator.gpu_index import GpuIndex, PlacementLedger, busiest_free_product
 from slm_operator.locks import ObjectLocks, ReadinessMemo
 from slm_operator.planning.plan import make_plan
 from slm_operator.profile_source import obtain_profile
 from slm_operator.reporter import StatusWriter
 from slm_operator.spec import parse_spec
-from slm_operator.status import failed, pending, profiled, profiling, readiness, serving
+from slm_operator.status import failed, pending, profiled, profiling, readiness, retrying, serving
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +130,11 @@ def _reconcile(
                            image=parsed.engine.image or cfg.default_engine_image, ledger=state.ledger,
                            engine_defaults=cfg.engine_defaults())
         except ApplyRejected as exc:
-            # NB: a 4xx other than 409 will be rejected again on retry; say why instead of looping.
+            # NB: invalid will be rejected again on the next try; say why instead of looping (the
+            # `retry-rejected` timer still looks now and then: an admission policy can be lifted).
             return writer.write(failed("Progressing", exc).with_profile(found))
+        except ApplyDeferred as exc:
+            return writer.write(retrying("Progressing", exc).with_profile(found))
     writer.write(serving(plan=plan, groups=read_groups(name=name, namespace=namespace),
                          endpoint=endpoint_url(name=name, namespace=namespace)).with_profile(found))
     logger.info("planned %s/%s: %s", namespace, name, plan.explanation)

@@ -159,6 +159,13 @@ def failed(condition_type: str, error: SLMError) -> StatusUpdate:
                         message=error.message, warning=error.reason)
 
 
+def retrying(condition_type: str, error: SLMError) -> StatusUpdate:
+    """A write the API server may accept later (forbidden, throttled, unreachable): ``Degraded`` with
+    the reason, a Warning Event, and the retry timer tries again."""
+    return StatusUpdate(phase="Degraded", conditions=(condition(condition_type, False, error.reason, error.message),),
+                        message=error.message, warning=error.reason)
+
+
 def pending(condition_type: str, reason: str, message: str) -> StatusUpdate:
     """Waiting for something outside the spec (a Secret, free GPUs); a timer looks again."""
     return StatusUpdate(phase="Pending", conditions=(condition(condition_type, False, reason, message),),

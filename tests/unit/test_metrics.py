@@ -291,6 +291,9 @@ def test_startup_settings_post_no_event_per_log_line(monkeypatch: pytest.MonkeyP
     handlers.configure(settings=settings, **{name: {} for name in (*handlers.GpuIndex.NAMES, "slm_services")})
     try:
         assert settings.posting.enabled and settings.posting.loggers is False
+        # every watch and every request of kopf's own has a timeout
+        assert settings.watching.server_timeout and settings.watching.client_timeout > settings.watching.server_timeout
+        assert settings.watching.connect_timeout and settings.networking.request_timeout
         record = logging.LogRecord("kopf.objects", logging.ERROR, __file__, 1,
                                    "Handler 'reconcile' failed temporarily: profiling", None, None)
         record.settings = settings

@@ -13,6 +13,7 @@ import pytest
 
 from slm_operator import kube
 from slm_operator.config import OperatorConfig
+from slm_operator.errors import ApplyDeferred
 from slm_operator.gpu_index import GpuIndex
 from slm_operator.reconcile import OperatorState, fold_readiness, reconcile_service
 from tests.unit.factories import H100, node
@@ -202,3 +203,23 @@ def test_readiness_never_moves_a_failed_service_and_a_failed_write_is_folded_aga
     sts["status"] = {"readyReplicas": 2}
     fold_readiness(state=st, labels=labels, namespace="ns", name="opt-g0", event_type="MODIFIED", status=sts["status"])
     assert api.objects[("SLMService", "ns", "opt")]["status"]["phase"] == "Failed"
+
+
+def test_a_transient_refusal_is_degraded_with_its_reason_and_the_retry_heals_it(
+        api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    index, st = gpu_index(node("m", sharing="mps", replicas=4)), state()
+    body = service(api, {"model": "facebook/opt-1.3b", "gpu": {"product": H100}, "profiling": STATIC})
+    real_apply = api.apply
+
+    def quota(obj: dict[str, Any]) -> kube.Outcome:
+        if obj["kind"] == "StatefulSet":
+            raise ApplyDeferred("Forbidden", "StatefulSet ns/opt-g0: HTTP 403 (exceeded quota); retrying")
+        return real_apply(obj)
+
+    monkeypatch.setattr(kube, "apply", quota)
+    status = reconcile(api, st, index, body)
+    assert status["phase"] == "Degraded" and conditions(status)["Progressing"] == ("False", "Forbidden")
+    assert "exceeded quota" in status["message"] and ("Warning", "Forbidden") in api.events
+    monkeypatch.setattr(kube, "apply", real_apply)
+    status = reconcile(api, st, index, api.objects[("SLMService", "ns", "opt")])  # the retry timer
+    assert status["phase"] == "Deploying" and conditions(status)["Progressing"][0] == "True"
