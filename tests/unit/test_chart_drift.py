@@ -131,6 +131,7 @@ OPERATOR_WRITES = {
     ("", "services"): {"create", "patch"},
     ("resource.k8s.io", "resourceclaims"): {"create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
+    ("inference.networking.k8s.io", "inferencepools"): {"get", "create", "patch", "delete"},
     ("", "events"): {"create"},
     ("", "secrets"): {"get"},
 }
