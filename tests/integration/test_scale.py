@@ -80,3 +80,6 @@ def test_kubectl_scale_on_a_target_sized_service_says_what_to_do(cluster, instal
     assert result.returncode != 0
     assert BOTH_SET in " ".join(result.stderr.split()), result.stderr
     assert slms(cluster, namespace, "tgt")["spec"]["scale"] == {"targetTokensPerSecond": 30000, "maxGPUs": 4}
+    # Its scale subresource has no replica count: an HPA or KEDA pointed at it reports FailedGetScale.
+    read = cluster.kubectl("get", "slms", "tgt", "-n", namespace, "--subresource=scale", check=False)
+    assert read.returncode != 0 and 'the spec replicas field ".spec.scale.gpus" does not exist' in read.stderr
