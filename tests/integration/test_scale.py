@@ -54,8 +54,11 @@ def test_kubectl_scale_changes_the_gpus_and_the_operator_replans(cluster, operat
     assert obj["metadata"]["generation"] == obj["status"]["observedGeneration"]
     managed = json.loads(cluster.kubectl("get", "slms", "sc", "-n", namespace, "--show-managed-fields",
                                          "-o", "json").stdout)["metadata"]["managedFields"]
-    spec_writers = {m["manager"] for m in managed if "f:spec" in json.dumps(m.get("fieldsV1", {}))}
-    assert "slm-operator" not in spec_writers and spec_writers, managed
+    spec_writers = {m["manager"] for m in managed if "f:spec" in m.get("fieldsV1", {})}
+    assert spec_writers and all(w.startswith("kubectl") for w in spec_writers), managed
+    (gpus_owner,) = [m["manager"] for m in managed
+                     if "f:gpus" in m.get("fieldsV1", {}).get("f:spec", {}).get("f:scale", {})]
+    assert gpus_owner != "kubectl-client-side-apply", managed  # the scale's writer, not the manifest's
 
     cluster.kubectl("scale", "slms/sc", "-n", namespace, "--replicas", "0")
     wait_for(lambda: not children(cluster, namespace, "statefulsets", "sc"), timeout=60,

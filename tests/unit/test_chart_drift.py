@@ -486,3 +486,18 @@ def test_hadolint_is_clean() -> None:
     assert len(local) >= 5, local
     result = subprocess.run([find_hadolint(), str(DOCKERFILE), *local], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_helm
+def test_the_endpoint_picker_values_reach_the_operator_config() -> None:
+    from slm_operator.config import OperatorConfig
+    from slm_operator.spec import EndpointPickerRef
+
+    assert OperatorConfig.from_env(operator_env()).endpoint_picker == OperatorConfig().endpoint_picker
+    env = operator_env("--set", "routing.endpointPicker.serviceName=team-epp",
+                       "--set", "routing.endpointPicker.port=9100",
+                       "--set", "routing.endpointPicker.failureMode=FailOpen")
+    assert OperatorConfig.from_env(env).endpoint_picker == EndpointPickerRef(name="team-epp", port=9100,
+                                                                            failure_mode="FailOpen")
+    refused = helm_template("--set", "routing.endpointPicker.failureMode=Open", check=False)
+    assert refused.returncode != 0 and "failureMode" in refused.stderr
