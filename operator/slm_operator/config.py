@@ -18,11 +18,11 @@ from slm_operator.spec import EndpointPickerRef
 __all__ = ["ConfigError", "OperatorConfig", "RUNNERS"]
 
 RUNNERS = ("job", "local", "none")
-#: A Kubernetes quantity as a request takes it: ``500m``, ``2``, ``16Gi``, ``1e9``.
 #: A Service name (DNS-1035 label) once ``{name}`` is replaced.
 _SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 #: The longest SLMService name the CRD admits, which ``{name}`` may stand for.
 _LONGEST_SERVICE_NAME = "x" * 45
+#: A Kubernetes quantity as a request takes it: ``500m``, ``2``, ``16Gi``, ``1e9``.
 _QUANTITY = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
 
 

@@ -101,7 +101,8 @@ def slm_groups(*, namespace: str | None, name: str, labels: Mapping[str, str], a
 @kopf.on.update(*RESOURCE, id="reconcile", when=_ours)
 # NB: waiting for something outside the spec (a Secret, free GPUs, the InferencePool CRD) is a
 # timer's job, not a handler retry's: kopf records every retry in an annotation (an API write each
-# time), a timer writes nothing unless the status changes. The per-object lock keeps it from racing the change handlers.
+# time), a timer writes nothing unless the status changes. The per-object lock keeps it from racing
+# the change handlers.
 @kopf.timer(*RESOURCE, id="retry-pending", interval=STATE.config.retry_seconds,
             idle=STATE.config.retry_seconds, when=_waiting)
 def reconcile(*, body: kopf.Body, spec: Mapping[str, Any], name: str, namespace: str | None, uid: str,
