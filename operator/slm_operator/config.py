@@ -11,14 +11,19 @@ from collections.abc import Mapping
 from slm_operator import __version__
 from slm_operator.builders import profiler_job
 from slm_operator.builders.children import ENGINE_RUN_AS_USER, EngineDefaults
-from slm_operator.constants import SHARING_MODES
+from slm_operator.constants import FAILURE_MODES, SHARING_MODES
 from slm_operator.errors import ConfigError
+from slm_operator.spec import EndpointPickerRef
 
 __all__ = ["ConfigError", "OperatorConfig", "RUNNERS"]
 
 RUNNERS = ("job", "local", "none")
 #: The chart's default ``metrics.port``; kopf's liveness endpoint has 8080.
 METRICS_PORT = 8081
+#: A Service name (DNS-1035 label) once ``{name}`` is replaced.
+_SERVICE_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+#: The longest SLMService name the CRD admits, which ``{name}`` may stand for.
+_LONGEST_SERVICE_NAME = "x" * 45
 #: A Kubernetes quantity as a request takes it: ``500m``, ``2``, ``16Gi``, ``1e9``.
 _QUANTITY = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
 
@@ -61,6 +66,10 @@ class OperatorConfig:
     leader_election_namespace: str = ""
     lease_name: str = "slm-operator-leader"
     lease_duration_seconds: float = 15.0
+    #: The endpoint picker of every InferencePool (``spec.routing.inferencePool``) whose spec leaves
+    #: it unset: ``{name}`` is the SLMService's name, as the inference extension's chart names one
+    #: picker per pool; port 9002 is its ext-proc port; FailClose is the API's default.
+    endpoint_picker: EndpointPickerRef = EndpointPickerRef(name="{name}-epp", port=9002, failure_mode="FailClose")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -92,6 +101,7 @@ class OperatorConfig:
             lease_name=env.get("SLM_LEASE_NAME") or defaults.lease_name,
             lease_duration_seconds=_seconds("SLM_LEASE_DURATION_SECONDS", env.get("SLM_LEASE_DURATION_SECONDS"),
                                             defaults.lease_duration_seconds),
+            endpoint_picker=_endpoint_picker(env, defaults.endpoint_picker),
         )
         if cfg.profiler_runner not in RUNNERS:
             raise ConfigError(f"SLM_PROFILER_RUNNER={cfg.profiler_runner!r}: use one of {', '.join(RUNNERS)}")
@@ -106,6 +116,23 @@ class OperatorConfig:
         return EngineDefaults(run_as_user=self.engine_run_as_user, cpu_request=self.engine_cpu_request,
                               memory_request=self.engine_memory_request,
                               ephemeral_storage_request=self.engine_ephemeral_storage_request)
+
+
+def _endpoint_picker(env: Mapping[str, str], default: EndpointPickerRef) -> EndpointPickerRef:
+    """SLM_ENDPOINT_PICKER_NAME, _PORT and _FAILURE_MODE over ``default``, or a ConfigError."""
+    name = (env.get("SLM_ENDPOINT_PICKER_NAME") or "").strip() or default.name or ""
+    if "{" in name.replace("{name}", "") or not _SERVICE_NAME.fullmatch(name.replace("{name}", "x")) \
+            or len(name.replace("{name}", _LONGEST_SERVICE_NAME)) > 63:
+        raise ConfigError(f"SLM_ENDPOINT_PICKER_NAME={name!r}: give a Service name of lowercase letters, digits "
+                          "and '-', where {name} stands for the SLMService's name, such as {name}-epp (at most 63 "
+                          "characters with a 45-character SLMService name)")
+    raw_port = (env.get("SLM_ENDPOINT_PICKER_PORT") or "").strip()
+    if raw_port and not (raw_port.isdigit() and 1 <= int(raw_port) <= 65535):
+        raise ConfigError(f"SLM_ENDPOINT_PICKER_PORT={raw_port!r}: give a port from 1 to 65535, such as 9002")
+    mode = (env.get("SLM_ENDPOINT_PICKER_FAILURE_MODE") or "").strip() or default.failure_mode
+    if mode not in FAILURE_MODES:
+        raise ConfigError(f"SLM_ENDPOINT_PICKER_FAILURE_MODE={mode!r}: use one of {', '.join(FAILURE_MODES)}")
+    return EndpointPickerRef(name=name, port=int(raw_port) if raw_port else default.port, failure_mode=mode)
 
 
 def _user_id(name: str, raw: str | None, default: int) -> int:

@@ -36,10 +36,30 @@ LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 LABEL_SERVICE: Final = f"{GROUP}/service"
 #: The index of a GPU group (``0``, ``1``, ...) inside its service.
 LABEL_GROUP: Final = f"{GROUP}/group"
+#: ``app.kubernetes.io/component`` of every vLLM pod (and of the Service in front of them).
+MODEL_SERVER_COMPONENT: Final = "model-server"
 #: On a group's StatefulSet and pods: the mechanism it was planned with (``mps``, ``dra``, ...).
 ANNOTATION_MECHANISM: Final = f"{GROUP}/sharing"
 #: On a group's StatefulSet: the GPU product (node label spelling) it was planned for.
 ANNOTATION_PRODUCT: Final = f"{GROUP}/gpu-product"
+
+# --- Gateway API Inference Extension (spec.routing.inferencePool) ------------------------------
+
+INFERENCE_POOL_API_VERSION: Final = "inference.networking.k8s.io/v1"
+INFERENCE_POOL_KIND: Final = "InferencePool"
+#: The CRD that must be installed for ``spec.routing.inferencePool`` (named in the condition).
+INFERENCE_POOL_CRD: Final = "inferencepools.inference.networking.k8s.io"
+#: How to install it, as the Routed condition tells a user whose cluster lacks it.
+INFERENCE_POOL_CRD_INSTALL: Final = (
+    "kubectl apply -f https://github.com/kubernetes-sigs/gateway-api-inference-extension/releases/download/"
+    "v1.5.0/v1-manifests.yaml (or your inference gateway's install guide)")
+#: What the endpoint picker does when it cannot answer (the API's enum; FailClose is its default).
+FailureMode = Literal["FailOpen", "FailClose"]
+FAILURE_MODES: Final[tuple[FailureMode, ...]] = ("FailOpen", "FailClose")
+#: Where a service's requests can go (``status`` condition ``Routed``): the Service only (no
+#: ``spec.routing.inferencePool``), an InferencePool too, or the Service only because the cluster
+#: lacks the InferencePool CRD.
+Routing = Literal["service", "inference-pool", "crd-missing"]
 
 # --- NVIDIA's names -----------------------------------------------------------------------------
 
@@ -102,3 +122,14 @@ SERVING_PORT: Final = 8000
 def group_name(*, service: str, index: int) -> str:
     """The StatefulSet of GPU group ``index`` of SLMService ``service``."""
     return f"{service}-g{index}"
+
+
+def engine_labels(*, service: str) -> dict[str, str]:
+    """The labels that select every vLLM pod of SLMService ``service``: its Service, NetworkPolicy
+    and InferencePool select by them, and ``status.selector`` (the scale subresource's) spells them."""
+    return {LABEL_SERVICE: service, LABEL_COMPONENT: MODEL_SERVER_COMPONENT}
+
+
+def label_selector(labels: Mapping[str, str]) -> str:
+    """``labels`` as a label selector string (``k=v,k2=v2``, sorted)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))

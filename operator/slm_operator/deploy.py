@@ -2,8 +2,8 @@
 
 ``builders.children`` decides what the objects look like (pure ``build_*``); this module sends them
 through ``kube`` (server-side apply, so an unchanged plan writes nothing new), scales in by whole
-GPU groups, removes DRA claims no group uses any more and the NetworkPolicy the spec no longer
-asks for, and lists a service's StatefulSets and pods as
+GPU groups, removes DRA claims no group uses any more and the NetworkPolicy and InferencePool the
+spec no longer asks for, and lists a service's StatefulSets and pods as
 :class:`~slm_operator.planning.groups.GroupState`.
 """
 
@@ -15,17 +15,26 @@ from slm_operator import kube
 from slm_operator.builders.children import (
     EngineDefaults,
     build_group_statefulset,
+    build_inference_pool,
     build_network_policy,
     build_resource_claim,
     build_service,
     claim_name,
     owner_reference,
 )
-from slm_operator.constants import LABEL_MANAGED_BY, LABEL_SERVICE, MANAGED_BY, group_name
+from slm_operator.constants import (
+    INFERENCE_POOL_API_VERSION,
+    INFERENCE_POOL_KIND,
+    LABEL_MANAGED_BY,
+    LABEL_SERVICE,
+    MANAGED_BY,
+    Routing,
+    group_name,
+)
 from slm_operator.gpu_index import PlacementLedger
 from slm_operator.planning.groups import GroupState, groups_from_objects
 from slm_operator.planning.plan import Plan
-from slm_operator.spec import SLMServiceSpec
+from slm_operator.spec import EndpointPickerRef, SLMServiceSpec
 
 
 def read_groups(*, name: str, namespace: str) -> list[GroupState]:
@@ -48,21 +57,38 @@ def apply_children(
     existing: Sequence[GroupState],
     ledger: PlacementLedger,
     engine_defaults: EngineDefaults,
-) -> None:
-    """Apply the Service, the NetworkPolicy (``spec.networkPolicy``; deleted when unset), one
-    StatefulSet (and DRA claim) per placeable GPU group, then remove the groups and claims the plan
-    no longer has. Raises :class:`~slm_operator.errors.ApplyRejected` when the API server refuses
-    an object. ``engine_defaults`` (the operator's configuration) go into every vLLM pod.
+    picker: EndpointPickerRef | None = None,
+    pool_may_exist: bool = False,
+) -> Routing:
+    """Apply the Service, the InferencePool (``picker`` set: ``spec.routing.inferencePool``), the
+    NetworkPolicy (``spec.networkPolicy``; deleted when unset), one StatefulSet (and DRA claim) per
+    placeable GPU group, then remove the groups and claims the plan no longer has. Raises
+    :class:`~slm_operator.errors.ApplyRejected` when the API server refuses an object.
+    ``engine_defaults`` (the operator's configuration) go into every vLLM pod. Returns where
+    requests can go: ``crd-missing`` when the cluster does not serve InferencePools (the rest is
+    applied all the same: the Service serves).
+
+    ``pool_may_exist`` (the status says routing was on): without ``picker``, delete this service's
+    InferencePool. NB: only then, so that services without routing never ask whether the cluster
+    serves InferencePools (a discovery round trip where it does not).
 
     Each group applied is recorded in ``ledger`` until the StatefulSet watch reports it.
     """
     owner = owner_reference(name=name, uid=uid)
     kube.apply(build_service(name=name, namespace=namespace, owner=owner))
+    routing: Routing = "service"
+    if picker is not None:
+        pool = build_inference_pool(name=name, namespace=namespace, picker=picker, owner=owner)
+        routing = "crd-missing" if kube.apply(pool) is kube.Outcome.NOT_SERVED else "inference-pool"
+    elif pool_may_exist:
+        _delete_owned(api_version=INFERENCE_POOL_API_VERSION, kind=INFERENCE_POOL_KIND, name=name,
+                      namespace=namespace, uid=uid)
     # NB: before the pods, so that a replica is never reachable from where the policy says it is not.
     if spec.network_policy is not None:
         kube.apply(build_network_policy(name=name, namespace=namespace, policy=spec.network_policy, owner=owner))
     else:
-        _delete_network_policy(name=name, namespace=namespace, uid=uid)
+        _delete_owned(api_version="networking.k8s.io/v1", kind="NetworkPolicy", name=name, namespace=namespace,
+                      uid=uid)
     dra = plan.mechanism == "dra"
     wanted_claims = set()
     for index in range(plan.placeable_gpus):
@@ -82,12 +108,13 @@ def apply_children(
     stale = {g.claim for g in existing if g.claim} - wanted_claims
     for claim in sorted(c for c in stale if c):
         kube.delete(api_version="resource.k8s.io/v1", kind="ResourceClaim", name=claim, namespace=namespace)
+    return routing
 
 
-def _delete_network_policy(*, name: str, namespace: str, uid: str) -> None:
-    """Delete the NetworkPolicy of a service whose spec no longer asks for one; a policy of that
-    name someone else made (no controller reference to this SLMService) is not ours to remove."""
-    current = kube.get(api_version="networking.k8s.io/v1", kind="NetworkPolicy", name=name, namespace=namespace)
+def _delete_owned(*, api_version: str, kind: str, name: str, namespace: str, uid: str) -> None:
+    """Delete a child the spec no longer asks for (a NetworkPolicy, an InferencePool); an object of
+    that name someone else made (no controller reference to this SLMService) is not ours to remove."""
+    current = kube.get(api_version=api_version, kind=kind, name=name, namespace=namespace)
     refs = ((current or {}).get("metadata") or {}).get("ownerReferences") or ()
     if any(ref.get("uid") == uid and ref.get("controller") for ref in refs):
-        kube.delete(api_version="networking.k8s.io/v1", kind="NetworkPolicy", name=name, namespace=namespace)
+        kube.delete(api_version=api_version, kind=kind, name=name, namespace=namespace)

@@ -21,6 +21,7 @@ from slm_operator.errors import ApplyRejected, ProfilePending
 from slm_operator.gpu_index import GpuIndex, claim_entry, group_entry, node_entry, pod_entry, slice_entry
 from slm_operator.profile_source import cancel_local_runs
 from slm_operator.reconcile import OperatorState, fold_readiness, reconcile_service
+from slm_operator.status import waiting
 
 RESOURCE = (GROUP, API_VERSION, PLURAL)
 OURS = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -47,7 +48,7 @@ def _ours(*, namespace: str | None, **_: Any) -> bool:
 
 
 def _waiting(*, status: Mapping[str, Any], namespace: str | None, **_: Any) -> bool:
-    return (status or {}).get("phase") in ("Pending", "Degraded") and _ours(namespace=namespace)
+    return waiting(status or {}) and _ours(namespace=namespace)
 
 
 def _rejected(*, status: Mapping[str, Any], namespace: str | None, **_: Any) -> bool:
@@ -136,9 +137,10 @@ def slm_groups(*, namespace: str | None, name: str, labels: Mapping[str, str], a
 @kopf.on.resume(*RESOURCE, id="reconcile", when=_ours)
 @kopf.on.create(*RESOURCE, id="reconcile", when=_ours)
 @kopf.on.update(*RESOURCE, id="reconcile", when=_ours)
-# NB: waiting for something outside the spec (a Secret, free GPUs) is a timer's job, not a handler
-# retry's: kopf records every retry in an annotation (an API write each time), a timer writes
-# nothing unless the status changes. The per-object lock keeps it from racing the change handlers.
+# NB: waiting for something outside the spec (a Secret, free GPUs, the InferencePool CRD) is a
+# timer's job, not a handler retry's: kopf records every retry in an annotation (an API write each
+# time), a timer writes nothing unless the status changes. The per-object lock keeps it from racing
+# the change handlers.
 @kopf.timer(*RESOURCE, id="retry-pending", interval=STATE.config.retry_seconds,
             idle=STATE.config.retry_seconds, when=_waiting)
 @kopf.timer(*RESOURCE, id="retry-rejected", interval=STATE.config.retry_seconds * REJECTED_RETRY_FACTOR,

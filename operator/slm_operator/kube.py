@@ -2,10 +2,12 @@
 
 Everything else builds plain dicts (``builders``) or decides (``planning``, ``profiling``); this
 module sends them. Expected API answers are outcomes, not exceptions: 404 on delete or get means
-"already gone", 409 on create means "someone else made it". An apply that fails is sorted once,
-here: invalid (400, 422) is :class:`~slm_operator.errors.ApplyRejected`, anything that can change
-by itself (403, 404, 409, 429, 5xx, a timeout, no answer) :class:`~slm_operator.errors.ApplyDeferred`.
-Anything else propagates, so kopf retries the handler with backoff. Every request has a timeout.
+"already gone", 409 on create means "someone else made it", a kind the cluster does not serve (an
+optional CRD such as the InferencePool's, not installed) is NOT_SERVED on apply and "already gone"
+on get and delete. An apply that fails otherwise is sorted once, here: invalid (400, 422) is
+:class:`~slm_operator.errors.ApplyRejected`, anything that can change by itself (403, 404, 409,
+429, 5xx, a timeout, no answer) :class:`~slm_operator.errors.ApplyDeferred`. Anything else
+propagates, so kopf retries the handler with backoff. Every request has a timeout.
 
 Writes use server-side apply with one field manager: applying the same desired state twice is a
 no-op on the server, and fields other controllers own (HPA replicas, injected sidecars) are left
@@ -29,6 +31,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import ApiException as DynamicApiException
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from slm_operator import metrics
 from slm_operator.constants import API_VERSION, GROUP, KIND, OPERATOR_NAME, PLURAL
@@ -53,6 +56,8 @@ class Outcome(enum.Enum):
     DELETED = "deleted"
     NOT_FOUND = "not-found"
     CONFLICT = "conflict"
+    #: The API server does not serve this kind (its CRD is not installed).
+    NOT_SERVED = "not-served"
 
 
 _lock = threading.Lock()
@@ -84,6 +89,24 @@ def _resource(api_version: str, kind: str) -> Any:
         return _dynamic().resources.get(api_version=api_version, kind=kind)
 
 
+def _served(api_version: str, kind: str) -> Any | None:
+    """The kind's resource, or ``None`` when the API server does not serve it (a miss asks discovery
+    again, so a CRD installed meanwhile is found)."""
+    try:
+        return _resource(api_version, kind)
+    except ResourceNotFoundError:
+        return None
+
+
+def _still_served(api_version: str, kind: str) -> bool:
+    """After a 404 on a kind discovery had: forget what discovery knew and ask again (its CRD may
+    have been removed since)."""
+    with _lock:
+        _dynamic().resources.invalidate_cache()
+        _resource.cache_clear()
+    return _served(api_version, kind) is not None
+
+
 def _status_of(exc: BaseException) -> int | None:
     status = getattr(exc, "status", None)
     return status if isinstance(status, int) else None
@@ -96,17 +119,28 @@ def _call(verb: str) -> contextlib.AbstractContextManager[None]:
 
 
 def apply(obj: Mapping[str, Any]) -> Outcome:
-    """Create or update ``obj`` by server-side apply; idempotent."""
+    """Create or update ``obj`` by server-side apply; idempotent. NOT_SERVED when the cluster does
+    not serve its kind.
+
+    NB: ``force_conflicts`` takes over fields another manager set on *our children* (the operator
+    owns them whole); the SLMService itself is never applied, only its status patched, so whoever
+    scales it (``kubectl scale``, an HPA, KEDA) is never overwritten.
+    """
     meta = obj["metadata"]
     try:
+        resource = _served(obj["apiVersion"], obj["kind"])
+        if resource is None:
+            return Outcome.NOT_SERVED
         with _call("apply"):
-            _resource(obj["apiVersion"], obj["kind"]).server_side_apply(
+            resource.server_side_apply(
                 body=dict(obj), name=meta["name"], namespace=meta.get("namespace"),
                 field_manager=FIELD_MANAGER, force_conflicts=True, _request_timeout=REQUEST_TIMEOUT,
             )
     except (ApiException, DynamicApiException) as exc:
         what = f"{obj['kind']} {meta.get('namespace')}/{meta['name']}"
         code = _status_of(exc)
+        if code == 404 and not _still_served(obj["apiVersion"], obj["kind"]):
+            return Outcome.NOT_SERVED
         if code in PERMANENT_CODES:
             raise ApplyRejected(f"{what} rejected (HTTP {code}): {_reason_of(exc)}") from exc
         reason = TRANSIENT_REASONS.get(code or 0, "ServerError" if (code or 0) >= 500 else "ApiError")
@@ -126,12 +160,14 @@ def _reason_of(exc: Exception) -> str:
 
 
 def delete(*, api_version: str, kind: str, name: str, namespace: str | None) -> Outcome:
-    """Delete with background propagation; a missing object is the outcome NOT_FOUND."""
+    """Delete with background propagation; a missing object (or kind) is the outcome NOT_FOUND."""
+    resource = _served(api_version, kind)
+    if resource is None:
+        return Outcome.NOT_FOUND
     try:
         with _call("delete"):
-            _resource(api_version, kind).delete(name=name, namespace=namespace,
-                                                body={"propagationPolicy": "Background"},
-                                                _request_timeout=REQUEST_TIMEOUT)
+            resource.delete(name=name, namespace=namespace, body={"propagationPolicy": "Background"},
+                            _request_timeout=REQUEST_TIMEOUT)
     except (ApiException, DynamicApiException) as exc:
         if _status_of(exc) == 404:
             return Outcome.NOT_FOUND
@@ -140,10 +176,14 @@ def delete(*, api_version: str, kind: str, name: str, namespace: str | None) -> 
 
 
 def get(*, api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
+    """The object, or ``None`` when it (or its kind) does not exist."""
+    resource = _served(api_version, kind)
+    if resource is None:
+        return None
     try:
         with _call("get"):
-            found: dict[str, Any] = _resource(api_version, kind).get(name=name, namespace=namespace,
-                                                                    _request_timeout=REQUEST_TIMEOUT).to_dict()
+            found: dict[str, Any] = resource.get(name=name, namespace=namespace,
+                                                 _request_timeout=REQUEST_TIMEOUT).to_dict()
         return found
     except (ApiException, DynamicApiException) as exc:
         if _status_of(exc) == 404:

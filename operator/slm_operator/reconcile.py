@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from slm_operator import kube, metrics
-from slm_operator.builders.children import endpoint_url
+from slm_operator.builders.children import endpoint_picker, endpoint_url
 from slm_operator.config import OperatorConfig
 from slm_operator.constants import LABEL_GPU_PRODUCT, LABEL_SERVICE
 from slm_operator.deploy import apply_children, read_groups
@@ -34,7 +34,7 @@ from slm_operator.planning.plan import make_plan
 from slm_operator.profile_source import obtain_profile
 from slm_operator.reporter import StatusWriter
 from slm_operator.spec import parse_spec
-from slm_operator.status import failed, pending, profiled, profiling, readiness, retrying, serving
+from slm_operator.status import failed, pending, profiled, profiling, readiness, retrying, routed, serving
 
 logger = logging.getLogger(__name__)
 
@@ -125,18 +125,24 @@ def _reconcile(
                              default_sharing=cfg.default_sharing)
         except PlanningError as exc:
             return writer.write(pending("Planned", exc.reason, exc.message).with_profile(found))
+        asked = parsed.routing.inference_pool
+        picker = endpoint_picker(name=name, asked=asked, defaults=cfg.endpoint_picker) if asked else None
         try:
-            apply_children(name=name, namespace=namespace, uid=uid, spec=parsed, plan=plan, existing=groups,
-                           image=parsed.engine.image or cfg.default_engine_image, ledger=state.ledger,
-                           engine_defaults=cfg.engine_defaults())
+            routing = apply_children(
+                name=name, namespace=namespace, uid=uid, spec=parsed, plan=plan, existing=groups,
+                image=parsed.engine.image or cfg.default_engine_image, ledger=state.ledger,
+                engine_defaults=cfg.engine_defaults(), picker=picker,
+                pool_may_exist=any(c.get("type") == "Routed" for c in writer.current.get("conditions") or ()))
         except ApplyRejected as exc:
             # NB: invalid will be rejected again on the next try; say why instead of looping (the
             # `retry-rejected` timer still looks now and then: an admission policy can be lifted).
             return writer.write(failed("Progressing", exc).with_profile(found))
         except ApplyDeferred as exc:
             return writer.write(retrying("Progressing", exc).with_profile(found))
-    writer.write(serving(plan=plan, groups=read_groups(name=name, namespace=namespace),
-                         endpoint=endpoint_url(name=name, namespace=namespace)).with_profile(found))
+    update = serving(name=name, plan=plan, groups=read_groups(name=name, namespace=namespace),
+                     endpoint=endpoint_url(name=name, namespace=namespace))
+    writer.write(update.with_profile(found).with_routing(routed(name=name, routing=routing, picker=picker),
+                                                         current=writer.current))
     logger.info("planned %s/%s: %s", namespace, name, plan.explanation)
 
 

@@ -39,4 +39,5 @@ class StatusWriter:
                 kopf.event(self._body, type="Warning" if update.phase in WARNING_PHASES else "Normal",
                            reason=update.phase, message=update.event_message())
         if update.warning:
-            kopf.event(self._body, type="Warning", reason=update.warning, message=update.message or "")
+            kopf.event(self._body, type="Warning", reason=update.warning,
+                       message=update.warning_message or update.message or "")

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, get_args
 
-from slm_operator.constants import DRA_DEVICE_CLASS, GPU_RESOURCE, SHARING_MODES, Sharing
+from slm_operator.constants import DRA_DEVICE_CLASS, FAILURE_MODES, GPU_RESOURCE, SHARING_MODES, FailureMode, Sharing
 from slm_operator.errors import SpecError
 from slm_operator.profiling.types import Slo, Workload
 
@@ -117,6 +117,29 @@ class ScaleSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class EndpointPickerRef:
+    """The endpoint picker (EPP) Service an InferencePool names. In ``spec.routing`` a field left
+    ``None`` takes the operator's default (``OperatorConfig.endpoint_picker``, Helm values
+    ``routing.endpointPicker``), whose ``name`` may hold ``{name}``: the SLMService's name."""
+
+    name: str | None = None
+    port: int | None = None
+    failure_mode: FailureMode | None = None
+
+    def over(self, defaults: EndpointPickerRef) -> EndpointPickerRef:
+        """This reference with the fields it leaves unset taken from ``defaults``."""
+        return EndpointPickerRef(name=self.name or defaults.name, port=self.port or defaults.port,
+                                 failure_mode=self.failure_mode or defaults.failure_mode)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutingSpec:
+    """``spec.routing``: with ``inference_pool`` set, an InferencePool beside the Service."""
+
+    inference_pool: EndpointPickerRef | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class SLMServiceSpec:
     model: str
     revision: str | None
@@ -128,6 +151,7 @@ class SLMServiceSpec:
     profiling: ProfilingSpec
     scale: ScaleSpec
     network_policy: NetworkPolicySpec | None = None
+    routing: RoutingSpec = RoutingSpec()
 
 
 def parse_spec(spec: Mapping[str, Any]) -> SLMServiceSpec:
@@ -154,6 +178,7 @@ def parse_spec(spec: Mapping[str, Any]) -> SLMServiceSpec:
         profiling=_section("profiling", _parse_profiling, spec.get("profiling") or {}),
         scale=_section("scale", _parse_scale, spec.get("scale")),
         network_policy=_section("networkPolicy", _parse_network_policy, spec.get("networkPolicy")),
+        routing=_section("routing", _parse_routing, spec.get("routing") or {}),
     )
 
 
@@ -186,6 +211,25 @@ def _parse_network_policy(raw: Mapping[str, Any] | None) -> NetworkPolicySpec | 
             raise SpecError("networkPolicy.ingressFrom", "each peer needs a namespaceSelector or a podSelector")
         peers.append(kept)
     return NetworkPolicySpec(ingress_from=tuple(peers))
+
+
+def _parse_routing(raw: Mapping[str, Any]) -> RoutingSpec:
+    pool = raw.get("inferencePool")
+    if pool is None:  # NB: `inferencePool: {}` asks for a pool with the operator's endpoint picker
+        return RoutingSpec()
+    picker = pool.get("endpointPicker") or {}
+    mode = picker.get("failureMode")
+    if mode is not None and mode not in FAILURE_MODES:
+        raise SpecError("routing.inferencePool.endpointPicker.failureMode",
+                        f"{mode!r} is not one of {', '.join(FAILURE_MODES)}")
+    port = picker.get("port")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise SpecError("routing.inferencePool.endpointPicker.port", f"{port} is not a port: give 1 to 65535")
+    return RoutingSpec(inference_pool=EndpointPickerRef(
+        name=str(picker["name"]) if picker.get("name") else None,
+        port=int(port) if port is not None else None,
+        failure_mode=mode,
+    ))
 
 
 def _parse_engine(raw: Mapping[str, Any]) -> EngineSpec:

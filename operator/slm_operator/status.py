@@ -14,13 +14,25 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from slm_operator.constants import (
+    INFERENCE_POOL_API_VERSION,
+    INFERENCE_POOL_CRD,
+    INFERENCE_POOL_CRD_INSTALL,
+    SERVING_PORT,
+    Routing,
+    engine_labels,
+    label_selector,
+)
 from slm_operator.errors import SLMError
 from slm_operator.planning.groups import GroupState
 from slm_operator.planning.plan import Plan
 from slm_operator.profiling.types import Profile
+from slm_operator.spec import EndpointPickerRef
 
 Phase = Literal["Pending", "Profiling", "Planning", "Deploying", "Ready", "Degraded", "Failed"]
-CONDITION_TYPES = ("Profiled", "Planned", "Available", "Progressing")
+CONDITION_TYPES = ("Profiled", "Planned", "Available", "Progressing", "Routed")
+#: Reason of the Routed condition while the cluster lacks the InferencePool CRD.
+POOL_CRD_MISSING = "InferencePoolCRDMissing"
 #: A condition as the CRD stores it (type, status, reason, message, and the times we add).
 Condition = dict[str, Any]
 
@@ -35,10 +47,12 @@ def condition(type_: str, ok: bool | None, reason: str, message: str) -> Conditi
 
 
 def merge_conditions(
-    *, current: Iterable[Mapping[str, Any]], updates: Iterable[Mapping[str, Any]], generation: int | None, now: str
+    *, current: Iterable[Mapping[str, Any]], updates: Iterable[Mapping[str, Any]], generation: int | None, now: str,
+    removed: Iterable[str] = (),
 ) -> list[Condition]:
-    """Replace conditions by type; keep ``lastTransitionTime`` unless the status flipped."""
-    by_type = {c["type"]: dict(c) for c in current}
+    """Replace conditions by type; keep ``lastTransitionTime`` unless the status flipped. Conditions
+    of the ``removed`` types go (one that no longer applies, such as Routed once routing is off)."""
+    by_type = {c["type"]: dict(c) for c in current if c["type"] not in removed}
     for update in updates:
         old = by_type.get(update["type"])
         new = dict(update) | ({"observedGeneration": generation} if generation is not None else {})
@@ -132,6 +146,10 @@ class StatusUpdate:
     message: str | None = None
     #: A Warning Event reason posted with this update even when the phase does not change.
     warning: str | None = None
+    #: The message of that Event; ``None``: ``message``.
+    warning_message: str | None = None
+    #: Condition types to remove from the status.
+    removed_conditions: tuple[str, ...] = ()
 
     def with_profile(self, profiled: Profiled | None) -> StatusUpdate:
         """This update, also saying what profiling found (its condition and ``status.profile``)."""
@@ -139,6 +157,19 @@ class StatusUpdate:
             return self
         return dataclasses.replace(self, conditions=(profiled.condition, *self.conditions),
                                    fields={"profile": profiled.summary, **self.fields})
+
+    def with_routing(self, routed: Condition | None, *, current: Mapping[str, Any]) -> StatusUpdate:
+        """This update, also saying where requests go (condition Routed, see :func:`routed`; removed
+        when routing is off). A Warning Event when the InferencePool CRD is first found missing,
+        not at every reconcile while it stays missing."""
+        if routed is None:
+            return dataclasses.replace(self, removed_conditions=(*self.removed_conditions, "Routed"))
+        before: Mapping[str, Any] = next(
+            (c for c in current.get("conditions") or () if c.get("type") == "Routed"), {})
+        update = dataclasses.replace(self, conditions=(*self.conditions, routed))
+        if routed["reason"] == POOL_CRD_MISSING and before.get("reason") != POOL_CRD_MISSING:
+            update = dataclasses.replace(update, warning=POOL_CRD_MISSING, warning_message=routed["message"])
+        return update
 
     def event_message(self) -> str:
         return self.message or "; ".join(
@@ -188,15 +219,47 @@ def profiled(*, profile: Profile, current: Mapping[str, Any]) -> Profiled:
                     summary=summary)
 
 
-def serving(*, plan: Plan, groups: Sequence[GroupState], endpoint: str) -> StatusUpdate:
-    """Children are applied: phase from how many replicas are Ready, and where they run."""
+def serving(*, name: str, plan: Plan, groups: Sequence[GroupState], endpoint: str) -> StatusUpdate:
+    """Children are applied: phase from how many replicas are Ready, and where they run.
+
+    ``status.selector`` (the scale subresource's labelSelectorPath) selects the vLLM pods of SLMService
+    ``name``, for an HPA or KEDA; the scale subresource's status replicas are ``placement.gpus``."""
     ready = sum(g.ready_replicas for g in groups)
     phase, conditions = serving_phase(total_replicas=plan.total_replicas, ready_replicas=ready,
                                       placeable_gpus=plan.placeable_gpus, requested_gpus=plan.gpus,
                                       explanation=plan.explanation)
     placement = placement_summary(plan=plan, ready_replicas=ready, groups=groups, requested_gpus=plan.gpus)
     return StatusUpdate(phase=phase, conditions=tuple(conditions), message=plan.explanation,
-                        fields={"placement": placement, "endpoint": endpoint})
+                        fields={"placement": placement, "endpoint": endpoint,
+                                "selector": label_selector(engine_labels(service=name))})
+
+
+def routed(*, name: str, routing: Routing, picker: EndpointPickerRef | None) -> Condition | None:
+    """The Routed condition: how a gateway reaches the replicas besides Service ``name``; ``None``
+    when ``spec.routing.inferencePool`` is unset (the Service only: no condition)."""
+    if routing == "service" or picker is None:
+        return None
+    if routing == "crd-missing":
+        return condition(
+            "Routed", False, POOL_CRD_MISSING,
+            f"spec.routing.inferencePool is set but the cluster does not serve {INFERENCE_POOL_CRD} "
+            f"({INFERENCE_POOL_API_VERSION}): install the Gateway API Inference Extension CRDs, e.g. "
+            f"{INFERENCE_POOL_CRD_INSTALL}; the operator looks again every retry interval. Meanwhile "
+            f"requests reach the replicas through Service {name} (status.endpoint)")
+    return condition(
+        "Routed", True, "InferencePoolApplied",
+        f"InferencePool {name} selects the replicas on port {SERVING_PORT}; endpoint picker Service "
+        f"{picker.name}:{picker.port} (failureMode {picker.failure_mode}); route an HTTPRoute backendRef "
+        f"to it. Service {name} serves too")
+
+
+def waiting(status: Mapping[str, Any]) -> bool:
+    """True while something outside the spec must happen before the service is what it asks (free
+    GPUs, a Secret, the InferencePool CRD): the retry timer reconciles it again."""
+    if status.get("phase") in ("Pending", "Degraded"):
+        return True
+    return any(c.get("type") == "Routed" and c.get("reason") == POOL_CRD_MISSING
+               for c in status.get("conditions") or ())
 
 
 #: Phases a readiness change never moves a service out of: the reconciler set them for a reason
@@ -230,7 +293,7 @@ def desired_patch(
     desired = dict(update.fields)
     desired["phase"] = update.phase
     desired["conditions"] = merge_conditions(current=current.get("conditions") or (), updates=update.conditions,
-                                             generation=generation, now=now)
+                                             generation=generation, now=now, removed=update.removed_conditions)
     if generation is not None:
         desired["observedGeneration"] = generation
     if update.message is not None:

@@ -167,7 +167,16 @@ INVALID = [
      "set exactly one of scale.gpus (a fixed number of GPUs) or scale.targetTokensPerSecond (as many GPUs as "
      "that throughput needs)"),
     ("scale-both", {"model": "m", "scale": {"gpus": 2, "targetTokensPerSecond": 1000}}, "spec.scale",
-     "set exactly one of scale.gpus"),
+     "scale.gpus and scale.targetTokensPerSecond are both set: a service sized by targetTokensPerSecond cannot "
+     "also take a GPU count"),
+    ("routing-picker-name", {"model": "m", "routing": {"inferencePool": {"endpointPicker": {"name": "EPP"}}}},
+     "spec.routing.inferencePool.endpointPicker.name",
+     "routing.inferencePool.endpointPicker.name must be a Service name: lowercase letters, digits and '-', "
+     "starting with a letter (e.g. opt-epp)"),
+    ("routing-picker-port", {"model": "m", "routing": {"inferencePool": {"endpointPicker": {"port": 0}}}},
+     "spec.routing.inferencePool.endpointPicker.port", "should be greater than or equal to 1"),
+    ("routing-failure-mode", {"model": "m", "routing": {"inferencePool": {"endpointPicker": {"failureMode": "Open"}}}},
+     "spec.routing.inferencePool.endpointPicker.failureMode", 'Unsupported value: "Open"'),
     ("scale-min-above-max", {"model": "m", "scale": {"targetTokensPerSecond": 1000, "minGPUs": 4, "maxGPUs": 2}},
      "spec.scale.minGPUs", "scale.minGPUs must not exceed scale.maxGPUs: lower minGPUs or raise maxGPUs"),
     ("scale-bounds-with-fixed-gpus", {"model": "m", "scale": {"gpus": 2, "maxGPUs": 4}}, "spec.scale",
@@ -226,6 +235,7 @@ def test_minimal_spec_gets_every_default(cluster, crd, namespace) -> None:
         "gpu": {"resourceName": "nvidia.com/gpu", "sharing": "auto", "deviceClassName": "gpu.nvidia.com"},
         "workload": {"inputTokens": 512, "outputTokens": 256},
         "profiling": {"mode": "auto", "epsilon": 0.1},
+        "scale": {"gpus": 1},  # stored, so the scale subresource reads 1
     }
 
 
@@ -246,8 +256,12 @@ def test_minimal_spec_gets_every_default(cluster, crd, namespace) -> None:
                               "env": [{"name": "HF_HOME", "value": "/cache"}]},
      "networkPolicy": {"ingressFrom": [{"namespaceSelector": {"matchLabels": {"team": "a"}},
                                         "podSelector": {"matchLabels": {"app": "gateway"}}}]}},
+    {"model": "m", "routing": {"inferencePool": {}}},
+    {"model": "m", "routing": {"inferencePool": {"endpointPicker": {"name": "team-epp", "port": 65535,
+                                                                    "failureMode": "FailOpen"}}}},
 ], ids=["scale-to-zero", "workload-exactly-max", "args-look-alikes", "int-cpu", "milli-cpu", "exclusive-one-replica",
-        "target-with-bounds", "profiling-edges", "args-near-owned-flags", "secrets-and-network-policy"])
+        "target-with-bounds", "profiling-edges", "args-near-owned-flags", "secrets-and-network-policy",
+        "routing-default-picker", "routing-own-picker"])
 def test_boundary_specs_are_accepted(cluster, crd, namespace, spec) -> None:
     result = dry_run(cluster, namespace, spec)
     assert result.returncode == 0, one_line(result.stderr)
@@ -389,6 +403,10 @@ def _hostile_specs() -> st.SearchStrategy[dict[str, Any]]:
                                                  "memoryPerReplicaGiB": _NUMBER, "tokensPerSecondPerGPU": _NUMBER})}),
             "scale": st.fixed_dictionaries({}, optional={"gpus": _NUMBER, "targetTokensPerSecond": _NUMBER,
                                                          "maxGPUs": _NUMBER}),
+            "routing": st.fixed_dictionaries({}, optional={"inferencePool": st.fixed_dictionaries({}, optional={
+                "endpointPicker": st.fixed_dictionaries({}, optional={
+                    "name": _TEXT, "port": _NUMBER,
+                    "failureMode": st.one_of(st.sampled_from(["FailOpen", "FailClose"]), _TEXT)})})}),
         })
 
 

@@ -35,6 +35,8 @@ class FakeApi:
         self.events: list[tuple[str, str]] = []
         self.secrets: set[str] = set()
         self.reject: str | None = None
+        #: Kinds the cluster does not serve (a CRD not installed): applies are NOT_SERVED.
+        self.unserved: set[str] = set()
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         for name in ("apply", "delete", "get", "list_objects", "patch_service_status", "secret_exists",
@@ -49,6 +51,8 @@ class FakeApi:
         meta = obj["metadata"]
         if obj["kind"] == self.reject:
             raise ApplyRejected(f"{obj['kind']} {meta['namespace']}/{meta['name']} rejected (HTTP 422): invalid")
+        if obj["kind"] in self.unserved:
+            return kube.Outcome.NOT_SERVED
         self.writes.append(("apply", obj["kind"], meta["name"]))
         key = (obj["kind"], meta.get("namespace"), meta["name"])
         # NB: like server-side apply, a write of the spec leaves the status the controllers set.

@@ -131,6 +131,7 @@ OPERATOR_WRITES = {
     ("", "services"): {"create", "patch"},
     ("resource.k8s.io", "resourceclaims"): {"create", "patch", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
+    ("inference.networking.k8s.io", "inferencepools"): {"get", "create", "patch", "delete"},
     ("", "events"): {"create"},
     ("", "secrets"): {"get"},
 }
@@ -516,3 +517,18 @@ def test_without_leader_election_exactly_one_replica_and_no_lease_access() -> No
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert {e["name"]: e.get("value") for e in container["env"]}["SLM_LEADER_ELECTION"] == "false"
     assert ("coordination.k8s.io", "leases") not in permissions(one(docs, "Role", "slm-operator"))
+
+
+@needs_helm
+def test_the_endpoint_picker_values_reach_the_operator_config() -> None:
+    from slm_operator.config import OperatorConfig
+    from slm_operator.spec import EndpointPickerRef
+
+    assert OperatorConfig.from_env(operator_env()).endpoint_picker == OperatorConfig().endpoint_picker
+    env = operator_env("--set", "routing.endpointPicker.serviceName=team-epp",
+                       "--set", "routing.endpointPicker.port=9100",
+                       "--set", "routing.endpointPicker.failureMode=FailOpen")
+    assert OperatorConfig.from_env(env).endpoint_picker == EndpointPickerRef(name="team-epp", port=9100,
+                                                                            failure_mode="FailOpen")
+    refused = helm_template("--set", "routing.endpointPicker.failureMode=Open", check=False)
+    assert refused.returncode != 0 and "failureMode" in refused.stderr

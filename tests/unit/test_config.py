@@ -81,3 +81,28 @@ def test_leader_election_settings():
 def test_leader_election_settings_are_checked(variable, value):
     with pytest.raises(ConfigError, match=variable):
         OperatorConfig.from_env({variable: value})
+
+
+def test_the_endpoint_picker_defaults_to_one_per_pool_and_is_read_from_the_chart():
+    from slm_operator.spec import EndpointPickerRef
+
+    assert OperatorConfig.from_env({}).endpoint_picker == EndpointPickerRef(
+        name="{name}-epp", port=9002, failure_mode="FailClose")
+    cfg = OperatorConfig.from_env({"SLM_ENDPOINT_PICKER_NAME": "shared-epp", "SLM_ENDPOINT_PICKER_PORT": "9100",
+                                   "SLM_ENDPOINT_PICKER_FAILURE_MODE": "FailOpen"})
+    assert cfg.endpoint_picker == EndpointPickerRef(name="shared-epp", port=9100, failure_mode="FailOpen")
+    empty = {f"SLM_ENDPOINT_PICKER_{k}": "" for k in ("NAME", "PORT", "FAILURE_MODE")}
+    assert OperatorConfig.from_env(empty) == OperatorConfig.from_env({})
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("SLM_ENDPOINT_PICKER_NAME", "Epp"),
+    ("SLM_ENDPOINT_PICKER_NAME", "{service}-epp"),
+    ("SLM_ENDPOINT_PICKER_NAME", "{name}-" + "x" * 20),  # 66 characters for a 45-character service
+    ("SLM_ENDPOINT_PICKER_PORT", "0"),
+    ("SLM_ENDPOINT_PICKER_PORT", "http"),
+    ("SLM_ENDPOINT_PICKER_FAILURE_MODE", "failopen"),
+])
+def test_a_bad_endpoint_picker_setting_names_the_variable(variable, value):
+    with pytest.raises(ConfigError, match=f"^{variable}="):
+        OperatorConfig.from_env({variable: value})

@@ -75,7 +75,10 @@ def test_names_scope_and_version(crd: dict[str, Any], version: dict[str, Any]) -
         "singular": "slmservice", "shortNames": ["slms"], "categories": ["slm"],
     }
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
-    assert version["subresources"] == {"status": {}}
+    # kubectl scale, an HPA and KEDA drive spec.scale.gpus; the selector is written by the operator.
+    assert version["subresources"] == {"status": {}, "scale": {
+        "specReplicasPath": ".spec.scale.gpus", "statusReplicasPath": ".status.placement.gpus",
+        "labelSelectorPath": ".status.selector"}}
 
 
 def test_names_match_the_operator_constants(crd: dict[str, Any], version: dict[str, Any]) -> None:
@@ -120,6 +123,11 @@ def test_schema_is_structural(root_schema: dict[str, Any]) -> None:
     assert problems == []
 
 
+#: Object defaults that are not {}: scale.gpus cannot default on its own (it would sit beside every
+#: targetTokensPerSecond), yet the scale subresource needs it stored for a service without spec.scale.
+OBJECT_DEFAULTS = {".spec.scale": {"gpus": 1}}
+
+
 def test_defaults_are_valid_values(root_schema: dict[str, Any]) -> None:
     for path, node in walk(root_schema, ""):
         if "default" not in node:
@@ -129,7 +137,9 @@ def test_defaults_are_valid_values(root_schema: dict[str, Any]) -> None:
             assert value in node["enum"], path
         if node.get("type") in ("integer", "number"):
             assert node.get("minimum", value) <= value <= node.get("maximum", value), path
-        if node.get("type") == "object":
+        if node.get("type") == "object" and path in OBJECT_DEFAULTS:
+            assert value == OBJECT_DEFAULTS[path], path
+        elif node.get("type") == "object":
             assert value == {}, f"{path}: object defaults are {{}} so nested defaults fill them"
 
 
@@ -222,7 +232,7 @@ def test_status_is_described_not_free_form(root_schema: dict[str, Any]) -> None:
     status = root_schema["properties"]["status"]
     assert not status.get("x-kubernetes-preserve-unknown-fields")
     assert set(status["properties"]) == {
-        "phase", "conditions", "observedGeneration", "profile", "placement", "endpoint", "message"}
+        "phase", "conditions", "observedGeneration", "profile", "placement", "endpoint", "message", "selector"}
     assert status["properties"]["phase"]["enum"] == [
         "Pending", "Profiling", "Planning", "Deploying", "Ready", "Degraded", "Failed"]
 

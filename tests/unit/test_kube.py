@@ -35,6 +35,7 @@ def answer(status: int, message: str) -> ApiException:
 def apply_with(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> BaseException:
     resource = Refusing(error)
     monkeypatch.setattr(kube, "_resource", lambda *_: resource)
+    monkeypatch.setattr(kube, "_still_served", lambda *_: True)  # NB: a 404 of a kind discovery still knows
     with pytest.raises((PermanentError, TemporaryError)) as caught:
         kube.apply(OBJ)
     assert resource.timeout == kube.REQUEST_TIMEOUT, "every request has a timeout"

@@ -223,3 +223,57 @@ def test_a_transient_refusal_is_degraded_with_its_reason_and_the_retry_heals_it(
     monkeypatch.setattr(kube, "apply", real_apply)
     status = reconcile(api, st, index, api.objects[("SLMService", "ns", "opt")])  # the retry timer
     assert status["phase"] == "Deploying" and conditions(status)["Progressing"][0] == "True"
+
+
+def test_routing_adds_an_inference_pool_and_removing_it_deletes_the_pool(api: FakeApi) -> None:
+    index, st = gpu_index(node("m", count=1, sharing="mps", replicas=4)), state()
+    spec = {"model": "facebook/opt-1.3b", "gpu": {"product": H100}, "profiling": STATIC,
+            "routing": {"inferencePool": {"endpointPicker": {"failureMode": "FailOpen"}}}}
+    body = service(api, spec)
+    status = reconcile(api, st, index, body)
+    pool = api.objects[("InferencePool", "ns", "opt")]
+    assert pool["spec"]["endpointPickerRef"] == {"kind": "Service", "name": "opt-epp", "port": {"number": 9002},
+                                                 "failureMode": "FailOpen"}
+    assert conditions(status)["Routed"] == ("True", "InferencePoolApplied")
+    assert status["selector"] == "app.kubernetes.io/component=model-server,slm.pareto.dev/service=opt"
+
+    api.writes.clear()
+    body["spec"] = {k: v for k, v in spec.items() if k != "routing"}
+    status = reconcile(api, st, index, body)
+    assert ("delete", "InferencePool", "opt") in api.writes and ("InferencePool", "ns", "opt") not in api.objects
+    assert "Routed" not in conditions(status)
+
+    api.writes.clear()
+    reconcile(api, st, index, body)  # routing stays off: no pool is looked up or deleted again
+    assert [w for w in api.writes if w[1] == "InferencePool"] == []
+
+
+def test_a_pool_someone_else_made_is_not_deleted(api: FakeApi) -> None:
+    index, st = gpu_index(node("m", count=1, sharing="mps", replicas=4)), state()
+    body = service(api, {"model": "facebook/opt-1.3b", "gpu": {"product": H100}, "profiling": STATIC})
+    api.objects[("InferencePool", "ns", "opt")] = {"metadata": {"name": "opt", "ownerReferences": [
+        {"uid": "someone-else", "controller": True}]}}
+    body["status"] = {"conditions": [{"type": "Routed", "status": "True", "reason": "InferencePoolApplied"}]}
+    reconcile(api, st, index, body)
+    assert ("InferencePool", "ns", "opt") in api.objects
+
+
+def test_without_the_inference_pool_crd_the_service_serves_and_says_how_to_install_it(api: FakeApi) -> None:
+    index, st = gpu_index(node("m", count=1, sharing="mps", replicas=4)), state()
+    api.unserved.add("InferencePool")
+    body = service(api, {"model": "facebook/opt-1.3b", "gpu": {"product": H100}, "profiling": STATIC,
+                         "routing": {"inferencePool": {}}})
+    status = reconcile(api, st, index, body)
+    assert status["phase"] == "Deploying" and ("apply", "Service", "opt") in api.writes
+    assert [w for w in api.writes if w[1] == "StatefulSet"] == [("apply", "StatefulSet", "opt-g0")]
+    routed = {c["type"]: c for c in status["conditions"]}["Routed"]
+    assert (routed["status"], routed["reason"]) == ("False", "InferencePoolCRDMissing")
+    assert api.events == [("Normal", "Deploying"), ("Warning", "InferencePoolCRDMissing")]
+
+    reconcile(api, st, index, body)  # still missing: no second Warning
+    assert api.events.count(("Warning", "InferencePoolCRDMissing")) == 1
+
+    api.unserved.clear()  # the CRD is installed; the retry timer reconciles again
+    status = reconcile(api, st, index, body)
+    assert conditions(status)["Routed"] == ("True", "InferencePoolApplied")
+    assert ("InferencePool", "ns", "opt") in api.objects

@@ -90,3 +90,25 @@ def test_secrets_and_network_policy_parse():
     assert spec.network_policy.ingress_from == ({"namespaceSelector": {"matchLabels": {"team": "a"}}},)
     assert parse_spec({"model": "m"}).network_policy is None
     assert parse_spec({"model": "m", "networkPolicy": {}}).network_policy.ingress_from == ()
+
+
+def test_routing_is_off_unless_inference_pool_is_set_even_empty():
+    from slm_operator.spec import EndpointPickerRef, RoutingSpec
+
+    assert parse_spec({"model": "m"}).routing == RoutingSpec(inference_pool=None)
+    assert parse_spec({"model": "m", "routing": {}}).routing.inference_pool is None
+    assert parse_spec({"model": "m", "routing": {"inferencePool": {}}}).routing.inference_pool == EndpointPickerRef()
+    asked = parse_spec({"model": "m", "routing": {"inferencePool": {"endpointPicker": {
+        "name": "epp", "port": 9100, "failureMode": "FailOpen"}}}}).routing.inference_pool
+    assert asked == EndpointPickerRef(name="epp", port=9100, failure_mode="FailOpen")
+
+
+@pytest.mark.parametrize(("picker", "field"), [
+    ({"failureMode": "Open"}, "routing.inferencePool.endpointPicker.failureMode"),
+    ({"port": 70000}, "routing.inferencePool.endpointPicker.port"),
+    ({"port": "x"}, "routing"),
+])
+def test_a_bad_endpoint_picker_names_its_field(picker, field):
+    with pytest.raises(SpecError) as err:
+        parse_spec({"model": "m", "routing": {"inferencePool": {"endpointPicker": picker}}})
+    assert err.value.field == field

@@ -73,3 +73,43 @@ def test_readiness_folds_groups_into_the_stored_placement():
     placement = update.fields["placement"]
     assert placement["ready"] == "3/4" and placement["nodes"] == ["n1"]
     assert placement["groups"][1] == {"name": "opt-g1", "index": 1, "replicas": 2, "readyReplicas": 1}
+
+
+def test_routed_says_where_requests_go_and_warns_once_when_the_crd_is_missing():
+    from slm_operator.spec import EndpointPickerRef
+    from slm_operator.status import StatusUpdate, desired_patch, routed, waiting
+
+    picker = EndpointPickerRef(name="opt-epp", port=9002, failure_mode="FailClose")
+    assert routed(name="opt", routing="service", picker=None) is None
+    ok = routed(name="opt", routing="inference-pool", picker=picker)
+    assert ok is not None and (ok["status"], ok["reason"]) == ("True", "InferencePoolApplied")
+    assert "InferencePool opt" in ok["message"] and "opt-epp:9002" in ok["message"]
+    missing = routed(name="opt", routing="crd-missing", picker=picker)
+    assert missing is not None and (missing["status"], missing["reason"]) == ("False", "InferencePoolCRDMissing")
+    assert "inferencepools.inference.networking.k8s.io" in missing["message"]
+    assert "kubectl apply -f" in missing["message"] and "Service opt" in missing["message"]
+
+    base = StatusUpdate(phase="Ready", conditions=(condition("Available", True, "AllReplicasReady", "2/2"),),
+                        message="plan")
+    first = base.with_routing(missing, current={})
+    assert first.warning == "InferencePoolCRDMissing" and first.warning_message == missing["message"]
+    current = {"phase": "Ready", "conditions": [dict(missing)]}
+    assert base.with_routing(missing, current=current).warning is None  # still missing: no new Event
+    assert waiting(current) and not waiting({"phase": "Ready", "conditions": [dict(ok)]})
+
+    # Routing turned off: the condition goes; absent already, nothing is written.
+    off = base.with_routing(None, current=current)
+    patch = desired_patch(current=current, update=off, generation=None, now="t")
+    assert [c["type"] for c in patch["conditions"]] == ["Available"]
+    settled = {"phase": "Ready", "message": "plan", "conditions": patch["conditions"]}
+    assert desired_patch(current=settled, update=off, generation=None, now="t") == {}
+
+
+def test_serving_writes_the_selector_of_the_engine_pods():
+    from slm_operator.status import serving
+    from tests.unit.builders.test_children import _plan
+    from tests.unit.factories import node
+
+    update = serving(name="opt", plan=_plan([node("n", sharing="mps", replicas=4)]), groups=[], endpoint="e")
+    assert update.fields["selector"] == "app.kubernetes.io/component=model-server,slm.pareto.dev/service=opt"
+    assert update.fields["placement"]["gpus"] == 1  # the scale subresource's status replicas

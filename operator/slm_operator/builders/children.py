@@ -1,4 +1,5 @@
-"""Child manifests of an SLMService: one StatefulSet per GPU group, a Service, DRA claims.
+"""Child manifests of an SLMService: one StatefulSet per GPU group, a Service, DRA claims, and
+optionally a NetworkPolicy and a Gateway API Inference Extension InferencePool.
 
 Why a StatefulSet per group: ``podManagementPolicy: OrderedReady`` starts the k replicas of a GPU
 one after another (several vLLM servers starting at once on one GPU misread free memory — vLLM
@@ -25,6 +26,8 @@ from slm_operator.constants import (
     DRA_DRIVER,
     GPU_RESOURCE,
     GROUP,
+    INFERENCE_POOL_API_VERSION,
+    INFERENCE_POOL_KIND,
     KIND,
     LABEL_COMPONENT,
     LABEL_GPU_PRODUCT,
@@ -33,12 +36,14 @@ from slm_operator.constants import (
     LABEL_MANAGED_BY,
     LABEL_SERVICE,
     MANAGED_BY,
+    MODEL_SERVER_COMPONENT,
     SERVING_PORT,
     SHARED_PRODUCT_SUFFIX,
+    engine_labels,
     group_name,
 )
 from slm_operator.planning.plan import Plan
-from slm_operator.spec import API_KEY_ENV, HF_TOKEN_ENV, NetworkPolicySpec, SLMServiceSpec
+from slm_operator.spec import API_KEY_ENV, HF_TOKEN_ENV, EndpointPickerRef, NetworkPolicySpec, SLMServiceSpec
 
 PVC_SCHEME = "pvc://"
 MODEL_MOUNT = "/models"
@@ -87,7 +92,7 @@ def common_labels(*, name: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "slm-model-server",
         "app.kubernetes.io/instance": name,
-        LABEL_COMPONENT: "model-server",
+        LABEL_COMPONENT: MODEL_SERVER_COMPONENT,
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_SERVICE: name,
     }
@@ -114,7 +119,7 @@ def build_service(*, name: str, namespace: str, owner: Mapping[str, Any]) -> dic
         "metadata": _metadata(name=name, namespace=namespace, owner=owner, labels=labels),
         "spec": {
             "type": "ClusterIP",
-            "selector": {LABEL_SERVICE: name, LABEL_COMPONENT: "model-server"},
+            "selector": engine_labels(service=name),
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
         },
     }
@@ -133,9 +138,40 @@ def build_network_policy(
         "kind": "NetworkPolicy",
         "metadata": _metadata(name=name, namespace=namespace, owner=owner, labels=common_labels(name=name)),
         "spec": {
-            "podSelector": {"matchLabels": {LABEL_SERVICE: name, LABEL_COMPONENT: "model-server"}},
+            "podSelector": {"matchLabels": engine_labels(service=name)},
             "policyTypes": ["Ingress"],
             "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": SERVING_PORT}]}],
+        },
+    }
+
+
+def endpoint_picker(*, name: str, asked: EndpointPickerRef, defaults: EndpointPickerRef) -> EndpointPickerRef:
+    """The endpoint picker of SLMService ``name``'s InferencePool: what its spec asks, the operator's
+    ``defaults`` for the rest, with ``{name}`` in the name replaced by the service's."""
+    picker = asked.over(defaults)
+    return dataclasses.replace(picker, name=(picker.name or "").replace("{name}", name))
+
+
+def build_inference_pool(
+    *, name: str, namespace: str, picker: EndpointPickerRef, owner: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A Gateway API Inference Extension InferencePool (v1) over every replica of the service, on
+    the serving port: a gateway routing to it asks the endpoint picker ``picker`` (a Service, see
+    :func:`endpoint_picker`) which replica should take each request, by queue length and KV-cache
+    use, instead of spreading connections at random. Named like the SLMService."""
+    return {
+        "apiVersion": INFERENCE_POOL_API_VERSION,
+        "kind": INFERENCE_POOL_KIND,
+        "metadata": _metadata(name=name, namespace=namespace, owner=owner, labels=common_labels(name=name)),
+        "spec": {
+            "selector": {"matchLabels": engine_labels(service=name)},
+            "targetPorts": [{"number": SERVING_PORT}],
+            "endpointPickerRef": {
+                "kind": "Service",
+                "name": picker.name,
+                "port": {"number": picker.port},
+                "failureMode": picker.failure_mode,
+            },
         },
     }
 
