@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from slm_operator import __version__
 from slm_operator.builders import profiler_job
 from slm_operator.builders.children import ENGINE_RUN_AS_USER, EngineDefaults
-from slm_operator.constants import FAILURE_MODES, SHARING_MODES
+from slm_operator.constants import FAILURE_MODES, GPU_RESOURCE, SHARING_MODES
 from slm_operator.errors import ConfigError
 from slm_operator.spec import EndpointPickerRef
 
@@ -60,6 +60,11 @@ class OperatorConfig:
     #: Requests of the profiler Job's pod (why these defaults: ``builders.profiler_job``).
     profiler_cpu_request: str = profiler_job.CPU_REQUEST
     profiler_memory_request: str = profiler_job.MEMORY_REQUEST
+    #: A dedicated profiling pool (SLM_PROFILER_NODE_SELECTOR, _TOLERATIONS, _GPU_RESOURCE, _GPU_COUNT):
+    #: every profiler Job goes there. ``None``: the operator picks a whole GPU from the inventory.
+    profiler_pool: profiler_job.DedicatedPool | None = None
+    #: A profiler Job whose pod cannot be scheduled (or started) this long falls back to the estimate.
+    profiler_unschedulable_seconds: float = 600.0
     #: One acting replica among several (``leader.py``): a Lease in ``leader_election_namespace``
     #: (the release namespace; empty: the profiler namespace), held ``lease_duration_seconds``.
     leader_election: bool = False
@@ -95,6 +100,10 @@ class OperatorConfig:
             engine_ephemeral_storage_request=_quantity("SLM_ENGINE_EPHEMERAL_STORAGE_REQUEST", env),
             profiler_cpu_request=_quantity("SLM_PROFILER_CPU_REQUEST", env) or defaults.profiler_cpu_request,
             profiler_memory_request=_quantity("SLM_PROFILER_MEMORY_REQUEST", env) or defaults.profiler_memory_request,
+            profiler_pool=_profiler_pool(env),
+            profiler_unschedulable_seconds=_seconds(
+                "SLM_PROFILER_UNSCHEDULABLE_SECONDS", env.get("SLM_PROFILER_UNSCHEDULABLE_SECONDS"),
+                defaults.profiler_unschedulable_seconds),
             leader_election=_flag("SLM_LEADER_ELECTION", env.get("SLM_LEADER_ELECTION"), defaults.leader_election),
             leader_election_namespace=(env.get("SLM_LEADER_ELECTION_NAMESPACE") or env.get("SLM_PROFILER_NAMESPACE")
                                        or defaults.profiler_namespace),
@@ -133,6 +142,42 @@ def _endpoint_picker(env: Mapping[str, str], default: EndpointPickerRef) -> Endp
     if mode not in FAILURE_MODES:
         raise ConfigError(f"SLM_ENDPOINT_PICKER_FAILURE_MODE={mode!r}: use one of {', '.join(FAILURE_MODES)}")
     return EndpointPickerRef(name=name, port=int(raw_port) if raw_port else default.port, failure_mode=mode)
+
+
+def _profiler_pool(env: Mapping[str, str]) -> profiler_job.DedicatedPool | None:
+    """The chart's profiling pool, or ``None`` when neither a node selector nor a GPU resource is set."""
+    selector = _json_env("SLM_PROFILER_NODE_SELECTOR", env, "{}", example='{"pool": "profiling"}')
+    if not isinstance(selector, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in selector.items()):
+        raise ConfigError(f"SLM_PROFILER_NODE_SELECTOR={env.get('SLM_PROFILER_NODE_SELECTOR')!r}: give a JSON "
+                          'object of label values, such as {"pool": "profiling"}')
+    tolerations = _json_env("SLM_PROFILER_TOLERATIONS", env, "[]", example='[{"key": "profiling", '
+                            '"operator": "Exists", "effect": "NoSchedule"}]')
+    if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
+        raise ConfigError(f"SLM_PROFILER_TOLERATIONS={env.get('SLM_PROFILER_TOLERATIONS')!r}: give a JSON list "
+                          'of tolerations, such as [{"key": "profiling", "operator": "Exists"}]')
+    resource = (env.get("SLM_PROFILER_GPU_RESOURCE") or "").strip()
+    raw_count = (env.get("SLM_PROFILER_GPU_COUNT") or "").strip()
+    if raw_count and not (raw_count.isdigit() and int(raw_count) >= 1):
+        raise ConfigError(f"SLM_PROFILER_GPU_COUNT={raw_count!r}: give how many of SLM_PROFILER_GPU_RESOURCE make "
+                          "one whole GPU, at least 1 (e.g. 4 on a pool shared 4 ways)")
+    if not selector and not resource:
+        if tolerations or raw_count:
+            raise ConfigError("SLM_PROFILER_TOLERATIONS and SLM_PROFILER_GPU_COUNT describe a profiling pool: "
+                              "also set SLM_PROFILER_NODE_SELECTOR or SLM_PROFILER_GPU_RESOURCE (the chart's "
+                              "profiler.nodeSelector, profiler.gpuResource)")
+        return None
+    return profiler_job.DedicatedPool(node_selector=selector, tolerations=tuple(tolerations),
+                                      resource_name=resource or GPU_RESOURCE,
+                                      count=int(raw_count) if raw_count else 1)
+
+
+def _json_env(name: str, env: Mapping[str, str], default: str, *, example: str) -> object:
+    raw = (env.get(name) or "").strip() or default
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name}={raw!r} is not JSON ({exc}): give one such as {example}") from None
 
 
 def _user_id(name: str, raw: str | None, default: int) -> int:

@@ -113,6 +113,11 @@ GIB: Final = 1024**3
 PROFILE_KEY: Final = "profile.json"
 REQUEST_KEY: Final = "request.json"
 SWEEP_KEY: Final = "sweep.json"
+#: Key of a result ConfigMap whose profiler Job could not run: why (``reason``, ``message``). While
+#: it is there, services of that cache key are planned from the estimate; deleting it measures again.
+FALLBACK_KEY: Final = "fallback.json"
+#: The GPU a profiler Job asked for, in words (``ProfilerGpu.describe``), for its progress message.
+ANNOTATION_PROFILER_GPU: Final = f"{GROUP}/profiler-gpu"
 #: Result ConfigMaps are named ``slm-profile-<cache key>``.
 PROFILE_CONFIGMAP_PREFIX: Final = "slm-profile-"
 #: The container port every vLLM replica serves on.

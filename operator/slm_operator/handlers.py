@@ -17,7 +17,7 @@ import kopf
 from slm_operator import metrics
 from slm_operator.config import OperatorConfig
 from slm_operator.constants import API_VERSION, GROUP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL
-from slm_operator.errors import ApplyRejected, ProfilePending
+from slm_operator.errors import ApplyRejected, ProfilePending, ProfilingFailed
 from slm_operator.gpu_index import GpuIndex, claim_entry, group_entry, node_entry, pod_entry, slice_entry
 from slm_operator.profile_source import cancel_local_runs
 from slm_operator.reconcile import OperatorState, fold_readiness, reconcile_service
@@ -28,7 +28,7 @@ OURS = {LABEL_MANAGED_BY: MANAGED_BY}
 STATE = OperatorState(config=OperatorConfig.from_env())
 _WATCHED = {ns for ns in STATE.config.watch_namespace.split(",") if ns}
 #: A local (simulated) profile takes seconds to minutes; a profiler Job on a GPU takes minutes.
-PROFILE_POLL_SECONDS = 3 if STATE.config.profiler_runner == "local" else 30
+PROFILE_POLL_SECONDS = 3 if STATE.config.profiler_runner == "local" else min(30, STATE.config.retry_seconds)
 #: A child the API server refused as invalid is applied again this many retry intervals later (an
 #: admission policy may have been lifted), not every interval: the answer is most likely the same.
 REJECTED_RETRY_FACTOR = 10
@@ -49,6 +49,15 @@ def _ours(*, namespace: str | None, **_: Any) -> bool:
 
 def _waiting(*, status: Mapping[str, Any], namespace: str | None, **_: Any) -> bool:
     return waiting(status or {}) and _ours(namespace=namespace)
+
+
+def _profiling(*, status: Mapping[str, Any], namespace: str | None, **_: Any) -> bool:
+    """Profiling, or Failed because a profiler Job failed: polled until the Job ends, or is deleted
+    (which profiles again, no spec edit needed)."""
+    status = status or {}
+    failed = status.get("phase") == "Failed" and any(
+        c.get("reason") == ProfilingFailed.reason for c in status.get("conditions") or ())
+    return (failed or status.get("phase") == "Profiling") and _ours(namespace=namespace)
 
 
 def _rejected(*, status: Mapping[str, Any], namespace: str | None, **_: Any) -> bool:
@@ -145,6 +154,10 @@ def slm_groups(*, namespace: str | None, name: str, labels: Mapping[str, str], a
             idle=STATE.config.retry_seconds, when=_waiting)
 @kopf.timer(*RESOURCE, id="retry-rejected", interval=STATE.config.retry_seconds * REJECTED_RETRY_FACTOR,
             idle=STATE.config.retry_seconds * REJECTED_RETRY_FACTOR, when=_rejected)
+# NB: Profiling is polled by the timer too, not by the change handler's retries alone: a service the
+# timer below moved back to Profiling (its failed Job was deleted) has no handler retrying it.
+@kopf.timer(*RESOURCE, id="retry-profiling", interval=PROFILE_POLL_SECONDS, idle=PROFILE_POLL_SECONDS,
+            when=_profiling)
 def reconcile(*, body: kopf.Body, spec: Mapping[str, Any], name: str, namespace: str | None, uid: str,
               meta: Mapping[str, Any], status: Mapping[str, Any], **indexes: Any) -> None:
     try:

@@ -5,31 +5,52 @@ workload shape, profiler version): a result ConfigMap in the profiler namespace 
 second SLMService of the same model, or a restarted operator, reuses it instead of profiling again.
 A measurement in progress raises :class:`~slm_operator.errors.ProfilePending`; the handler retries
 later. A failed one raises :class:`~slm_operator.errors.ProfilingFailed`.
+
+Profiler Jobs (runner ``job``) run in the profiler namespace and are owned by nothing, on purpose:
+a Job is a cache entry of every SLMService of its key, in any namespace, and an ownerReference
+cannot cross namespaces. It asks for a whole GPU of the kind the cluster has for the product
+(:func:`~slm_operator.builders.profiler_job.choose_profiler_gpu`). A Job that cannot be scheduled
+or started within ``profiler_unschedulable_seconds`` is deleted and leaves a fallback note in its
+result ConfigMap: services of that key are planned from the estimate, labelled, until the note is
+deleted. A failed Job stays for its logs and fails the services of its key; deleting it (or a
+completed Job's result ConfigMap) profiles again at the next retry.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from slm_operator import kube, metrics
-from slm_operator.builders.profiler_job import build_profiler_job
+from slm_operator.builders.profiler_job import (
+    Stall,
+    build_profiler_claim_template,
+    build_profiler_job,
+    choose_profiler_gpu,
+    failure_text,
+    profiler_stall,
+)
 from slm_operator.config import OperatorConfig
 from slm_operator.constants import (
+    ANNOTATION_PROFILER_GPU,
+    FALLBACK_KEY,
     LABEL_COMPONENT,
     LABEL_MANAGED_BY,
     MANAGED_BY,
+    POOL_OF_MECHANISM,
     PROFILE_CONFIGMAP_PREFIX,
     PROFILE_KEY,
     REQUEST_KEY,
 )
 from slm_operator.errors import PermanentError, ProfilePending, ProfilingFailed, SpecError
+from slm_operator.planning.inventory import GpuPool
 from slm_operator.planning.profiles import skip_profile, static_profile
 from slm_operator.profiling.cache import profile_cache_key
 from slm_operator.profiling.estimator import estimate_profile
@@ -45,24 +66,31 @@ _local_lock = threading.Lock()
 #: Measurements this process started (result ConfigMap name -> monotonic start), for their duration.
 #: NB: a restart forgets them; a measurement it did not see start is counted as a cache hit only.
 _measuring: dict[str, float] = {}
+#: The label the Job controller puts on a Job's pods.
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
 
 def obtain_profile(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig,
-                   gpu_memory_gib: float | None = None) -> Profile:
+                   gpu_memory_gib: float | None = None,
+                   gpu_pools: Callable[[], Sequence[GpuPool]] = tuple) -> Profile:
     """Return the profile for ``spec`` on ``gpu_product`` or raise ProfilePending/ProfilingFailed.
 
     ``gpu_memory_gib`` is one GPU's memory as the nodes label it; a measurement sizes its replicas
     from it (a product the profiler's GPU table lacks can still be profiled with several replicas).
+    ``gpu_pools`` returns the inventory's pools of ``gpu_product``; it is called only to start a
+    profiler Job, which asks for a GPU of a kind these pools have.
     Unknown models or GPUs, bad model configs and static specs raise their
     :class:`~slm_operator.errors.PermanentError`, which names the field to fix.
     """
-    profile = _obtain(spec=spec, gpu_product=gpu_product, cfg=cfg, gpu_memory_gib=gpu_memory_gib)
+    profile = _obtain(spec=spec, gpu_product=gpu_product, cfg=cfg, gpu_memory_gib=gpu_memory_gib,
+                      gpu_pools=gpu_pools)
     # NB: the GPU table canonicalises names ("H100-SXM5-80GB"); planning matches node labels, so the
     # profile keeps the product as the cluster spells it.
     return dataclasses.replace(profile, gpu_product=gpu_product)
 
 
-def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig, gpu_memory_gib: float | None) -> Profile:
+def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig, gpu_memory_gib: float | None,
+            gpu_pools: Callable[[], Sequence[GpuPool]]) -> Profile:
     mode = spec.profiling.mode
     if mode == "static":
         return _counted("static", lambda: static_profile(spec=spec, gpu_product=gpu_product))
@@ -91,7 +119,8 @@ def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig, gpu_
     )
     key = profile_cache_key(request=request, engine_image=request.engine_image or "")
     cm_name = f"{PROFILE_CONFIGMAP_PREFIX}{key}"
-    cached = _read_cached(name=cm_name, namespace=cfg.profiler_namespace)
+    cm = kube.get(api_version="v1", kind="ConfigMap", name=cm_name, namespace=cfg.profiler_namespace)
+    cached = _profile_of(cm, name=cm_name, namespace=cfg.profiler_namespace)
     metrics.record_cache_lookup(hit=cached is not None)
     if cached is not None:
         metrics.record_profile(source="cache", result="succeeded")
@@ -99,7 +128,12 @@ def _obtain(*, spec: SLMServiceSpec, gpu_product: str, cfg: OperatorConfig, gpu_
         return cached
     if cfg.profiler_runner == "local":
         return _run_locally(request=request, key=key, cm_name=cm_name, cfg=cfg)
-    return _run_as_job(request=request, cm_name=cm_name, cfg=cfg)
+    fallback = _fallback_of(cm)
+    if fallback is not None:
+        return _estimated_instead(spec=spec, gpu_product=gpu_product, stall=fallback, cm_name=cm_name, cfg=cfg)
+    preferred = POOL_OF_MECHANISM.get(spec.gpu.sharing)
+    return _run_as_job(request=request, cm_name=cm_name, cfg=cfg, spec=spec,
+                       gpu_pools=gpu_pools, preferred_sharing=preferred)
 
 
 def _counted(source: str, obtain: Callable[[], Profile]) -> Profile:
@@ -144,11 +178,40 @@ def _estimate(*, spec: SLMServiceSpec, gpu_product: str) -> Profile:
 
 
 def _read_cached(*, name: str, namespace: str) -> Profile | None:
-    cm = kube.get(api_version="v1", kind="ConfigMap", name=name, namespace=namespace)
+    return _profile_of(kube.get(api_version="v1", kind="ConfigMap", name=name, namespace=namespace),
+                       name=name, namespace=namespace)
+
+
+def _profile_of(cm: dict[str, Any] | None, *, name: str, namespace: str) -> Profile | None:
+    """The measured profile a result ConfigMap holds, or ``None``."""
     if not cm or PROFILE_KEY not in (cm.get("data") or {}):
         return None
     profile = Profile.from_dict(json.loads(cm["data"][PROFILE_KEY]))
     return dataclasses.replace(profile, profile_ref=f"configmap/{namespace}/{name}")
+
+
+def _fallback_of(cm: dict[str, Any] | None) -> Stall | None:
+    """The fallback note a result ConfigMap holds (its profiler Job could not run), or ``None``."""
+    raw = ((cm or {}).get("data") or {}).get(FALLBACK_KEY)
+    if not raw:
+        return None
+    note = json.loads(raw)
+    reason = note.get("reason")
+    return Stall(reason if reason == "ProfilerNotStarted" else "ProfilerUnschedulable", str(note.get("message")))
+
+
+def _estimated_instead(*, spec: SLMServiceSpec, gpu_product: str, stall: Stall, cm_name: str,
+                       cfg: OperatorConfig) -> Profile:
+    """The estimate, labelled with why the profiler could not measure and how to measure again."""
+    again = (f"once the profiler can get a GPU, `kubectl delete configmap -n {cfg.profiler_namespace} {cm_name}` "
+             "measures it")
+    try:
+        profile = _counted("estimated", lambda: _estimate(spec=spec, gpu_product=gpu_product))
+    except PermanentError as exc:
+        raise ProfilingFailed(f"{stall.message}; the estimator cannot stand in either ({exc.message}); "
+                              f"{again}") from None
+    return dataclasses.replace(profile, fallback_reason=stall.reason,
+                               explanation=f"{profile.explanation} (estimated: {stall.message}; {again})")
 
 
 def _result_configmap(*, name: str, namespace: str, request: ProfileRequest, profile: Profile) -> dict[str, Any]:
@@ -197,36 +260,94 @@ def _run_locally(*, request: ProfileRequest, key: str, cm_name: str, cfg: Operat
     return dataclasses.replace(profile, profile_ref=f"configmap/{cfg.profiler_namespace}/{cm_name}")
 
 
-def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig) -> Profile:
-    job = build_profiler_job(
-        name=cm_name, namespace=cfg.profiler_namespace, request=request, image=cfg.profiler_image,
-        result_configmap=cm_name, service_account=cfg.profiler_service_account, gpu_product=request.gpu_product,
-        extra_args=cfg.profiler_extra_args, cpu_request=cfg.profiler_cpu_request,
-        memory_request=cfg.profiler_memory_request,
-    )
-    current = kube.get(api_version="batch/v1", kind="Job", name=cm_name, namespace=cfg.profiler_namespace)
+def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig, spec: SLMServiceSpec,
+                gpu_pools: Callable[[], Sequence[GpuPool]], preferred_sharing: str | None) -> Profile:
+    namespace = cfg.profiler_namespace
+    current = kube.get(api_version="batch/v1", kind="Job", name=cm_name, namespace=namespace)
     if current is None:
+        gpu = choose_profiler_gpu(pools=gpu_pools(), dedicated=cfg.profiler_pool, preferred_sharing=preferred_sharing)
+        job = build_profiler_job(
+            name=cm_name, namespace=namespace, request=request, image=cfg.profiler_image,
+            result_configmap=cm_name, service_account=cfg.profiler_service_account,
+            gpu_product=request.gpu_product, gpu=gpu, extra_args=cfg.profiler_extra_args,
+            cpu_request=cfg.profiler_cpu_request, memory_request=cfg.profiler_memory_request,
+        )
         # A 409 here: another SLMService of the same key started it a moment ago.
         if kube.create(job) is kube.Outcome.APPLIED:
             _measuring_started(cm_name)
-        current = {}
+            logger.info("profiling %s on %s with profiler Job %s/%s on %s", request.model, request.gpu_product,
+                        namespace, cm_name, gpu.describe())
+        current = kube.get(api_version="batch/v1", kind="Job", name=cm_name, namespace=namespace) or {}
     job_status = current.get("status") or {}
     finished = {c.get("type") for c in job_status.get("conditions") or () if c.get("status") == "True"}
-    logs = f"kubectl logs -n {cfg.profiler_namespace} job/{cm_name}"
-    if "Failed" in finished:
-        _measured(cm_name, result="failed")
-        raise ProfilingFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} failed; see its logs ({logs}), then "
-                            f"`kubectl delete job -n {cfg.profiler_namespace} {cm_name}` to profile again")
+    where = f"profiler Job {namespace}/{cm_name}"
     if "Complete" in finished:
         # NB: re-read: the Job may have written its result between our first read and now.
-        cached = _read_cached(name=cm_name, namespace=cfg.profiler_namespace)
+        cached = _read_cached(name=cm_name, namespace=namespace)
         if cached is not None:
             _measured(cm_name, result="succeeded")
             return cached
+        # NB: the profiler exits non-zero when it cannot write its ConfigMap, so a Complete Job
+        # without one had it deleted since: that asks for a new measurement.
+        kube.delete(api_version="batch/v1", kind="Job", name=cm_name, namespace=namespace)
+        raise ProfilePending(f"{where} done, but its result ConfigMap was deleted: profiling again")
+    pods = kube.list_objects(api_version="v1", kind="Pod", namespace=namespace,
+                             label_selector=f"{JOB_NAME_LABEL}={cm_name}")
+    if "Failed" in finished or "FailureTarget" in finished:
         _measured(cm_name, result="failed")
-        raise ProfilingFailed(f"profiler Job {cfg.profiler_namespace}/{cm_name} completed without writing "
-                            f"ConfigMap {cm_name}; see its logs ({logs}) and the slm-profiler Role")
-    raise ProfilePending(f"profiler Job {cfg.profiler_namespace}/{cm_name} running")
+        raise ProfilingFailed(f"{where} failed: {failure_text(job=current, pods=pods)}; see its logs "
+                              f"(kubectl logs -n {namespace} job/{cm_name}), then `kubectl delete job -n {namespace} "
+                              f"{cm_name}` to profile again")
+    _ensure_claim_template(job=current, request=request)
+    stall = profiler_stall(job=current, pods=pods, now=datetime.datetime.now(datetime.timezone.utc),
+                           timeout_s=cfg.profiler_unschedulable_seconds)
+    if stall is not None:
+        # NB: the note first, then the Job: a reconcile in between finds the note, not a new Job.
+        kube.apply(_fallback_configmap(name=cm_name, namespace=namespace, request=request, stall=stall))
+        kube.delete(api_version="batch/v1", kind="Job", name=cm_name, namespace=namespace)
+        _measured(cm_name, result="failed")
+        logger.warning("%s cannot run (%s): %s; planning from the estimate", where, stall.reason, stall.message)
+        return _estimated_instead(spec=spec, gpu_product=request.gpu_product, stall=stall, cm_name=cm_name, cfg=cfg)
+    asked = ((current.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_PROFILER_GPU)
+    raise ProfilePending(f"{where} running" + (f" on {asked}" if asked else "") + _pod_state(pods, cfg=cfg))
+
+
+def _ensure_claim_template(*, job: dict[str, Any], request: ProfileRequest) -> None:
+    """A Job whose pod claims a whole DRA device gets its ResourceClaimTemplate, owned by the Job
+    (deleted with it); created after the Job for its uid, and again if a restart came in between."""
+    pod_spec = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
+    meta = job.get("metadata") or {}
+    for claim in pod_spec.get("resourceClaims") or ():
+        template = claim.get("resourceClaimTemplateName")
+        if template and meta.get("uid"):
+            kube.create(build_profiler_claim_template(
+                name=template, namespace=meta["namespace"], gpu_product=request.gpu_product,
+                owner={"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}))
+
+
+def _pod_state(pods: Sequence[dict[str, Any]], *, cfg: OperatorConfig) -> str:
+    """E.g. " (pod Pending: 0/4 nodes are available: ...; falls back to the estimate after 600 s)"."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase") != "Pending":
+            continue
+        unscheduled = [c.get("message") for c in status.get("conditions") or ()
+                       if c.get("type") == "PodScheduled" and c.get("status") == "False"]
+        if unscheduled:
+            return (f" (pod Pending: {unscheduled[0] or 'not scheduled'}; the estimate stands in after "
+                    f"{cfg.profiler_unschedulable_seconds:.0f} s)")
+    return ""
+
+
+def _fallback_configmap(*, name: str, namespace: str, request: ProfileRequest, stall: Stall) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "profile"}},
+        "data": {FALLBACK_KEY: json.dumps({"reason": stall.reason, "message": stall.message}, sort_keys=True),
+                 REQUEST_KEY: json.dumps(request.to_dict(), sort_keys=True)},
+    }
 
 
 def cancel_local_runs() -> None:

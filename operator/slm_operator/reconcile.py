@@ -108,7 +108,8 @@ def _reconcile(
 
     try:
         profile = obtain_profile(spec=parsed, gpu_product=product, cfg=cfg,
-                                 gpu_memory_gib=index.gpu_memory_gib(product))
+                                 gpu_memory_gib=index.gpu_memory_gib(product),
+                                 gpu_pools=lambda: index.inventory(ledger=state.ledger).for_product(product))
     except ProfilePending as exc:
         writer.write(profiling(current=writer.current, progress=exc.progress))
         raise

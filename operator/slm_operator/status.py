@@ -214,7 +214,9 @@ def profiled(*, profile: Profile, current: Mapping[str, Any]) -> Profiled:
     summary = profile_summary(profile)
     if "progress" in (current.get("profile") or {}):
         summary["progress"] = None  # a merge patch deletes it once profiling is done
-    return Profiled(condition=condition("Profiled", True, f"Profile{profile.source.capitalize()}",
+    # NB: an auto profile the profiler could not measure says why in the reason, not only in words.
+    reason = profile.fallback_reason or f"Profile{profile.source.capitalize()}"
+    return Profiled(condition=condition("Profiled", True, reason,
                                         profile.explanation or f"{profile.source} profile"),
                     summary=summary)
 

@@ -18,6 +18,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from slm_operator.builders.dra import dra_product_selector
 from slm_operator.constants import (
     ANNOTATION_MECHANISM,
     ANNOTATION_PRODUCT,
@@ -189,9 +190,7 @@ def build_resource_claim(
     memory limit per client, so the split need not be equal to what the device plugin offers.
     """
     labels = common_labels(name=name) | {LABEL_GROUP: str(index)}
-    # NB: the driver publishes product names with spaces ("NVIDIA H100 80GB HBM3") where feature
-    # discovery's label uses dashes; compare in the label's spelling.
-    selector = f'device.attributes["{DRA_DRIVER}"].productName.replace(" ", "-") == "{plan.gpu_product}"'
+    selector = dra_product_selector(plan.gpu_product)
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",

@@ -89,6 +89,9 @@ class Profile:
     #: divided by the inter-token latency. The physical limit for decode is 1.0. ``None`` when
     #: not computed (measured profiles may leave it out).
     roofline_fraction: float | None = None
+    #: Why an ``auto`` profile is an estimate instead of a measurement, as a condition reason
+    #: (``ProfilerUnschedulable``, ``ProfilerNotStarted``); ``None`` when nothing fell back.
+    fallback_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {_camel(k): v for k, v in dataclasses.asdict(self).items() if v is not None}

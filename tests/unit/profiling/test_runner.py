@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from slm_operator.builders.profiler_job import REQUEST_ENV, build_profiler_job
+from slm_operator.builders.profiler_job import REQUEST_ENV, ProfilerGpu, build_profiler_job
 from slm_operator.errors import ProfilingFailed
 from slm_operator.profiling.cache import profile_cache_key
 from slm_operator.profiling.runner_local import start_local_profile
@@ -85,7 +85,8 @@ def test_profiler_job_pins_one_whole_gpu_non_root_and_writes_the_configmap():
     env = {e["name"]: e["value"] for e in container["env"]}
     assert ProfileRequest.from_dict(json.loads(env[REQUEST_ENV])) == REQUEST
     other = build_profiler_job(name="j", namespace="ns", request=REQUEST, image="i", result_configmap="c",
-                               service_account="s", gpu_product="NVIDIA-L4", gpu_resource="nvidia.com/mig-1g.10gb")
+                               service_account="s", gpu_product="NVIDIA-L4",
+                               gpu=ProfilerGpu(kind="dedicated", resource_name="nvidia.com/mig-1g.10gb"))
     assert other["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/mig-1g.10gb": 1}
     assert "ownerReferences" not in other["metadata"]
 
