@@ -162,7 +162,7 @@ def _profiler_pool(env: Mapping[str, str]) -> profiler_job.DedicatedPool | None:
         raise ConfigError(f"SLM_PROFILER_GPU_COUNT={raw_count!r}: give how many of SLM_PROFILER_GPU_RESOURCE make "
                           "one whole GPU, at least 1 (e.g. 4 on a pool shared 4 ways)")
     if not selector and not resource:
-        if tolerations or raw_count:
+        if tolerations or raw_count not in ("", "1"):
             raise ConfigError("SLM_PROFILER_TOLERATIONS and SLM_PROFILER_GPU_COUNT describe a profiling pool: "
                               "also set SLM_PROFILER_NODE_SELECTOR or SLM_PROFILER_GPU_RESOURCE (the chart's "
                               "profiler.nodeSelector, profiler.gpuResource)")
