@@ -37,9 +37,11 @@ class FakeApi:
         self.reject: str | None = None
         #: Kinds the cluster does not serve (a CRD not installed): applies are NOT_SERVED.
         self.unserved: set[str] = set()
+        #: The creationTimestamp objects created get.
+        self.now = "2026-12-02T10:00:00Z"
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        for name in ("apply", "delete", "get", "list_objects", "patch_service_status", "secret_exists",
+        for name in ("apply", "create", "delete", "get", "list_objects", "patch_service_status", "secret_exists",
                      "get_service"):
             monkeypatch.setattr(kube, name, getattr(self, name))
         monkeypatch.setattr(reporter.kopf, "event", self.event)
@@ -57,6 +59,17 @@ class FakeApi:
         key = (obj["kind"], meta.get("namespace"), meta["name"])
         # NB: like server-side apply, a write of the spec leaves the status the controllers set.
         self.objects[key] = obj | {k: v for k, v in self.objects.get(key, {}).items() if k == "status"}
+        return kube.Outcome.APPLIED
+
+    def create(self, obj: dict[str, Any]) -> kube.Outcome:
+        """Create only (CONFLICT when it exists); the server's uid and creationTimestamp are set."""
+        meta = obj["metadata"]
+        key = (obj["kind"], meta.get("namespace"), meta["name"])
+        if key in self.objects:
+            return kube.Outcome.CONFLICT
+        self.writes.append(("create", obj["kind"], meta["name"]))
+        self.objects[key] = obj | {"metadata": {"uid": f"uid-{len(self.writes)}",
+                                                "creationTimestamp": self.now} | dict(meta)}
         return kube.Outcome.APPLIED
 
     def delete(self, *, api_version: str, kind: str, name: str, namespace: str | None) -> kube.Outcome:

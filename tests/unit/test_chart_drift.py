@@ -137,7 +137,10 @@ OPERATOR_WRITES = {
 }
 #: In the release namespace only (Role <fullname>): profiler Jobs and the profile cache.
 OPERATOR_RELEASE_NAMESPACE = {
-    ("batch", "jobs"): {"get", "create"},
+    # NB: delete: a profiler Job that cannot run (the estimate stands in), or a completed one whose
+    # result was deleted (profile again); the DRA claim template of a Job on a DRA node.
+    ("batch", "jobs"): {"get", "create", "delete"},
+    ("resource.k8s.io", "resourceclaimtemplates"): {"create"},
     ("", "configmaps"): {"get", "create", "patch"},
     ("coordination.k8s.io", "leases"): {"create", "get", "patch"},
 }
