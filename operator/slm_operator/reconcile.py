@@ -34,7 +34,17 @@ from slm_operator.planning.plan import make_plan
 from slm_operator.profile_source import obtain_profile
 from slm_operator.reporter import StatusWriter
 from slm_operator.spec import parse_spec
-from slm_operator.status import failed, pending, profiled, profiling, readiness, retrying, routed, serving
+from slm_operator.status import (
+    StatusUpdate,
+    failed,
+    pending,
+    profiled,
+    profiling,
+    readiness,
+    retrying,
+    routed,
+    serving,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +124,7 @@ def _reconcile(
         writer.write(profiling(current=writer.current, progress=exc.progress))
         raise
     except PermanentError as exc:
-        return writer.write(failed("Profiled", exc))
+        return writer.write(_profiling_failed(exc, current=writer.current))
     found = profiled(profile=profile, current=writer.current)
 
     mechanisms = {g.mechanism for g in groups}
@@ -145,6 +155,17 @@ def _reconcile(
     writer.write(update.with_profile(found).with_routing(routed(name=name, routing=routing, picker=picker),
                                                          current=writer.current))
     logger.info("planned %s/%s: %s", namespace, name, plan.explanation)
+
+
+def _profiling_failed(exc: PermanentError, *, current: Mapping[str, Any]) -> StatusUpdate:
+    """Failed in profiling: no progress left behind, and no second Warning Event for the same failure
+    (the ``retry-profiling`` timer looks at a failed Job every interval until it is deleted)."""
+    update = failed("Profiled", exc)
+    if "progress" in (current.get("profile") or {}):
+        update = dataclasses.replace(update, fields={"profile": {"progress": None}})  # a merge patch deletes it
+    if current.get("phase") == "Failed" and current.get("message") == exc.message:
+        update = dataclasses.replace(update, warning=None)
+    return update
 
 
 def fold_readiness(

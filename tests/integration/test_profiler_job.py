@@ -42,7 +42,10 @@ def test_profiler_job_result_configmap_drives_the_plan(cluster, operator, namesp
         assert job["metadata"]["labels"]["slm.pareto.dev/role"] == "profiler"
         pod = job["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] == "slm-profiler"
-        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
+        # NB: the spec asks for MPS: all 4 slots of one GPU of an MPS node (replicas 4), not one slot.
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] in (4, "4")
+        terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert {"key": "nvidia.com/gpu.replicas", "operator": "In", "values": ["4"]} in terms[0]["matchExpressions"]
         configmap = job["metadata"]["name"]
         assert f"{OPERATOR_NAMESPACE}/{configmap}" in pod["containers"][0]["args"]
 

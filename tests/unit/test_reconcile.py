@@ -277,3 +277,34 @@ def test_without_the_inference_pool_crd_the_service_serves_and_says_how_to_insta
     status = reconcile(api, st, index, body)
     assert conditions(status)["Routed"] == ("True", "InferencePoolApplied")
     assert ("InferencePool", "ns", "opt") in api.objects
+
+
+def test_a_failed_profiler_job_fails_once_and_deleting_it_profiles_again(api: FakeApi) -> None:
+    from slm_operator.errors import ProfilePending
+
+    index = gpu_index(node("m", count=2, sharing="mps", replicas=4))
+    st = OperatorState(config=OperatorConfig(profiler_runner="job", profiler_namespace="slm-system"))
+    body = service(api, {"model": "facebook/opt-1.3b", "gpu": {"product": H100}})
+    with pytest.raises(ProfilePending):
+        reconcile(api, st, index, body)
+    status = api.objects[("SLMService", "ns", "opt")]["status"]
+    assert status["phase"] == "Profiling" and "progress" in status["profile"]
+    ((_, _, job_name), job), = [(k, o) for k, o in api.objects.items() if k[0] == "Job"]
+    # All slots of one MPS GPU: the only kind this product has.
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 4}
+
+    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]}
+    status = reconcile(api, st, index, body)
+    assert status["phase"] == "Failed" and conditions(status)["Profiled"] == ("False", "ProfilingFailed")
+    # No stale "running" left in a Failed status (a null in the merge patch deletes it).
+    assert api.patches[-1]["profile"] == {"progress": None}
+    warnings = [e for e in api.events if e[0] == "Warning"]
+    patches = len(api.patches)
+    reconcile(api, st, index, body)  # the retry-profiling timer looks again: nothing new to say
+    assert len(api.patches) == patches and [e for e in api.events if e[0] == "Warning"] == warnings
+
+    api.delete(api_version="batch/v1", kind="Job", name=job_name, namespace="slm-system")
+    with pytest.raises(ProfilePending):
+        reconcile(api, st, index, body)
+    assert api.objects[("SLMService", "ns", "opt")]["status"]["phase"] == "Profiling"
+    assert ("Job", "slm-system", job_name) in api.objects
