@@ -120,6 +120,10 @@ WRITES = [
 # In the release namespace only, in both modes: profiler Jobs and the profile cache.
 RELEASE_NAMESPACE_ONLY = [
     ("get", "jobs.batch"), ("create", "jobs.batch"),
+    # A profiler Job that cannot run, or a completed one whose result was deleted (docs/profiling.md).
+    ("delete", "jobs.batch"),
+    # The DRA claim template of a profiler Job on a DRA node, owned by the Job.
+    ("create", "resourceclaimtemplates.resource.k8s.io"),
     ("get", "configmaps"), ("create", "configmaps"), ("patch", "configmaps"),
 ]
 
@@ -133,7 +137,7 @@ NEVER = [
     ("update", "slmservices.slm.pareto.dev"), ("update", "slmservices.slm.pareto.dev/status"),
     ("create", "slmservices.slm.pareto.dev"), ("delete", "slmservices.slm.pareto.dev"),
     ("update", "configmaps"), ("delete", "configmaps"), ("list", "configmaps"),
-    ("delete", "jobs.batch"), ("update", "jobs.batch"), ("list", "jobs.batch"),
+    ("update", "jobs.batch"), ("list", "jobs.batch"),
     ("patch", "events"), ("create", "events.events.k8s.io"),
     ("get", "deviceclasses.resource.k8s.io"), ("list", "namespaces"), ("watch", "namespaces"),
     ("get", "customresourcedefinitions.apiextensions.k8s.io"),
