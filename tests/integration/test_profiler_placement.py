@@ -66,9 +66,7 @@ def _profiled(obj: dict[str, Any]) -> dict[str, Any]:
 def test_the_auto_sample_profiles_on_a_whole_dra_device_and_becomes_ready(cluster, operator, namespace, tmp_path):
     job_operator = _job_operator(operator, tmp_path)
     try:
-        sample = yaml.safe_load(AUTO_SAMPLE.read_text())
-        # NB: one GPU, not the sample's two: other tests' services may hold H100s of this cluster.
-        sample["spec"]["scale"] = {"gpus": 1}
+        sample = yaml.safe_load(AUTO_SAMPLE.read_text())  # as a user applies it: product H100, sharing auto
         apply_yaml(cluster, namespace, sample)
         name = sample["metadata"]["name"]
         job_name = _job_name(cluster, namespace, name, job_operator)
@@ -91,6 +89,7 @@ def test_the_auto_sample_profiles_on_a_whole_dra_device_and_becomes_ready(cluste
         obj = wait_phase(cluster, namespace, name, ("Ready",), timeout=90, operator=job_operator)
         assert obj["status"]["profile"]["source"] == "measured" and obj["status"]["profile"]["batchSize"] == 96
         assert _profiled(obj)["reason"] == "ProfileMeasured"
+        assert obj["status"]["placement"]["gpus"] == sample["spec"]["scale"]["gpus"]
     finally:
         job_operator.stop()
         operator.start()
