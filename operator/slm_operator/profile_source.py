@@ -40,6 +40,7 @@ from slm_operator.builders.profiler_job import (
 from slm_operator.config import OperatorConfig
 from slm_operator.constants import (
     ANNOTATION_PROFILER_GPU,
+    DRA_DEVICE_CLASS,
     FALLBACK_KEY,
     LABEL_COMPONENT,
     LABEL_MANAGED_BY,
@@ -263,9 +264,11 @@ def _run_locally(*, request: ProfileRequest, key: str, cm_name: str, cfg: Operat
 def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig, spec: SLMServiceSpec,
                 gpu_pools: Callable[[], Sequence[GpuPool]], preferred_sharing: str | None) -> Profile:
     namespace = cfg.profiler_namespace
+    device_class = spec.gpu.device_class_name or DRA_DEVICE_CLASS
     current = kube.get(api_version="batch/v1", kind="Job", name=cm_name, namespace=namespace)
     if current is None:
-        gpu = choose_profiler_gpu(pools=gpu_pools(), dedicated=cfg.profiler_pool, preferred_sharing=preferred_sharing)
+        gpu = choose_profiler_gpu(pools=gpu_pools(), dedicated=cfg.profiler_pool, preferred_sharing=preferred_sharing,
+                                  device_class=device_class)
         job = build_profiler_job(
             name=cm_name, namespace=namespace, request=request, image=cfg.profiler_image,
             result_configmap=cm_name, service_account=cfg.profiler_service_account,
@@ -298,7 +301,7 @@ def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig, s
         raise ProfilingFailed(f"{where} failed: {failure_text(job=current, pods=pods)}; see its logs "
                               f"(kubectl logs -n {namespace} job/{cm_name}), then `kubectl delete job -n {namespace} "
                               f"{cm_name}` to profile again")
-    _ensure_claim_template(job=current, request=request)
+    _ensure_claim_template(job=current, request=request, device_class=device_class)
     stall = profiler_stall(job=current, pods=pods, now=datetime.datetime.now(datetime.timezone.utc),
                            timeout_s=cfg.profiler_unschedulable_seconds)
     if stall is not None:
@@ -312,7 +315,7 @@ def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig, s
     raise ProfilePending(f"{where} running" + (f" on {asked}" if asked else "") + _pod_state(pods, cfg=cfg))
 
 
-def _ensure_claim_template(*, job: dict[str, Any], request: ProfileRequest) -> None:
+def _ensure_claim_template(*, job: dict[str, Any], request: ProfileRequest, device_class: str) -> None:
     """A Job whose pod claims a whole DRA device gets its ResourceClaimTemplate, owned by the Job
     (deleted with it); created after the Job for its uid, and again if a restart came in between."""
     pod_spec = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
@@ -321,7 +324,7 @@ def _ensure_claim_template(*, job: dict[str, Any], request: ProfileRequest) -> N
         template = claim.get("resourceClaimTemplateName")
         if template and meta.get("uid"):
             kube.create(build_profiler_claim_template(
-                name=template, namespace=meta["namespace"], gpu_product=request.gpu_product,
+                name=template, namespace=meta["namespace"], gpu_product=request.gpu_product, device_class=device_class,
                 owner={"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}))
 
 

@@ -119,6 +119,7 @@ class Stall:
 
 def choose_profiler_gpu(
     *, pools: Iterable[GpuPool], dedicated: DedicatedPool | None = None, preferred_sharing: str | None = None,
+    device_class: str = DRA_DEVICE_CLASS,
 ) -> ProfilerGpu:
     """The GPU a profiler Job of one product asks for, from that product's inventory ``pools``.
 
@@ -127,7 +128,8 @@ def choose_profiler_gpu(
     spec's ``gpu.sharing``, the kind the plan would use); then an unshared GPU, a DRA device, and
     last all slots of a shared GPU (a slot is a fraction of a GPU: a profile must see a whole one).
     Without any pool of the product, one unshared GPU: the pod stays unschedulable and
-    :func:`profiler_stall` says so.
+    :func:`profiler_stall` says so. A DRA device comes from ``device_class`` (the spec's
+    ``gpu.deviceClassName``, or NVIDIA's).
     """
     if dedicated is not None:
         return ProfilerGpu(kind="dedicated", resource_name=dedicated.resource_name, count=dedicated.count,
@@ -142,7 +144,7 @@ def choose_profiler_gpu(
         return ProfilerGpu(kind="whole")
     best = ranked[0]
     if best.sharing == "dra":
-        return ProfilerGpu(kind="dra", resource_name=None, device_class=DRA_DEVICE_CLASS)
+        return ProfilerGpu(kind="dra", resource_name=None, device_class=device_class)
     if best.sharing == "none" or best.slots_per_gpu <= 1:
         return ProfilerGpu(kind="whole", resource_name=best.resource_name or GPU_RESOURCE)
     return ProfilerGpu(kind="slots", resource_name=best.resource_name or GPU_RESOURCE, count=best.slots_per_gpu,

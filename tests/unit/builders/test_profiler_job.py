@@ -105,6 +105,11 @@ def test_on_all_shared_nodes_a_whole_dra_device_is_claimed_through_a_template():
     assert H100 in request["exactly"]["selectors"][0]["cel"]["expression"]
     assert "config" not in template["spec"]["spec"]["devices"]  # no MPS config: the device is the pod's alone
     assert template["metadata"]["ownerReferences"][0]["uid"] == "job-uid"  # deleted with the Job
+    # The spec's gpu.deviceClassName, where it names another class.
+    assert choose_profiler_gpu(pools=_pools(STOCK_H100), device_class="mig.nvidia.com").device_class == "mig.nvidia.com"
+    other = build_profiler_claim_template(name="p", namespace="slm-system", gpu_product=H100,
+                                          device_class="mig.nvidia.com")
+    assert other["spec"]["spec"]["devices"]["requests"][0]["exactly"]["deviceClassName"] == "mig.nvidia.com"
 
 
 def test_the_spec_s_sharing_or_a_free_gpu_picks_all_slots_of_one_shared_gpu():
