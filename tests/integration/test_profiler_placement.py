@@ -148,3 +148,45 @@ def test_an_unschedulable_profiler_falls_back_then_a_failed_job_deleted_profiles
     finally:
         job_operator.stop()
         operator.start()
+
+
+def test_a_profiler_whose_gpus_are_all_taken_falls_back_with_the_scheduler_s_message(
+        cluster, operator, namespace, tmp_path):
+    """The reported symptom, on the operator's own choice: every L4 (the unshared product) is held,
+    so the profiler pod is unschedulable ("Insufficient nvidia.com/gpu"); the estimate stands in."""
+    l4 = "NVIDIA-L4"
+    free = int(get_json(cluster, "node", "gpu-l4-0")["status"]["allocatable"]["nvidia.com/gpu"])
+    apply_yaml(cluster, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hog"},
+        "spec": {"nodeSelector": {"nvidia.com/gpu.product": l4},
+                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                 "containers": [{"name": "hog", "image": "hog:none",
+                                 "resources": {"limits": {"nvidia.com/gpu": free}}}]}})
+    wait_for(lambda: get_json(cluster, "pod", "hog", "-n", namespace)["spec"].get("nodeName"), timeout=60,
+             message="a pod holding every L4")
+    job_operator = _job_operator(operator, tmp_path, SLM_PROFILER_UNSCHEDULABLE_SECONDS="12")
+    try:
+        apply_yaml(cluster, namespace, {
+            "apiVersion": "slm.pareto.dev/v1alpha1", "kind": "SLMService", "metadata": {"name": "l4"},
+            "spec": {"model": "facebook/opt-125m", "gpu": {"product": l4},
+                     "workload": {"inputTokens": 123, "outputTokens": 45}, "scale": {"gpus": 1}}})
+        job_name = _job_name(cluster, namespace, "l4", job_operator)
+        job = get_json(cluster, "job", job_name, "-n", OPERATOR_NAMESPACE)
+        assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+
+        def fell_back() -> dict[str, Any] | None:
+            obj = slms(cluster, namespace, "l4")
+            conditions = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or ()}
+            return obj if conditions.get("Profiled", {}).get("reason") == "ProfilerUnschedulable" else None
+        obj = wait_for(fell_back, timeout=60, message="l4 to fall back to the estimate")
+        assert obj["status"]["profile"]["source"] == "estimated"
+        assert "Insufficient nvidia.com/gpu" in _profiled(obj)["message"]
+        assert obj["status"]["phase"] == "Pending"  # and no GPU for the service either, until one frees
+
+        cluster.kubectl("delete", "pod", "hog", "-n", namespace, "--wait=true")
+        ready = wait_phase(cluster, namespace, "l4", ("Ready",), timeout=90, operator=job_operator)
+        assert ready["status"]["profile"]["source"] == "estimated"
+        assert _profiled(ready)["reason"] == "ProfilerUnschedulable"
+    finally:
+        job_operator.stop()
+        operator.start()
