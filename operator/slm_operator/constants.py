@@ -49,6 +49,12 @@ ANNOTATION_START: Final = f"{GROUP}/start"
 START_GRANTED: Final = "granted"
 #: On a ``dra-shares`` pod: the GPU it was granted its start on (``<driver>/<pool>/<device>``).
 ANNOTATION_START_DEVICE: Final = f"{GROUP}/start-device"
+#: On a ``dra-shares`` pod: when the start permission was granted (RFC 3339, microseconds).
+ANNOTATION_START_AT: Final = f"{GROUP}/start-granted-at"
+#: On a ``dra-shares`` StatefulSet: what each replica's claim consumes (memory MiB; shares, absent
+#: when the claim asks none), so capacity promised to replicas not yet allocated is not planned twice.
+ANNOTATION_CLAIM_MEMORY: Final = f"{GROUP}/claim-memory-mib"
+ANNOTATION_CLAIM_SHARES: Final = f"{GROUP}/claim-shares"
 
 # --- NVIDIA's names -----------------------------------------------------------------------------
 

@@ -141,6 +141,19 @@ def create(obj: Mapping[str, Any]) -> Outcome:
     return Outcome.APPLIED
 
 
+def annotate(*, api_version: str, kind: str, name: str, namespace: str | None,
+             annotations: Mapping[str, str]) -> Outcome:
+    """Merge-patch ``metadata.annotations``; a missing object is the outcome NOT_FOUND."""
+    try:
+        _resource(api_version, kind).patch(body={"metadata": {"annotations": dict(annotations)}}, name=name,
+                                           namespace=namespace, content_type="application/merge-patch+json")
+    except (ApiException, DynamicApiException) as exc:
+        if _status_of(exc) == 404:
+            return Outcome.NOT_FOUND
+        raise
+    return Outcome.APPLIED
+
+
 def secret_exists(*, name: str, namespace: str) -> bool:
     """True if the Secret exists. We never read its data; RBAC grants ``get`` only."""
     try:
