@@ -78,6 +78,12 @@ def apply_children(
     wanted_templates = set()
     # NB: dra-shares runs one StatefulSet (index 0) of all its replicas, each with its own claim.
     groups = (1 if plan.placeable_replicas else 0) if plan.shares_mode else plan.placeable_gpus
+    for group in existing:
+        # NB: a StatefulSet's podManagementPolicy is immutable (Parallel for dra-shares, OrderedReady
+        # for groups): a group changing between the two is replaced, not patched. Its pods restart
+        # with the new mechanism either way.
+        if group.index < groups and (group.mechanism == "dra-shares") != plan.shares_mode:
+            kube.delete(api_version="apps/v1", kind="StatefulSet", name=group.name, namespace=namespace)
     if plan.shares_mode and groups:
         # NB: before the StatefulSet, so its pods find their template at once.
         wanted_templates.add(claim_template_name(name=name, plan=plan))

@@ -330,3 +330,19 @@ def test_kind_config_keeps_kinds_preflight_skip_and_runs_on_cgroup_v1():
     cni = ptp_conflist(pod_cidr="10.244.1.0/24")
     assert cni["plugins"][0]["type"] == "ptp"
     assert cni["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}]]
+
+
+def test_the_scale_benchmark_generates_consumable_gpu_nodes() -> None:
+    from bench.scale_workload import node_config
+
+    shares = parse_config(data=node_config(nodes=3, gpus_per_node=8, sharing="dra-shares", shares=60))
+    assert [(n.gpu.sharing, n.gpu.shares, n.gpu.count) for n in shares.nodes if n.gpu] == [("dra-shares", 60, 8)] * 3
+    memory_only = parse_config(data=node_config(nodes=1, gpus_per_node=2, sharing="dra-shares",
+                                                capacities=("memory",)))
+    (device, _) = next(o for o in nodeconfig.dra_manifests(config=memory_only) if o["kind"] == "ResourceSlice")[
+        "spec"]["devices"]
+    assert device["allowMultipleAllocations"] is True and set(device["capacity"]) == {"memory"}
+    mixed = parse_config(data=node_config(nodes=20, gpus_per_node=8))
+    assert "dra-shares" not in {n.gpu.sharing for n in mixed.nodes if n.gpu}, "the default mix is unchanged"
+    with pytest.raises(ValueError, match="use one of"):
+        node_config(nodes=1, gpus_per_node=1, sharing="mig")
