@@ -18,7 +18,6 @@ from collections.abc import Iterator
 import pytest
 
 from hack.localcluster.cluster import wait_for
-from tests.conftest import POD_SECURITY_LEVEL
 from tests.integration.operator_harness import apply_yaml, get_json, slms, wait_phase
 from tests.integration.test_operator_lifecycle import children
 
@@ -46,10 +45,11 @@ def shared_service(name: str, *, product: str = A100, k: int = 4, memory_gib: fl
 
 @pytest.fixture
 def other_namespace(cluster) -> Iterator[str]:
-    """A second namespace (as the `namespace` fixture makes them): services of two teams."""
+    """A second namespace: services of another team. NB: it enforces the `restricted` Pod Security level,
+    so the dra-shares pods there (start gate, downwardAPI volume, per-pod claim) must pass it."""
     name = f"t-{secrets.token_hex(4)}"
     cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("label", "namespace", name, f"pod-security.kubernetes.io/enforce={POD_SECURITY_LEVEL}")
+    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
     wait_for(lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
              timeout=30, message=f"ServiceAccount default in {name}")
     yield name
@@ -161,8 +161,9 @@ def test_replicas_of_two_services_start_one_after_another_per_gpu(cluster, opera
 
     def starting_per_device() -> dict[str, int]:
         counts: dict[str, int] = {}
-        for ns in (namespace, other_namespace):
-            for pod in get_json(cluster, "pods", "-n", ns)["items"]:
+        # NB: one list of every namespace's replicas: one consistent snapshot of the cluster.
+        for pod in get_json(cluster, "pods", "-A", "-l", "slm.pareto.dev/packed=true")["items"]:
+            if pod["metadata"]["namespace"] in (namespace, other_namespace):
                 annotations = pod["metadata"].get("annotations") or {}
                 ready = any(c["type"] == "Ready" and c["status"] == "True"
                             for c in pod.get("status", {}).get("conditions", []))
