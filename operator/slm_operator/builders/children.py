@@ -122,7 +122,10 @@ def common_labels(*, name: str) -> dict[str, str]:
 def claim_name(*, name: str, index: int, plan: Plan) -> str:
     """A claim's spec is immutable, so its name carries a digest of what it asks for: a new
     plan gets a new claim (a deliberate restart of that group) instead of a rejected update."""
-    wanted = [plan.gpu_product, plan.device_class_name, plan.active_thread_percentage, plan.pinned_memory_limit_mib]
+    wanted: list[object] = [plan.gpu_product, plan.device_class_name, plan.active_thread_percentage,
+                            plan.pinned_memory_limit_mib]
+    if plan.whole_devices_only:
+        wanted.append("whole")  # NB: only then, so the claims of clusters without shared GPUs keep their names
     digest = hashlib.sha256(json.dumps(wanted).encode()).hexdigest()[:8]
     return f"{name}-g{index}-gpu-{digest}"
 
@@ -229,7 +232,9 @@ def build_resource_claim(
     memory limit per client, so the split need not be equal to what the device plugin offers.
     """
     labels = common_labels(name=name) | {LABEL_GROUP: str(index)}
-    selector = _product_selector(plan.gpu_product)
+    selectors = [{"cel": {"expression": _product_selector(plan.gpu_product)}}]
+    if plan.whole_devices_only:
+        selectors.append({"cel": {"expression": "!device.allowMultipleAllocations"}})
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
@@ -241,7 +246,7 @@ def build_resource_claim(
                     "name": "gpu",
                     "exactly": {
                         "deviceClassName": plan.device_class_name or DRA_DEVICE_CLASS,
-                        "selectors": [{"cel": {"expression": selector}}],
+                        "selectors": selectors,
                     },
                 }],
                 "config": [{

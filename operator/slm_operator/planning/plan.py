@@ -93,6 +93,10 @@ class Plan:
     #: ``dra-shares`` only: the fraction of one GPU each claim reserves, and what it consumes.
     share_per_replica: float | None = None
     share_request: ShareRequest | None = None
+    #: ``dra`` only: some GPUs of the product allow multiple allocations (consumable shares), so the
+    #: group's claim must select a device that does not: on a shared one a claim asking no capacity
+    #: would take only the driver's default share, not the whole GPU the group was planned with.
+    whole_devices_only: bool = False
 
     @property
     def shares_mode(self) -> bool:
@@ -190,7 +194,10 @@ def make_plan(
                                      existing_groups=existing_groups or existing_replicas)
     ]
     chosen = _choose(options, sharing=sharing, product=product)
-    return _plan_of(chosen, spec=spec, profile=profile, product=product, memory_mib=memory_mib)
+    plan = _plan_of(chosen, spec=spec, profile=profile, product=product, memory_mib=memory_mib)
+    if plan.mechanism == "dra" and any(p.sharing == "dra-shares" for p in pools):
+        return dataclasses.replace(plan, whole_devices_only=True)
+    return plan
 
 
 def _pools_of(inventory: Inventory, product: str) -> list[GpuPool]:

@@ -306,3 +306,24 @@ def test_status_shows_replicas_shares_and_the_gpus_they_occupy():
                       groups=[GroupState(namespace="ns", name="chat-g0", service="chat", index=0, product=A100,
                                          mechanism="dra-shares", replicas=2, ready_replicas=2)], devices=devices)
     assert later is not None and later.phase == "Ready" and later.fields["placement"]["gpus"] == 1
+
+
+def test_group_claims_select_whole_devices_only_where_the_product_also_has_shared_ones():
+    from slm_operator.builders.children import build_resource_claim, claim_name
+
+    whole = {"spec": {"driver": "gpu.nvidia.com", "nodeName": "d0", "pool": {"name": "d0"},
+                      "devices": [{"name": "gpu-0"}]}}
+    dra_spec = spec(gpu={"product": A100, "sharing": "dra"}, scale={"gpus": 1})
+    only_whole = build_inventory(nodes=[node("d0", product=A100, sharing="dra", count=1)], resource_slices=[whole])
+    plain = make_plan(spec=dra_spec, profile=a100_profile(), inventory=only_whole)
+    both = build_inventory(nodes=[shared_node(), node("d0", product=A100, sharing="dra", count=1)],
+                           resource_slices=[shared_slice("s0"), whole])
+    guarded = make_plan(spec=dra_spec, profile=a100_profile(), inventory=both)
+    assert (plain.whole_devices_only, guarded.whole_devices_only) == (False, True)
+
+    def selectors(plan):
+        claim = build_resource_claim(name="m", namespace="ns", index=0, plan=plan, owner=OWNER)
+        return [s["cel"]["expression"] for s in claim["spec"]["devices"]["requests"][0]["exactly"]["selectors"]]
+    assert "!device.allowMultipleAllocations" in selectors(guarded) and len(selectors(plain)) == 1
+    assert claim_name(name="m", index=0, plan=plain) != claim_name(name="m", index=0, plan=guarded), (
+        "a claim's spec is immutable: the new selector comes with a new name")
