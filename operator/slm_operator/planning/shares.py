@@ -117,12 +117,17 @@ def first_fit(devices: Sequence[SharedDevice], requests: Iterable[ShareRequest])
     how many requests did not fit."""
     placed = list(devices)
     missed = 0
+    # NB: devices only fill up here, so a device too full for a request stays too full for the same
+    # request: each distinct request resumes where it last fit (a fleet has few distinct sizes).
+    resume: dict[ShareRequest, int] = {}
     for request in requests:
-        at = next((i for i, d in enumerate(placed) if d.fits(request)), None)
+        at = next((i for i in range(resume.get(request, 0), len(placed)) if placed[i].fits(request)), None)
         if at is None:
             missed += 1
+            resume[request] = len(placed)
         else:
             placed[at] = placed[at].with_allocation(request)
+            resume[request] = at
     return placed, missed
 
 

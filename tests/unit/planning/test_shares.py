@@ -327,3 +327,17 @@ def test_group_claims_select_whole_devices_only_where_the_product_also_has_share
     assert "!device.allowMultipleAllocations" in selectors(guarded) and len(selectors(plain)) == 1
     assert claim_name(name="m", index=0, plan=plain) != claim_name(name="m", index=0, plan=guarded), (
         "a claim's spec is immutable: the new selector comes with a new name")
+
+
+def test_first_fit_places_in_device_order_and_counts_what_does_not_fit():
+    from slm_operator.planning.shares import SharedDevice, first_fit, fitting_replicas
+
+    devices = [SharedDevice(driver="d", pool="p", name=f"gpu-{i}", node="n", memory_mib=1000, shares=4)
+               for i in range(2)]
+    big, small = ShareRequest(memory_mib=600, shares=2), ShareRequest(memory_mib=100, shares=1)
+    placed, missed = first_fit(devices, [big, small, big, big, small, small])
+    assert missed == 1, "the third big one: 600 MiB more fits neither GPU"
+    # the small ones fill gpu-0's last share first, then go on to gpu-1
+    assert [(d.used_memory_mib, d.used_shares, d.allocations) for d in placed] == [(800, 4, 3), (700, 3, 2)]
+    assert fitting_replicas(placed, small, limit=10) == 1 and fitting_replicas(placed, small, limit=0) == 0
+    assert fitting_replicas(devices, small, limit=100) == 8, "shares run out before memory"
