@@ -299,7 +299,8 @@ def test_sample_is_accepted_by_the_operators_parser(sample: pathlib.Path) -> Non
 def test_check_against_schema_catches_a_typo(spec_schema: dict[str, Any]) -> None:
     problems = check_against_schema({"model": "m", "scale": {"gpu": 1}, "gpu": {"sharing": "mig"}}, spec_schema, "spec")
     assert problems == ["spec.scale.gpu: unknown field",
-                        "spec.gpu.sharing: 'mig' not in ['auto', 'mps', 'time-slicing', 'dra', 'exclusive']"]
+                        "spec.gpu.sharing: 'mig' not in "
+                        "['auto', 'dra-shares', 'mps', 'time-slicing', 'dra', 'exclusive']"]
 
 
 def test_crd_copies_are_in_sync() -> None:
