@@ -216,7 +216,8 @@ def test_printer_columns(version: dict[str, Any], root_schema: dict[str, Any]) -
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")] == [
         "Model", "GPUs", "Replicas/GPU", "Batch", "Tok/s", "Ready", "Phase", "Age"]
-    assert {name for name, c in columns.items() if c.get("priority") == 1} == {"Sharing", "Source", "GPU", "Endpoint"}
+    assert {name for name, c in columns.items() if c.get("priority") == 1} == {"Sharing", "Source", "GPU", "Endpoint",
+                                                                              "Message"}
     # Every column reads a field the schema declares, with the type the schema gives it.
     for name, column in columns.items():
         if name == "Age":
