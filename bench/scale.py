@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import scale_measure as measure  # noqa: E402
 from bench.scale_measure import say  # noqa: E402
-from bench.scale_workload import node_config, probe_manifest, service_manifests  # noqa: E402
+from bench.scale_workload import NODE_SHARINGS, node_config, probe_manifest, service_manifests  # noqa: E402
 from hack.localcluster import config as nodeconfig  # noqa: E402
 from hack.localcluster.api import Api  # noqa: E402
 from hack.localcluster.cluster import (  # noqa: E402
@@ -137,10 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--startup-curve", default=None, metavar="N,N,...",
                         help="instead: operator start-up time against N plain pods (e.g. 0,1000,2000,4000) on a "
                              "--nodes cluster; writes bench/results/scale-startup-curve.json")
+    parser.add_argument("--sharing", choices=NODE_SHARINGS, default="mix",
+                        help="node kinds: the mixed fleet of bench/README.md, or every node (H100) of one sharing; "
+                             "dra-shares nodes publish consumable GPUs like NVIDIA's DRA driver (default: %(default)s)")
+    parser.add_argument("--shares", type=int, default=None,
+                        help="--sharing dra-shares: shares per GPU (default: the node format's 120)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="--sharing dra-shares: GPUs publish memory only (a driver run with "
+                             "--consumable-shares=memory)")
     parser.add_argument("--print-nodes", action="store_true", help="print the node config and exit")
     args = parser.parse_args(argv)
 
-    nodes_doc = node_config(nodes=args.nodes, gpus_per_node=args.gpus_per_node)
+    nodes_doc = node_config(nodes=args.nodes, gpus_per_node=args.gpus_per_node, sharing=args.sharing,
+                            shares=args.shares, capacities=("memory",) if args.memory_only else None)
     if args.print_nodes:
         print(yaml.safe_dump(nodes_doc, sort_keys=False), end="")
         return 0

@@ -352,7 +352,7 @@ def packing(*, services: list[dict[str, Any]], pods: list[dict[str, Any]], claim
     overcommitted = []
     for name, node in nodes.items():
         gpu = node["gpu"]
-        if gpu["sharing"] == "dra":
+        if gpu["sharing"] in ("dra", "dra-shares"):  # NB: distinct devices, shared or whole
             count = sum(1 for pool, _ in devices if pool == name)
         else:
             count = math.ceil(slots.get(name, 0) / gpu.get("replicas", 1))

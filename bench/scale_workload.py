@@ -70,16 +70,32 @@ def apportion(*, total: int, shares: list[float]) -> list[int]:
     return counts
 
 
-def node_config(*, nodes: int, gpus_per_node: int) -> dict[str, Any]:
-    """The hack/cluster.py node config of the benchmark (format: hack/gpu-nodes.yaml)."""
+#: ``node_config(sharing=...)``: the mixed fleet above, or every node of one pool sharing (H100s).
+NODE_SHARINGS = ("mix", "none", "mps", "time-slicing", "dra", "dra-shares")
+
+
+def node_config(*, nodes: int, gpus_per_node: int, sharing: str = "mix", shares: int | None = None,
+                capacities: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The hack/cluster.py node config of the benchmark (format: hack/gpu-nodes.yaml).
+
+    ``sharing``: ``mix`` (``NODE_MIX``) or one pool sharing for every node, all H100s; with
+    ``dra-shares``, ``shares`` (per GPU) and ``capacities`` (``("memory",)``: a driver exposing
+    memory only) go into each node's ``gpu`` block as given (the format's defaults otherwise).
+    """
+    if sharing not in NODE_SHARINGS:
+        raise ValueError(f"sharing {sharing!r}: use one of {', '.join(NODE_SHARINGS)}")
+    kinds = NODE_MIX if sharing == "mix" else ((f"h100-{sharing}", 1.0, H100, sharing, 4),)
     entries = []
-    counts = apportion(total=nodes, shares=[kind[1] for kind in NODE_MIX])
-    for (prefix, _, product, sharing, replicas), count in zip(NODE_MIX, counts, strict=True):
+    counts = apportion(total=nodes, shares=[kind[1] for kind in kinds])
+    for (prefix, _, product, pool, replicas), count in zip(kinds, counts, strict=True):
         for i in range(count):
             gpu: dict[str, Any] = {"product": product, "memoryMiB": MEMORY_MIB[product], "count": gpus_per_node,
-                                   "sharing": sharing}
-            if sharing in ("mps", "time-slicing"):
+                                   "sharing": pool}
+            if pool in ("mps", "time-slicing"):
                 gpu["replicas"] = replicas
+            if pool == "dra-shares":
+                gpu |= ({"shares": shares} if shares is not None else {}) | (
+                    {"capacities": list(capacities)} if capacities is not None else {})
             entries.append({"name": f"{prefix}-{i:03d}", "gpu": gpu})
     return {"defaults": {"cpu": "64", "memory": "512Gi", "pods": "110"}, "nodes": entries}
 

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from slm_operator.constants import (
+    DRA_CAPACITY_MEMORY,
+    DRA_CAPACITY_SHARES,
     DRA_DEVICE_CLASS,
     DRA_DRIVER,
     GPU_RESOURCE,
@@ -38,7 +40,14 @@ DRA_PRESENT_LABEL = "nvidia.com/dra.present"
 _TOP_KEYS = ("defaults", "nodes")
 _RESOURCE_KEYS = ("cpu", "memory", "pods", "ephemeralStorage")
 _NODE_KEYS = ("name", "gpu", "labels", *_RESOURCE_KEYS)
-_GPU_KEYS = ("product", "memoryMiB", "count", "sharing", "replicas")
+_GPU_KEYS = ("product", "memoryMiB", "count", "sharing", "replicas", "shares", "capacities")
+#: The DRA sharings: no device-plugin capacity, a ResourceSlice instead.
+_DRA_SHARINGS = ("dra", "dra-shares")
+#: What a ``dra-shares`` GPU may publish: ``memory`` always, ``shares`` with an integer share count.
+_SHARED_CAPACITIES = (DRA_CAPACITY_MEMORY, DRA_CAPACITY_SHARES)
+#: Shares per GPU when ``shares`` is not given: divisible by 1-6 and 8, so a replica's share 1/k of a
+#: GPU is exact for every k up to 8 but 7 (with N=100, three replicas of 34 shares would not fit).
+DEFAULT_SHARES = 120
 
 _BUILTIN_DEFAULTS = {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeralStorage": "1Ti"}
 
@@ -61,11 +70,13 @@ class GpuSpec:
     count: int
     sharing: str
     replicas: int
+    #: ``dra-shares`` only: shares per GPU (``None``: the driver publishes memory only).
+    shares: int | None = None
 
     @property
     def advertised(self) -> int:
         """How many ``nvidia.com/gpu`` the device plugin would advertise (0 for DRA nodes)."""
-        return 0 if self.sharing == "dra" else self.count * self.replicas
+        return 0 if self.sharing in _DRA_SHARINGS else self.count * self.replicas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +100,8 @@ class ClusterConfig:
 
     @property
     def dra_nodes(self) -> tuple[NodeSpec, ...]:
-        return tuple(n for n in self.nodes if n.gpu is not None and n.gpu.sharing == "dra")
+        """Nodes whose GPUs are published as ResourceSlices (``dra`` and ``dra-shares``)."""
+        return tuple(n for n in self.nodes if n.gpu is not None and n.gpu.sharing in _DRA_SHARINGS)
 
 
 def load_config(*, path: str | Path) -> ClusterConfig:
@@ -181,14 +193,34 @@ def _parse_gpu(where: _Where, raw: Any, at: str) -> GpuSpec:
         raise where.error(f"{at}.sharing",
                           f"{sharing!r} is not a sharing mode; use one of: {', '.join(POOL_SHARINGS)}")
     replicas = where.positive_int(fields.get("replicas", 1), f"{at}.replicas")
-    if sharing in ("none", "dra") and replicas != 1:
+    if sharing in ("none", *_DRA_SHARINGS) and replicas != 1:
         raise where.error(
             f"{at}.replicas",
             f"must be 1 (or omitted) with sharing {sharing!r}; replicas only apply to mps and time-slicing",
         )
     if sharing in ("mps", "time-slicing") and "replicas" not in fields:
         raise where.error(f"{at}.replicas", f"is required with sharing {sharing!r} (how many clients share one GPU)")
-    return GpuSpec(product=product, memory_mib=memory_mib, count=count, sharing=sharing, replicas=replicas)
+    shares = _parse_shares(where, fields, at) if sharing == "dra-shares" else None
+    if sharing != "dra-shares":
+        for key in ("shares", "capacities"):
+            if key in fields:
+                raise where.error(f"{at}.{key}", f"only applies to sharing dra-shares, not {sharing!r}; remove it")
+    return GpuSpec(product=product, memory_mib=memory_mib, count=count, sharing=sharing, replicas=replicas,
+                   shares=shares)
+
+
+def _parse_shares(where: _Where, fields: Mapping[str, Any], at: str) -> int | None:
+    """Shares per GPU of a ``dra-shares`` node, or ``None`` when it publishes memory only."""
+    capacities = fields.get("capacities", list(_SHARED_CAPACITIES))
+    if (not isinstance(capacities, list) or not capacities or len(set(capacities)) != len(capacities)
+            or any(c not in _SHARED_CAPACITIES for c in capacities) or DRA_CAPACITY_MEMORY not in capacities):
+        raise where.error(f"{at}.capacities", f"{capacities!r} must be [memory] (a driver run with "
+                          "--consumable-shares=memory) or [memory, shares] (--consumable-shares=N)")
+    if DRA_CAPACITY_SHARES not in capacities:
+        if "shares" in fields:
+            raise where.error(f"{at}.shares", "needs `shares` in gpu.capacities; remove it for a memory-only GPU")
+        return None
+    return where.positive_int(fields.get("shares", DEFAULT_SHARES), f"{at}.shares")
 
 
 class _Where:
@@ -238,7 +270,7 @@ def node_labels(*, node: NodeSpec) -> dict[str, str]:
                 LABEL_GPU_COUNT: str(gpu.count),
             }
         )
-        if gpu.sharing == "dra":
+        if gpu.sharing in _DRA_SHARINGS:
             # NB: no gpu.present here, so device-plugin workloads selecting on it never land on a
             # node that has no `nvidia.com/gpu` capacity.
             labels[DRA_PRESENT_LABEL] = "true"
@@ -289,7 +321,12 @@ def node_manifest(*, node: NodeSpec, index: int) -> dict[str, Any]:
 
 
 def dra_manifests(*, config: ClusterConfig) -> list[dict[str, Any]]:
-    """The DeviceClass and one ResourceSlice per DRA node, as the NVIDIA DRA driver would publish."""
+    """The DeviceClass and one ResourceSlice per DRA node, as the NVIDIA DRA driver would publish.
+
+    ``dra-shares`` devices are published as the driver does with ``--consumable-shares``
+    (kubernetes-sigs/dra-driver-nvidia-gpu, gpu-kubelet-plugin): ``allowMultipleAllocations: true``,
+    and a ``requestPolicy`` on each consumable capacity.
+    """
     if not config.dra_nodes:
         return []
     objects: list[dict[str, Any]] = [
@@ -310,8 +347,9 @@ def dra_manifests(*, config: ClusterConfig) -> list[dict[str, Any]]:
                     "type": {"string": "gpu"},
                     "index": {"int": index},
                 },
-                "capacity": {"memory": {"value": f"{node.gpu.memory_mib}Mi"}},
+                "capacity": {DRA_CAPACITY_MEMORY: {"value": f"{node.gpu.memory_mib}Mi"}},
             }
+            | (_consumable(node.gpu) if node.gpu.sharing == "dra-shares" else {})
             for index in range(node.gpu.count)
         ]
         objects.append(
@@ -328,3 +366,25 @@ def dra_manifests(*, config: ClusterConfig) -> list[dict[str, Any]]:
             }
         )
     return objects
+
+
+def _consumable(gpu: GpuSpec) -> dict[str, Any]:
+    """A shared device's fields, as NVIDIA's driver publishes them with ``--consumable-shares``.
+
+    ``--consumable-shares=N`` (``shares`` given): memory any amount in 1Mi steps, 0 by default (a
+    claim that asks none takes none), and N ``shares`` of which a claim takes 1 unless it asks more.
+    ``--consumable-shares=memory`` (``capacities: [memory]``): memory only, the whole GPU by default,
+    so a claim that asks no memory takes the device alone.
+    """
+    memory = f"{gpu.memory_mib}Mi"
+    if gpu.shares is None:
+        memory_policy = {"default": memory, "validRange": {"min": "1Mi", "max": memory, "step": "1Mi"}}
+        return {"allowMultipleAllocations": True,
+                "capacity": {DRA_CAPACITY_MEMORY: {"value": memory, "requestPolicy": memory_policy}}}
+    shares = str(gpu.shares)
+    return {"allowMultipleAllocations": True, "capacity": {
+        DRA_CAPACITY_MEMORY: {"value": memory, "requestPolicy": {
+            "default": "0", "validRange": {"min": "0", "max": memory, "step": "1Mi"}}},
+        DRA_CAPACITY_SHARES: {"value": shares, "requestPolicy": {
+            "default": "1", "validRange": {"min": "1", "max": shares, "step": "1"}}},
+    }}

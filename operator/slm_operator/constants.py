@@ -42,6 +42,21 @@ MODEL_SERVER_COMPONENT: Final = "model-server"
 ANNOTATION_MECHANISM: Final = f"{GROUP}/sharing"
 #: On a group's StatefulSet: the GPU product (node label spelling) it was planned for.
 ANNOTATION_PRODUCT: Final = f"{GROUP}/gpu-product"
+#: On the pods of ``dra-shares`` replicas (several services per GPU): ``true``. Their vLLM waits for
+#: the start permission, and the scheduler is asked to fill nodes already holding such pods.
+LABEL_PACKED: Final = f"{GROUP}/packed"
+#: On a ``dra-shares`` pod: set to ``START_GRANTED`` by the operator when it may start vLLM (one
+#: starting replica per physical GPU at a time); the pod reads it through a downwardAPI volume.
+ANNOTATION_START: Final = f"{GROUP}/start"
+START_GRANTED: Final = "granted"
+#: On a ``dra-shares`` pod: the GPU it was granted its start on (``<driver>/<pool>/<device>``).
+ANNOTATION_START_DEVICE: Final = f"{GROUP}/start-device"
+#: On a ``dra-shares`` pod: when the start permission was granted (RFC 3339, microseconds).
+ANNOTATION_START_AT: Final = f"{GROUP}/start-granted-at"
+#: On a ``dra-shares`` StatefulSet: what each replica's claim consumes (memory MiB; shares, absent
+#: when the claim asks none), so capacity promised to replicas not yet allocated is not planned twice.
+ANNOTATION_CLAIM_MEMORY: Final = f"{GROUP}/claim-memory-mib"
+ANNOTATION_CLAIM_SHARES: Final = f"{GROUP}/claim-shares"
 
 # --- Gateway API Inference Extension (spec.routing.inferencePool) ------------------------------
 
@@ -80,24 +95,33 @@ SHARED_PRODUCT_SUFFIX: Final = "-SHARED"
 #: NVIDIA's DRA driver, and the DeviceClass it installs.
 DRA_DRIVER: Final = "gpu.nvidia.com"
 DRA_DEVICE_CLASS: Final = "gpu.nvidia.com"
+#: Capacities of a GPU that NVIDIA's DRA driver publishes with ``allowMultipleAllocations: true``
+#: under ``--consumable-shares`` (feature gate ConsumableShares): ``memory`` always (bytes, request
+#: policy step 1Mi), ``shares`` only with an integer N (``--consumable-shares=N``: N shares per GPU,
+#: default/min 1 per claim). With ``memory`` or ``unlimited`` the device has no ``shares`` capacity.
+DRA_CAPACITY_MEMORY: Final = "memory"
+DRA_CAPACITY_SHARES: Final = "shares"
 
 # --- Sharing ------------------------------------------------------------------------------------
 
 #: What a user asks for in ``spec.gpu.sharing`` (and the operator's default).
-Sharing = Literal["auto", "mps", "time-slicing", "dra", "exclusive"]
-#: How a plan shares a GPU: ``auto`` resolved to one of these.
-Mechanism = Literal["dra", "mps", "time-slicing", "exclusive"]
-#: How a node's GPUs are shared, as the device plugin's strategy label (``none``) or DRA says.
-PoolSharing = Literal["none", "mps", "time-slicing", "dra"]
+Sharing = Literal["auto", "dra-shares", "mps", "time-slicing", "dra", "exclusive"]
+#: How a plan shares a GPU: ``auto`` resolved to one of these. ``dra-shares``: every replica its own
+#: ResourceClaim consuming a share of a DRA device that allows multiple allocations, so replicas of
+#: several services share one GPU; ``dra``: one claim per GPU group of one service.
+Mechanism = Literal["dra-shares", "dra", "mps", "time-slicing", "exclusive"]
+#: How a node's GPUs are shared, as the device plugin's strategy label (``none``) or DRA says
+#: (``dra``: whole devices; ``dra-shares``: devices with ``allowMultipleAllocations``).
+PoolSharing = Literal["none", "mps", "time-slicing", "dra", "dra-shares"]
 
 SHARING_MODES: Final[tuple[Sharing, ...]] = get_args(Sharing)
 MECHANISMS: Final[tuple[Mechanism, ...]] = get_args(Mechanism)
 POOL_SHARINGS: Final[tuple[PoolSharing, ...]] = get_args(PoolSharing)
 #: The mechanisms that put several replicas on one GPU.
-SHARED_MECHANISMS: Final[tuple[Mechanism, ...]] = ("dra", "mps", "time-slicing")
+SHARED_MECHANISMS: Final[tuple[Mechanism, ...]] = ("dra-shares", "dra", "mps", "time-slicing")
 #: The node pools each mechanism draws from (``exclusive`` takes whole GPUs of unshared nodes).
 POOL_OF_MECHANISM: Final[Mapping[str, PoolSharing]] = {
-    "dra": "dra", "mps": "mps", "time-slicing": "time-slicing", "exclusive": "none",
+    "dra-shares": "dra-shares", "dra": "dra", "mps": "mps", "time-slicing": "time-slicing", "exclusive": "none",
 }
 
 # --- Memory -------------------------------------------------------------------------------------
@@ -118,6 +142,9 @@ SWEEP_KEY: Final = "sweep.json"
 FALLBACK_KEY: Final = "fallback.json"
 #: The GPU a profiler Job asked for, in words (``ProfilerGpu.describe``), for its progress message.
 ANNOTATION_PROFILER_GPU: Final = f"{GROUP}/profiler-gpu"
+#: On a profiler Job that claims a whole consumable (``dra-shares``) device: the capacity its claim
+#: requests, as JSON (``{"memory": "81920Mi", "shares": "120"}``): all of it, so the GPU is its alone.
+ANNOTATION_PROFILER_CAPACITY: Final = f"{GROUP}/profiler-capacity"
 #: Result ConfigMaps are named ``slm-profile-<cache key>``.
 PROFILE_CONFIGMAP_PREFIX: Final = "slm-profile-"
 #: The container port every vLLM replica serves on.

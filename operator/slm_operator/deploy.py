@@ -14,18 +14,21 @@ from collections.abc import Sequence
 from slm_operator import kube
 from slm_operator.builders.children import (
     EngineDefaults,
+    build_claim_template,
     build_group_statefulset,
     build_inference_pool,
     build_network_policy,
     build_resource_claim,
     build_service,
     claim_name,
+    claim_template_name,
     owner_reference,
 )
 from slm_operator.constants import (
     INFERENCE_POOL_API_VERSION,
     INFERENCE_POOL_KIND,
     LABEL_MANAGED_BY,
+    LABEL_PACKED,
     LABEL_SERVICE,
     MANAGED_BY,
     Routing,
@@ -34,7 +37,15 @@ from slm_operator.constants import (
 from slm_operator.gpu_index import PlacementLedger
 from slm_operator.planning.groups import GroupState, groups_from_objects
 from slm_operator.planning.plan import Plan
+from slm_operator.planning.shares import DeviceOccupancy, device_occupancy
 from slm_operator.spec import EndpointPickerRef, SLMServiceSpec
+
+
+def read_share_devices(*, name: str, namespace: str) -> list[DeviceOccupancy]:
+    """``dra-shares``: the GPUs the replicas' claims of SLMService ``namespace/name`` are allocated on."""
+    claims = kube.list_objects(api_version="resource.k8s.io/v1", kind="ResourceClaim", namespace=namespace,
+                               label_selector=f"{LABEL_SERVICE}={name},{LABEL_PACKED}=true")
+    return device_occupancy(claims)
 
 
 def read_groups(*, name: str, namespace: str) -> list[GroupState]:
@@ -91,7 +102,20 @@ def apply_children(
                       uid=uid)
     dra = plan.mechanism == "dra"
     wanted_claims = set()
-    for index in range(plan.placeable_gpus):
+    wanted_templates = set()
+    # NB: dra-shares runs one StatefulSet (index 0) of all its replicas, each with its own claim.
+    groups = (1 if plan.placeable_replicas else 0) if plan.shares_mode else plan.placeable_gpus
+    for group in existing:
+        # NB: a StatefulSet's podManagementPolicy is immutable (Parallel for dra-shares, OrderedReady
+        # for groups): a group changing between the two is replaced, not patched. Its pods restart
+        # with the new mechanism either way.
+        if group.index < groups and (group.mechanism == "dra-shares") != plan.shares_mode:
+            kube.delete(api_version="apps/v1", kind="StatefulSet", name=group.name, namespace=namespace)
+    if plan.shares_mode and groups:
+        # NB: before the StatefulSet, so its pods find their template at once.
+        wanted_templates.add(claim_template_name(name=name, plan=plan))
+        kube.apply(build_claim_template(name=name, namespace=namespace, plan=plan, owner=owner))
+    for index in range(groups):
         claim = claim_name(name=name, index=index, plan=plan) if dra else None
         if claim:
             wanted_claims.add(claim)
@@ -100,14 +124,24 @@ def apply_children(
                                            image=image, owner=owner, engine_defaults=engine_defaults))
         ledger.record(GroupState(
             namespace=namespace, name=group_name(service=name, index=index), service=name, index=index,
-            product=plan.gpu_product, mechanism=plan.mechanism, replicas=plan.replicas_per_gpu, claim=claim))
-    # Scale in whole GPU groups; claims no group references any more go with them.
+            product=plan.gpu_product, mechanism=plan.mechanism,
+            replicas=plan.total_replicas if plan.shares_mode else plan.replicas_per_gpu, claim=claim,
+            claim_template=claim_template_name(name=name, plan=plan) if plan.shares_mode else None,
+            share_request=plan.share_request))
+    # Scale in whole GPU groups; claims no group references any more go with them. (dra-shares scales
+    # in by the StatefulSet's replicas: the claims of removed pods are deleted with them.)
     for group in existing:
-        if group.index >= plan.placeable_gpus:
+        if group.index >= groups:
             kube.delete(api_version="apps/v1", kind="StatefulSet", name=group.name, namespace=namespace)
     stale = {g.claim for g in existing if g.claim} - wanted_claims
     for claim in sorted(c for c in stale if c):
         kube.delete(api_version="resource.k8s.io/v1", kind="ResourceClaim", name=claim, namespace=namespace)
+    # NB: the StatefulSet references the new template by now; claims made from an old one live on
+    # with their pods (a claim does not need its template).
+    for template in sorted({g.claim_template for g in existing if g.claim_template} - wanted_templates):
+        if template:
+            kube.delete(api_version="resource.k8s.io/v1", kind="ResourceClaimTemplate", name=template,
+                        namespace=namespace)
     return routing
 
 

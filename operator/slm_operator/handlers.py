@@ -16,15 +16,24 @@ import kopf
 
 from slm_operator import metrics
 from slm_operator.config import OperatorConfig
-from slm_operator.constants import API_VERSION, GROUP, LABEL_MANAGED_BY, MANAGED_BY, PLURAL
+from slm_operator.constants import API_VERSION, GROUP, LABEL_MANAGED_BY, LABEL_PACKED, MANAGED_BY, PLURAL
 from slm_operator.errors import ApplyRejected, ProfilePending, ProfilingFailed
-from slm_operator.gpu_index import GpuIndex, claim_entry, group_entry, node_entry, pod_entry, slice_entry
+from slm_operator.gpu_index import (
+    GpuIndex,
+    claim_entry,
+    group_entry,
+    node_entry,
+    packed_pod_entry,
+    pod_entry,
+    slice_entry,
+)
 from slm_operator.profile_source import cancel_local_runs
-from slm_operator.reconcile import OperatorState, fold_readiness, reconcile_service
+from slm_operator.reconcile import OperatorState, fold_readiness, grant_starts, reconcile_service
 from slm_operator.status import waiting
 
 RESOURCE = (GROUP, API_VERSION, PLURAL)
 OURS = {LABEL_MANAGED_BY: MANAGED_BY}
+PACKED = {LABEL_PACKED: "true"}
 STATE = OperatorState(config=OperatorConfig.from_env())
 _WATCHED = {ns for ns in STATE.config.watch_namespace.split(",") if ns}
 #: A local (simulated) profile takes seconds to minutes; a profiler Job on a GPU takes minutes.
@@ -123,9 +132,17 @@ def gpu_slices(*, name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, Any
 
 
 @kopf.index("resource.k8s.io", "v1", "resourceclaims")
-def gpu_claims(*, uid: str, namespace: str | None, name: str, status: Mapping[str, Any],
-               **_: Any) -> dict[str, Any] | None:
-    return claim_entry(uid=uid, namespace=namespace or "", name=name, status=status)
+def gpu_claims(*, uid: str, namespace: str | None, name: str, labels: Mapping[str, str],
+               status: Mapping[str, Any], **_: Any) -> dict[str, Any] | None:
+    return claim_entry(uid=uid, namespace=namespace or "", name=name, status=status, labels=labels)
+
+
+@kopf.index("pods", labels=PACKED)
+def packed_pods(*, uid: str, namespace: str | None, name: str, labels: Mapping[str, str],
+                annotations: Mapping[str, str], meta: Mapping[str, Any], status: Mapping[str, Any],
+                **_: Any) -> dict[str, Any] | None:
+    return packed_pod_entry(uid=uid, namespace=namespace or "", name=name, labels=labels, annotations=annotations,
+                            meta=meta, status=status)
 
 
 # NB: an index, not an event handler: kopf drops a deleted service's entry (and its series go with
@@ -176,3 +193,20 @@ def group_readiness_changed(*, labels: Mapping[str, str], namespace: str | None,
     fold_readiness(state=STATE, labels=labels, namespace=namespace or "", name=name, event_type=type,
                    status=status)
 
+
+# --- dra-shares: one starting replica per GPU, across services (planning.start_gate) ---------------
+
+# NB: every namespace's pods, like the inventory: replicas of services another operator serves
+# share the GPUs too. kopf updates the indexes before it calls the handlers of the same event.
+@kopf.on.event("pods", labels=PACKED)
+def packed_pod_changed(**indexes: Any) -> None:
+    grant_starts(state=STATE, index=GpuIndex(indexes), watched=_watched)
+
+
+@kopf.on.event("resource.k8s.io", "v1", "resourceclaims", labels=PACKED)
+def packed_claim_changed(**indexes: Any) -> None:
+    grant_starts(state=STATE, index=GpuIndex(indexes), watched=_watched)
+
+
+def _watched(namespace: str) -> bool:
+    return _ours(namespace=namespace)

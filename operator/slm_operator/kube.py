@@ -234,6 +234,21 @@ def patch_at_version(*, api_version: str, kind: str, name: str, namespace: str |
     return Outcome.APPLIED
 
 
+def annotate(*, api_version: str, kind: str, name: str, namespace: str | None,
+             annotations: Mapping[str, str]) -> Outcome:
+    """Merge-patch ``metadata.annotations``; a missing object is the outcome NOT_FOUND."""
+    try:
+        with _call("patch"):
+            _resource(api_version, kind).patch(body={"metadata": {"annotations": dict(annotations)}}, name=name,
+                                               namespace=namespace, content_type="application/merge-patch+json",
+                                               _request_timeout=REQUEST_TIMEOUT)
+    except (ApiException, DynamicApiException) as exc:
+        if _status_of(exc) == 404:
+            return Outcome.NOT_FOUND
+        raise
+    return Outcome.APPLIED
+
+
 def secret_exists(*, name: str, namespace: str) -> bool:
     """True if the Secret exists. We never read its data; RBAC grants ``get`` only."""
     try:

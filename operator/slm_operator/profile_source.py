@@ -39,6 +39,7 @@ from slm_operator.builders.profiler_job import (
 )
 from slm_operator.config import OperatorConfig
 from slm_operator.constants import (
+    ANNOTATION_PROFILER_CAPACITY,
     ANNOTATION_PROFILER_GPU,
     DRA_DEVICE_CLASS,
     FALLBACK_KEY,
@@ -320,12 +321,14 @@ def _ensure_claim_template(*, job: dict[str, Any], request: ProfileRequest, devi
     (deleted with it); created after the Job for its uid, and again if a restart came in between."""
     pod_spec = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
     meta = job.get("metadata") or {}
+    capacity = json.loads((meta.get("annotations") or {}).get(ANNOTATION_PROFILER_CAPACITY) or "{}")
     for claim in pod_spec.get("resourceClaims") or ():
         template = claim.get("resourceClaimTemplateName")
         if template and meta.get("uid"):
             kube.create(build_profiler_claim_template(
                 name=template, namespace=meta["namespace"], gpu_product=request.gpu_product, device_class=device_class,
-                owner={"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}))
+                owner={"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]},
+                capacity=capacity or None))
 
 
 def _pod_state(pods: Sequence[dict[str, Any]], *, cfg: OperatorConfig) -> str:

@@ -16,21 +16,30 @@ retries with backoff.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from slm_operator import kube, metrics
 from slm_operator.builders.children import endpoint_picker, endpoint_url
 from slm_operator.config import OperatorConfig
-from slm_operator.constants import LABEL_GPU_PRODUCT, LABEL_SERVICE
-from slm_operator.deploy import apply_children, read_groups
+from slm_operator.constants import (
+    ANNOTATION_START,
+    ANNOTATION_START_AT,
+    ANNOTATION_START_DEVICE,
+    LABEL_GPU_PRODUCT,
+    LABEL_SERVICE,
+    START_GRANTED,
+)
+from slm_operator.deploy import apply_children, read_groups, read_share_devices
 from slm_operator.errors import ApplyDeferred, ApplyRejected, PermanentError, PlanningError, ProfilePending, SpecError
-from slm_operator.gpu_index import GpuIndex, PlacementLedger, busiest_free_product
+from slm_operator.gpu_index import GpuIndex, PlacementLedger, StartGrants, busiest_free_product
 from slm_operator.locks import ObjectLocks, ReadinessMemo
 from slm_operator.planning.plan import make_plan
+from slm_operator.planning.start_gate import grants
 from slm_operator.profile_source import obtain_profile
 from slm_operator.reporter import StatusWriter
 from slm_operator.spec import parse_spec
@@ -61,6 +70,9 @@ class OperatorState:
     # snapshot would both take the same free GPUs. Planning + applying is serialised (milliseconds
     # each), and the ledger remembers groups just applied until the StatefulSet watch reports them.
     planning_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    #: dra-shares start permissions: granted but not yet seen by the pod watch; one decision at a time.
+    start_grants: StartGrants = dataclasses.field(default_factory=StartGrants)
+    start_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 def reconcile_service(
@@ -133,7 +145,8 @@ def _reconcile(
         try:
             plan = make_plan(spec=parsed, profile=profile, inventory=inventory, existing_groups=len(groups),
                              current_mechanism=mechanisms.pop() if len(mechanisms) == 1 else None,
-                             default_sharing=cfg.default_sharing)
+                             default_sharing=cfg.default_sharing,
+                             existing_replicas=sum(g.replicas for g in groups if g.mechanism == "dra-shares"))
         except PlanningError as exc:
             return writer.write(pending("Planned", exc.reason, exc.message).with_profile(found))
         asked = parsed.routing.inference_pool
@@ -150,7 +163,8 @@ def _reconcile(
             return writer.write(failed("Progressing", exc).with_profile(found))
         except ApplyDeferred as exc:
             return writer.write(retrying("Progressing", exc).with_profile(found))
-    update = serving(name=name, plan=plan, groups=read_groups(name=name, namespace=namespace),
+    devices = read_share_devices(name=name, namespace=namespace) if plan.shares_mode else ()
+    update = serving(name=name, plan=plan, groups=read_groups(name=name, namespace=namespace), devices=devices,
                      endpoint=endpoint_url(name=name, namespace=namespace))
     writer.write(update.with_profile(found).with_routing(routed(name=name, routing=routing, picker=picker),
                                                          current=writer.current))
@@ -197,9 +211,35 @@ def _fold_readiness(*, state: OperatorState, labels: Mapping[str, str], namespac
         if owner is None:
             return  # the service is gone; its children follow
         current = dict(owner.get("status") or {})
-        update = readiness(current=current, groups=read_groups(name=service, namespace=namespace))
+        shares = (current.get("placement") or {}).get("mechanism") == "dra-shares"
+        devices = read_share_devices(name=service, namespace=namespace) if shares else None
+        update = readiness(current=current, groups=read_groups(name=service, namespace=namespace), devices=devices)
         if update is None:
             return  # nothing placed yet, or a phase only the reconciler leaves (status.RECONCILER_PHASES)
         writer = StatusWriter(body=owner, name=service, namespace=namespace, current=current,
                               generation=current.get("observedGeneration"))
         writer.write(update)
+
+
+def grant_starts(*, state: OperatorState, index: GpuIndex, watched: Callable[[str], bool]) -> None:
+    """Give the start permission to the ``dra-shares`` pods that may start now: at most one starting
+    (granted, not Ready) replica per physical GPU, across every service (``planning.start_gate``).
+
+    Called on every event of a ``dra-shares`` pod or claim: a claim allocated, a pod Ready or gone.
+    Pods of every namespace count; only those of ``watched`` namespaces are granted here (another
+    operator serves the others, and reaches the same decision).
+    """
+    with state.start_lock:
+        for pod, device in grants(state.start_grants.merged_with(index.starting_pods())):
+            if not watched(pod.namespace):
+                continue
+            outcome = kube.annotate(api_version="v1", kind="Pod", name=pod.name, namespace=pod.namespace,
+                                    annotations={ANNOTATION_START: START_GRANTED, ANNOTATION_START_DEVICE: device,
+                                                 ANNOTATION_START_AT: _now_precise()})
+            if outcome is kube.Outcome.APPLIED:
+                state.start_grants.record(pod.key)
+                logger.info("start granted to %s on %s", pod.key, device)
+
+
+def _now_precise() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")

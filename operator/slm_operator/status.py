@@ -26,6 +26,7 @@ from slm_operator.constants import (
 from slm_operator.errors import SLMError
 from slm_operator.planning.groups import GroupState
 from slm_operator.planning.plan import Plan
+from slm_operator.planning.shares import DeviceOccupancy
 from slm_operator.profiling.types import Profile
 from slm_operator.spec import EndpointPickerRef
 
@@ -84,8 +85,25 @@ def profile_summary(profile: Profile) -> dict[str, Any]:
 
 
 def placement_summary(
-    *, plan: Plan, ready_replicas: int, groups: Sequence[GroupState], requested_gpus: int
+    *, plan: Plan, ready_replicas: int, groups: Sequence[GroupState], requested_gpus: int,
+    devices: Sequence[DeviceOccupancy] = (),
 ) -> dict[str, Any]:
+    if plan.shares_mode:
+        return {
+            "mechanism": plan.mechanism,
+            "resourceName": plan.device_class_name,
+            "replicasPerGPU": plan.replicas_per_gpu,
+            "totalReplicas": plan.total_replicas,
+            "requestedReplicas": plan.replicas,
+            "readyReplicas": ready_replicas,
+            "ready": f"{ready_replicas}/{plan.total_replicas}",
+            "sharePerReplica": plan.share_per_replica,
+            "memoryPerReplicaGiB": round(plan.share_request.memory_mib / 1024, 2) if plan.share_request else None,
+            "capacityMode": plan.capacity_mode,
+            "plannedTokensPerSecond": plan.planned_tokens_per_second,
+            **shared_devices_summary(devices),
+            "groups": [g.to_status() for g in groups],
+        }
     return {
         "mechanism": plan.mechanism,
         "resourceName": plan.resource_name or plan.device_class_name,
@@ -99,6 +117,12 @@ def placement_summary(
         "nodes": sorted({g.node for g in groups if g.node}),
         "groups": [g.to_status() for g in groups],
     }
+
+
+def shared_devices_summary(devices: Sequence[DeviceOccupancy]) -> dict[str, Any]:
+    """``dra-shares``: the GPUs the replicas' claims are allocated on (``gpus`` counts them)."""
+    return {"gpus": len(devices), "devices": [d.to_status() for d in devices],
+            "nodes": sorted({d.node for d in devices})}
 
 
 def serving_phase(
@@ -221,16 +245,22 @@ def profiled(*, profile: Profile, current: Mapping[str, Any]) -> Profiled:
                     summary=summary)
 
 
-def serving(*, name: str, plan: Plan, groups: Sequence[GroupState], endpoint: str) -> StatusUpdate:
+def serving(
+    *, name: str, plan: Plan, groups: Sequence[GroupState], endpoint: str, devices: Sequence[DeviceOccupancy] = ()
+) -> StatusUpdate:
     """Children are applied: phase from how many replicas are Ready, and where they run.
 
     ``status.selector`` (the scale subresource's labelSelectorPath) selects the vLLM pods of SLMService
-    ``name``, for an HPA or KEDA; the scale subresource's status replicas are ``placement.gpus``."""
+    ``name``, for an HPA or KEDA; the scale subresource's status replicas are ``placement.gpus``.
+    ``devices``: with ``dra-shares``, the GPUs the replicas' claims hold."""
     ready = sum(g.ready_replicas for g in groups)
+    # NB: dra-shares places replicas, not GPUs: partial placement is fewer replicas than asked.
+    placed, wanted = ((plan.placeable_replicas, plan.replicas) if plan.shares_mode
+                      else (plan.placeable_gpus, plan.gpus))
     phase, conditions = serving_phase(total_replicas=plan.total_replicas, ready_replicas=ready,
-                                      placeable_gpus=plan.placeable_gpus, requested_gpus=plan.gpus,
-                                      explanation=plan.explanation)
-    placement = placement_summary(plan=plan, ready_replicas=ready, groups=groups, requested_gpus=plan.gpus)
+                                      placeable_gpus=placed, requested_gpus=wanted, explanation=plan.explanation)
+    placement = placement_summary(plan=plan, ready_replicas=ready, groups=groups, requested_gpus=plan.gpus,
+                                  devices=devices)
     return StatusUpdate(phase=phase, conditions=tuple(conditions), message=plan.explanation,
                         fields={"placement": placement, "endpoint": endpoint,
                                 "selector": label_selector(engine_labels(service=name))})
@@ -270,20 +300,27 @@ def waiting(status: Mapping[str, Any]) -> bool:
 RECONCILER_PHASES: tuple[Phase, ...] = ("Failed", "Pending", "Profiling", "Planning")
 
 
-def readiness(*, current: Mapping[str, Any], groups: Sequence[GroupState]) -> StatusUpdate | None:
+def readiness(
+    *, current: Mapping[str, Any], groups: Sequence[GroupState], devices: Sequence[DeviceOccupancy] | None = None
+) -> StatusUpdate | None:
     """The stored placement with the groups' readiness now; ``None`` when readiness has nothing to say:
     before anything is placed, or while the service is in one of :data:`RECONCILER_PHASES` (NB: so a
-    Failed service never turns Ready because its old pods still run)."""
+    Failed service never turns Ready because its old pods still run). ``devices``: with ``dra-shares``,
+    the GPUs the replicas' claims hold now."""
     placement = dict(current.get("placement") or {})
     if not placement or current.get("phase") in RECONCILER_PHASES:
         return None
     ready = sum(g.ready_replicas for g in groups)
     placement |= {"readyReplicas": ready, "ready": f"{ready}/{placement.get('totalReplicas', 0)}",
                   "groups": [g.to_status() for g in groups], "nodes": sorted({g.node for g in groups if g.node})}
+    shares = placement.get("mechanism") == "dra-shares"
+    if shares and devices is not None:
+        placement |= shared_devices_summary(devices)
+    placed, wanted = ((placement.get("totalReplicas", 0), placement.get("requestedReplicas", 0)) if shares
+                      else (placement.get("gpus", 0), placement.get("requestedGPUs", 0)))
     phase, conditions = serving_phase(
         total_replicas=placement.get("totalReplicas", 0), ready_replicas=ready,
-        placeable_gpus=placement.get("gpus", 0), requested_gpus=placement.get("requestedGPUs", 0),
-        explanation=current.get("message", ""),
+        placeable_gpus=placed, requested_gpus=wanted, explanation=current.get("message", ""),
     )
     return StatusUpdate(phase=phase, conditions=tuple(conditions), fields={"placement": placement})
 

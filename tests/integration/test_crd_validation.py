@@ -127,7 +127,7 @@ INVALID = [
     ("resource-name-without-domain", {"model": "m", "gpu": {"resourceName": "gpu"}}, "spec.gpu.resourceName",
      "gpu.resourceName must be an extended resource name domain/name, e.g. nvidia.com/gpu"),
     ("sharing-unknown", {"model": "m", "gpu": {"sharing": "mig"}}, "spec.gpu.sharing",
-     'Unsupported value: "mig": supported values: "auto", "mps", "time-slicing", "dra", "exclusive"'),
+     'Unsupported value: "mig": supported values: "auto", "dra-shares", "mps", "time-slicing", "dra", "exclusive"'),
     ("device-class-not-dns", {"model": "m", "gpu": {"deviceClassName": "GPU_Class"}}, "spec.gpu.deviceClassName",
      "gpu.deviceClassName must be a DeviceClass name (a DNS subdomain such as gpu.nvidia.com)"),
     ("workload-too-long", {"model": "m", "workload": {"inputTokens": 4000, "outputTokens": 256, "maxModelLen": 4096}},
@@ -392,7 +392,7 @@ def _hostile_specs() -> st.SearchStrategy[dict[str, Any]]:
                 "resources": st.fixed_dictionaries({}, optional={"cpu": _NUMBER, "memory": _NUMBER})}),
             "gpu": st.fixed_dictionaries({}, optional={
                 "product": st.sampled_from(["NVIDIA-H100-80GB-HBM3", "NVIDIA-L4", "", "ACME-X"]),
-                "sharing": st.sampled_from(["auto", "mps", "time-slicing", "dra", "exclusive", "mig"])}),
+                "sharing": st.sampled_from(["auto", "dra-shares", "mps", "time-slicing", "dra", "exclusive", "mig"])}),
             "workload": st.fixed_dictionaries({}, optional={"inputTokens": _NUMBER, "outputTokens": _NUMBER,
                                                             "maxModelLen": _NUMBER}),
             "slo": st.fixed_dictionaries({}, optional={"maxInterTokenLatencyMs": _NUMBER}),

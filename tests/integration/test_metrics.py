@@ -144,7 +144,7 @@ def test_a_measured_service_posts_an_event_per_phase_not_per_profile_poll(cluste
 
 def test_describe_and_metrics_say_why_a_service_is_pending(cluster, operator, namespace):
     svc = static_service("nowhere")
-    svc["spec"]["gpu"]["product"] = "NVIDIA-A100-SXM4-80GB"  # no such node in hack/gpu-nodes.yaml
+    svc["spec"]["gpu"]["product"] = "NVIDIA-B200"  # no such node in hack/gpu-nodes.yaml
     apply_yaml(cluster, namespace, svc)
     status = wait_phase(cluster, namespace, "nowhere", ("Pending",), operator=operator)["status"]
     planned = {c["type"]: c for c in status["conditions"]}["Planned"]

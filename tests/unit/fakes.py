@@ -7,6 +7,7 @@ tests/integration.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
@@ -37,8 +38,9 @@ class FakeApi:
         self.reject: str | None = None
         #: Kinds the cluster does not serve (a CRD not installed): applies are NOT_SERVED.
         self.unserved: set[str] = set()
-        #: The creationTimestamp objects created get.
-        self.now = "2026-12-02T10:00:00Z"
+        #: The creationTimestamp objects created get: the wall clock, as the API server's would be
+        #: (the operator compares it with its own clock, e.g. how long a profiler has been stalled).
+        self.now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         for name in ("apply", "create", "delete", "get", "list_objects", "patch_service_status", "secret_exists",

@@ -130,6 +130,8 @@ OPERATOR_WRITES = {
     ("apps", "statefulsets"): {"create", "patch", "delete"},
     ("", "services"): {"create", "patch"},
     ("resource.k8s.io", "resourceclaims"): {"create", "patch", "delete"},
+    ("resource.k8s.io", "resourceclaimtemplates"): {"create", "patch", "delete"},
+    ("", "pods"): {"patch"},
     ("networking.k8s.io", "networkpolicies"): {"get", "create", "patch", "delete"},
     ("inference.networking.k8s.io", "inferencepools"): {"get", "create", "patch", "delete"},
     ("", "events"): {"create"},

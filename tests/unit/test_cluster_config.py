@@ -153,6 +153,61 @@ def test_dra_node_has_no_gpu_capacity_and_a_resourceslice_per_node() -> None:
             assert device["capacity"]["memory"] == {"value": f"{gpu['memoryMiB']}Mi"}
 
 
+def shared_gpu(**overrides: Any) -> dict[str, Any]:
+    gpu = {"product": "NVIDIA-A100-SXM4-80GB", "memoryMiB": 81920, "count": 2, "sharing": "dra-shares"}
+    gpu.update(overrides)
+    return gpu
+
+
+def test_dra_shares_devices_are_published_like_nvidias_consumable_shares() -> None:
+    config = parse_config(data={"nodes": [{"name": "s0", "gpu": shared_gpu(shares=60)},
+                                          {"name": "m0", "gpu": shared_gpu(capacities=["memory"])},
+                                          {"name": "d0", "gpu": shared_gpu(sharing="dra")}]})
+    assert "nvidia.com/gpu" not in nodeconfig.node_manifest(node=config.nodes[0], index=0)["status"]["capacity"]
+    slices = {o["spec"]["nodeName"]: o["spec"]["devices"] for o in nodeconfig.dra_manifests(config=config)
+              if o["kind"] == "ResourceSlice"}
+
+    # --consumable-shares=60: memory free-form (default 0), 60 shares of which a claim takes 1 by default
+    shared = slices["s0"][1]
+    assert shared["name"] == "gpu-1" and shared["allowMultipleAllocations"] is True
+    assert shared["capacity"] == {
+        "memory": {"value": "81920Mi",
+                   "requestPolicy": {"default": "0", "validRange": {"min": "0", "max": "81920Mi", "step": "1Mi"}}},
+        "shares": {"value": "60",
+                   "requestPolicy": {"default": "1", "validRange": {"min": "1", "max": "60", "step": "1"}}},
+    }
+    # --consumable-shares=memory: memory only, a claim that asks none takes the whole GPU
+    assert slices["m0"][0]["capacity"] == {"memory": {"value": "81920Mi", "requestPolicy": {
+        "default": "81920Mi", "validRange": {"min": "1Mi", "max": "81920Mi", "step": "1Mi"}}}}
+    # whole devices stay as they were
+    assert "allowMultipleAllocations" not in slices["d0"][0]
+    assert slices["d0"][0]["capacity"] == {"memory": {"value": "81920Mi"}}
+
+
+def test_dra_shares_default_share_count() -> None:
+    config = parse_config(data=one_node(gpu=shared_gpu()))
+    assert config.nodes[0].gpu is not None and config.nodes[0].gpu.shares == nodeconfig.DEFAULT_SHARES == 120
+
+
+@pytest.mark.parametrize(
+    ("gpu", "field", "hint"),
+    [
+        (shared_gpu(capacities=["shares"]), "nodes[0].gpu.capacities", "must be [memory]"),
+        (shared_gpu(capacities=["memory", "compute"]), "nodes[0].gpu.capacities", "must be [memory]"),
+        (shared_gpu(capacities="memory"), "nodes[0].gpu.capacities", "must be [memory]"),
+        (shared_gpu(capacities=["memory"], shares=8), "nodes[0].gpu.shares", "needs `shares` in gpu.capacities"),
+        (shared_gpu(shares=0), "nodes[0].gpu.shares", "positive integer"),
+        (shared_gpu(replicas=4), "nodes[0].gpu.replicas", "must be 1"),
+        (h100(shares=8), "nodes[0].gpu.shares", "only applies to sharing dra-shares"),
+        (shared_gpu(sharing="dra", capacities=["memory"]), "nodes[0].gpu.capacities", "only applies"),
+    ],
+)
+def test_dra_shares_keys_are_checked(gpu: dict[str, Any], field: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(data=one_node(gpu=gpu), source="nodes.yaml")
+    assert str(error.value).startswith(f"nodes.yaml: {field}: ") and hint in str(error.value)
+
+
 def test_no_dra_objects_without_dra_nodes() -> None:
     assert nodeconfig.dra_manifests(config=parse_config(data=one_node(gpu=h100()))) == []
 
@@ -275,3 +330,19 @@ def test_kind_config_keeps_kinds_preflight_skip_and_runs_on_cgroup_v1():
     cni = ptp_conflist(pod_cidr="10.244.1.0/24")
     assert cni["plugins"][0]["type"] == "ptp"
     assert cni["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}]]
+
+
+def test_the_scale_benchmark_generates_consumable_gpu_nodes() -> None:
+    from bench.scale_workload import node_config
+
+    shares = parse_config(data=node_config(nodes=3, gpus_per_node=8, sharing="dra-shares", shares=60))
+    assert [(n.gpu.sharing, n.gpu.shares, n.gpu.count) for n in shares.nodes if n.gpu] == [("dra-shares", 60, 8)] * 3
+    memory_only = parse_config(data=node_config(nodes=1, gpus_per_node=2, sharing="dra-shares",
+                                                capacities=("memory",)))
+    (device, _) = next(o for o in nodeconfig.dra_manifests(config=memory_only) if o["kind"] == "ResourceSlice")[
+        "spec"]["devices"]
+    assert device["allowMultipleAllocations"] is True and set(device["capacity"]) == {"memory"}
+    mixed = parse_config(data=node_config(nodes=20, gpus_per_node=8))
+    assert "dra-shares" not in {n.gpu.sharing for n in mixed.nodes if n.gpu}, "the default mix is unchanged"
+    with pytest.raises(ValueError, match="use one of"):
+        node_config(nodes=1, gpus_per_node=1, sharing="mig")

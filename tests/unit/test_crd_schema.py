@@ -216,7 +216,8 @@ def test_printer_columns(version: dict[str, Any], root_schema: dict[str, Any]) -
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")] == [
         "Model", "GPUs", "Replicas/GPU", "Batch", "Tok/s", "Ready", "Phase", "Age"]
-    assert {name for name, c in columns.items() if c.get("priority") == 1} == {"Sharing", "Source", "GPU", "Endpoint"}
+    assert {name for name, c in columns.items() if c.get("priority") == 1} == {"Sharing", "Source", "GPU", "Endpoint",
+                                                                              "Message"}
     # Every column reads a field the schema declares, with the type the schema gives it.
     for name, column in columns.items():
         if name == "Age":
@@ -299,7 +300,8 @@ def test_sample_is_accepted_by_the_operators_parser(sample: pathlib.Path) -> Non
 def test_check_against_schema_catches_a_typo(spec_schema: dict[str, Any]) -> None:
     problems = check_against_schema({"model": "m", "scale": {"gpu": 1}, "gpu": {"sharing": "mig"}}, spec_schema, "spec")
     assert problems == ["spec.scale.gpu: unknown field",
-                        "spec.gpu.sharing: 'mig' not in ['auto', 'mps', 'time-slicing', 'dra', 'exclusive']"]
+                        "spec.gpu.sharing: 'mig' not in "
+                        "['auto', 'dra-shares', 'mps', 'time-slicing', 'dra', 'exclusive']"]
 
 
 def test_crd_copies_are_in_sync() -> None:

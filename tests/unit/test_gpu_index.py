@@ -110,3 +110,30 @@ def test_the_busiest_free_product_counts_shared_slots_as_fractions():
                                        node("b", count=1, sharing="mps", replicas=8)])
     assert busiest_free_product(inventory) == "NVIDIA-L4"  # 2 whole GPUs beat 8 slots of one
     assert busiest_free_product(build_inventory(nodes=[])) is None
+
+
+def test_dra_shares_replicas_without_an_allocated_claim_are_pending_demand():
+    from slm_operator.planning.shares import ShareRequest
+
+    shared = node("s", count=1, sharing="dra")
+    request = ShareRequest(memory_mib=11131, shares=30)
+    device = {"name": "gpu-0", "allowMultipleAllocations": True,
+              "capacity": {"memory": {"value": "81559Mi"}, "shares": {"value": "120"}}}
+    allocated = claim_entry(uid="c0", namespace="ns", name="opt-g0-0-gpu-x", labels=OURS | {
+        "slm.pareto.dev/group": "0", "slm.pareto.dev/packed": "true"}, status={"allocation": {"devices": {"results": [
+            {"driver": "gpu.nvidia.com", "pool": "s", "device": "gpu-0",
+             "consumedCapacity": {"memory": "11131Mi", "shares": "30"}}]}}})
+    index = GpuIndex({
+        "gpu_nodes": kopf_index([node_entry(name="s", labels=shared["metadata"]["labels"], spec={},
+                                            status=shared["status"])]),
+        "gpu_pods": {}, "gpu_slices": kopf_index([slice_entry(name="s", spec={
+            "driver": "gpu.nvidia.com", "nodeName": "s", "pool": {"name": "s"}, "devices": [device]})]),
+        "gpu_claims": kopf_index([allocated]), "slm_groups": {},
+    })
+    ledger = PlacementLedger()
+    ledger.record(GroupState(namespace="ns", name="opt-g0", service="opt", index=0, product=H100,
+                             mechanism="dra-shares", replicas=3, share_request=request))
+    inventory = index.inventory(ledger=ledger, exclude_service="ns/opt")
+    assert inventory.pending_shares == {H100: (request, request)}, "3 replicas, 1 claim allocated"
+    (pool,) = inventory.pools
+    assert (pool.sharing, pool.devices[0].used_shares, pool.devices[0].allocations) == ("dra-shares", 30, 1)

@@ -14,10 +14,10 @@ import pytest
 from slm_operator import kube
 from slm_operator.config import OperatorConfig
 from slm_operator.errors import ApplyDeferred
-from slm_operator.gpu_index import GpuIndex
-from slm_operator.reconcile import OperatorState, fold_readiness, reconcile_service
+from slm_operator.gpu_index import GpuIndex, claim_entry, node_entry, packed_pod_entry, slice_entry
+from slm_operator.reconcile import OperatorState, fold_readiness, grant_starts, reconcile_service
 from tests.unit.factories import H100, node
-from tests.unit.fakes import FakeApi, gpu_index
+from tests.unit.fakes import FakeApi, gpu_index, kopf_index
 
 STATIC = {"mode": "static", "static": {"batchSize": 64, "replicasPerGPU": 2, "memoryPerReplicaGiB": 10,
                                        "tokensPerSecondPerGPU": 20000}}
@@ -308,3 +308,69 @@ def test_a_failed_profiler_job_fails_once_and_deleting_it_profiles_again(api: Fa
         reconcile(api, st, index, body)
     assert api.objects[("SLMService", "ns", "opt")]["status"]["phase"] == "Profiling"
     assert ("Job", "slm-system", job_name) in api.objects
+
+
+def shared_index(*, claims: list[dict[str, Any]] = (), pods: list[dict[str, Any]] = ()) -> GpuIndex:
+    """One MPS node and one node of 2 consumable GPUs (120 shares each) of the same product."""
+    shared = node("s", count=2, sharing="dra")
+    slice_spec = {"driver": "gpu.nvidia.com", "nodeName": "s", "pool": {"name": "s"},
+                  "devices": [{"name": f"gpu-{i}", "allowMultipleAllocations": True,
+                               "capacity": {"memory": {"value": "81559Mi"}, "shares": {"value": "120"}}}
+                              for i in range(2)]}
+    nodes = [node_entry(name=n["metadata"]["name"], labels=n["metadata"]["labels"], spec={}, status=n["status"])
+             for n in (node("m", count=2, sharing="mps", replicas=4), shared)]
+    return GpuIndex({"gpu_nodes": kopf_index(nodes), "gpu_pods": {},
+                     "gpu_slices": kopf_index([slice_entry(name="s", spec=slice_spec)]),
+                     "gpu_claims": kopf_index(list(claims)), "slm_groups": {},
+                     "packed_pods": kopf_index(list(pods))})
+
+
+def test_dra_shares_applies_a_claim_template_before_its_statefulset_and_switches_cleanly(api: FakeApi) -> None:
+    st = state()
+    body = service(api, {"model": "facebook/opt-1.3b", "gpu": {"product": H100}, "scale": {"gpus": 1},
+                         "profiling": STATIC})
+    status = reconcile(api, st, shared_index(), body)
+    assert status["placement"]["mechanism"] == "dra-shares" and status["placement"]["totalReplicas"] == 2
+    kinds = [kind for verb, kind, _ in api.writes if verb == "apply"]
+    assert kinds.index("ResourceClaimTemplate") < kinds.index("StatefulSet")
+    template = next(name for verb, kind, name in api.writes if kind == "ResourceClaimTemplate")
+
+    # Asked for MPS now: the StatefulSet's podManagementPolicy cannot change, so it is replaced.
+    body["spec"]["gpu"]["sharing"] = "mps"
+    body["metadata"]["generation"] = 2
+    api.writes.clear()
+    status = reconcile(api, st, shared_index(), body)
+    assert status["placement"]["mechanism"] == "mps"
+    assert api.writes.index(("delete", "StatefulSet", "opt-g0")) < api.writes.index(("apply", "StatefulSet", "opt-g0"))
+    assert ("delete", "ResourceClaimTemplate", template) in api.writes
+
+
+def test_start_permission_goes_to_one_waiting_pod_per_gpu(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    annotated: list[tuple[str, str, dict[str, str]]] = []
+
+    def annotate(*, api_version: str, kind: str, name: str, namespace: str | None,
+                 annotations: dict[str, str]) -> Any:
+        annotated.append((namespace or "", name, annotations))
+        return kube.Outcome.APPLIED
+    monkeypatch.setattr(kube, "annotate", annotate)
+
+    def pod(ns: str, name: str, created: str) -> dict[str, Any] | None:
+        return packed_pod_entry(uid=f"{ns}/{name}", namespace=ns, name=name, labels={"slm.pareto.dev/packed": "true"},
+                                annotations={}, meta={"creationTimestamp": created},
+                                status={"resourceClaimStatuses": [{"name": "gpu", "resourceClaimName": f"{name}-c"}]})
+
+    def allocated(ns: str, name: str, device: str) -> dict[str, Any] | None:
+        return claim_entry(uid=f"{ns}/{name}-c", namespace=ns, name=f"{name}-c", status={"allocation": {"devices": {
+            "results": [{"driver": "gpu.nvidia.com", "pool": "s", "device": device}]}}})
+
+    index = shared_index(claims=[allocated("a", "x-0", "gpu-0"), allocated("b", "y-0", "gpu-0"),
+                                 allocated("b", "y-1", "gpu-1")],
+                         pods=[pod("a", "x-0", "t2"), pod("b", "y-0", "t1"), pod("b", "y-1", "t3"),
+                               pod("c", "z-0", "t0")])
+    st = state()
+    grant_starts(state=st, index=index, watched=lambda ns: ns != "unwatched")
+    assert [(ns, name, a["slm.pareto.dev/start-device"]) for ns, name, a in annotated] == [
+        ("b", "y-0", "gpu.nvidia.com/s/gpu-0"), ("b", "y-1", "gpu.nvidia.com/s/gpu-1")]
+    # The watch has not shown the grants yet: the next event grants nobody else on those GPUs.
+    grant_starts(state=st, index=index, watched=lambda ns: True)
+    assert len(annotated) == 2

@@ -6,6 +6,12 @@ one after another (several vLLM servers starting at once on one GPU misread free
 issue #55827), a required pod affinity keeps them on one node, and scaling out or in adds or
 removes whole groups without touching the pods of the others.
 
+``dra-shares`` has no groups: one StatefulSet (index 0) of all replicas, each pod with its own
+ResourceClaim from a ResourceClaimTemplate. Replicas of other services share its GPUs, so no
+StatefulSet can order their starts; instead each vLLM waits for the operator's start permission
+(``constants.ANNOTATION_START``, read through a downwardAPI volume), granted to one starting replica
+per physical GPU at a time (``planning.start_gate``).
+
 Pure ``build_*`` functions: they return dicts and import neither kopf nor a Kubernetes client.
 """
 
@@ -20,9 +26,14 @@ from typing import Any
 
 from slm_operator.builders.dra import dra_product_selector
 from slm_operator.constants import (
+    ANNOTATION_CLAIM_MEMORY,
+    ANNOTATION_CLAIM_SHARES,
     ANNOTATION_MECHANISM,
     ANNOTATION_PRODUCT,
+    ANNOTATION_START,
     API_VERSION,
+    DRA_CAPACITY_MEMORY,
+    DRA_CAPACITY_SHARES,
     DRA_DEVICE_CLASS,
     DRA_DRIVER,
     GPU_RESOURCE,
@@ -35,11 +46,13 @@ from slm_operator.constants import (
     LABEL_GPU_SHARING,
     LABEL_GROUP,
     LABEL_MANAGED_BY,
+    LABEL_PACKED,
     LABEL_SERVICE,
     MANAGED_BY,
     MODEL_SERVER_COMPONENT,
     SERVING_PORT,
     SHARED_PRODUCT_SUFFIX,
+    START_GRANTED,
     engine_labels,
     group_name,
 )
@@ -66,6 +79,19 @@ CACHE_ENV: tuple[tuple[str, str], ...] = (
     # without a passwd entry in the image does not have.
     ("TORCHINDUCTOR_CACHE_DIR", f"{CACHE_DIR}/torchinductor"),
 )
+#: ``dra-shares`` pods: where the downwardAPI volume puts the start permission (the pod's own
+#: ``constants.ANNOTATION_START``; the kubelet refreshes the file when the annotation changes).
+START_DIR = "/var/run/slm-start"
+START_FILE = "permission"
+#: The engine container's entry point under ``dra-shares``: wait for the permission, then exec vLLM
+#: with the container's args (``$@``). NB: sh, not bash: every image has it.
+START_GATE_SCRIPT = (
+    f'until [ "$(cat {START_DIR}/{START_FILE} 2>/dev/null)" = "{START_GRANTED}" ]; do sleep 1; done; '
+    'exec python3 -m vllm.entrypoints.openai.api_server "$@"'
+)
+#: NB: a ``dra-shares`` replica may wait for the replicas before it on its GPU (minutes each) before
+#: vLLM even starts, so its startup probe allows an hour instead of 15 minutes.
+SHARES_STARTUP_FAILURES = 360
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +128,22 @@ def common_labels(*, name: str) -> dict[str, str]:
 def claim_name(*, name: str, index: int, plan: Plan) -> str:
     """A claim's spec is immutable, so its name carries a digest of what it asks for: a new
     plan gets a new claim (a deliberate restart of that group) instead of a rejected update."""
-    wanted = [plan.gpu_product, plan.device_class_name, plan.active_thread_percentage, plan.pinned_memory_limit_mib]
+    wanted: list[object] = [plan.gpu_product, plan.device_class_name, plan.active_thread_percentage,
+                            plan.pinned_memory_limit_mib]
+    if plan.whole_devices_only:
+        wanted.append("whole")  # NB: only then, so the claims of clusters without shared GPUs keep their names
     digest = hashlib.sha256(json.dumps(wanted).encode()).hexdigest()[:8]
     return f"{name}-g{index}-gpu-{digest}"
+
+
+def claim_template_name(*, name: str, plan: Plan) -> str:
+    """The ResourceClaimTemplate of a ``dra-shares`` service: immutable, so, like a claim, named
+    with a digest of what each claim asks (a new size is a new template and a rolling update)."""
+    request = plan.share_request
+    wanted = [plan.gpu_product, plan.device_class_name, request.memory_mib if request else None,
+              request.shares if request else None]
+    digest = hashlib.sha256(json.dumps(wanted).encode()).hexdigest()[:8]
+    return f"{name}-share-{digest}"
 
 
 def _metadata(*, name: str, namespace: str, owner: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
@@ -181,6 +220,40 @@ def endpoint_url(*, name: str, namespace: str) -> str:
     return f"http://{name}.{namespace}.svc.cluster.local/v1"
 
 
+def build_claim_template(*, name: str, namespace: str, plan: Plan, owner: Mapping[str, Any]) -> dict[str, Any]:
+    """``dra-shares``: the template every replica's own ResourceClaim is made from.
+
+    Each claim asks a share of one GPU that allows multiple allocations: ``memory`` (the replica's
+    budget, see ``planning.plan.share_request``) and, where the driver publishes it, ``shares``
+    (1/k* of the GPU). No opaque config: NVIDIA's driver refuses MPS under consumable shares, and
+    time-slices the GPU between the claims. The claims carry the service's labels (and
+    ``LABEL_PACKED``) so the operator's index can tell its replicas' claims apart.
+    """
+    assert plan.share_request is not None  # NB: only dra-shares plans are built here
+    requests = {DRA_CAPACITY_MEMORY: f"{plan.share_request.memory_mib}Mi"}
+    if plan.share_request.shares is not None:
+        requests[DRA_CAPACITY_SHARES] = str(plan.share_request.shares)
+    labels = common_labels(name=name) | {LABEL_GROUP: "0", LABEL_PACKED: "true"}
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": _metadata(name=claim_template_name(name=name, plan=plan), namespace=namespace,
+                              owner=owner, labels=labels),
+        "spec": {
+            "metadata": {"labels": labels},
+            "spec": {"devices": {"requests": [{
+                "name": "gpu",
+                "exactly": {
+                    "deviceClassName": plan.device_class_name or DRA_DEVICE_CLASS,
+                    "selectors": [{"cel": {"expression": dra_product_selector(plan.gpu_product)}},
+                                  {"cel": {"expression": "device.allowMultipleAllocations == true"}}],
+                    "capacity": {"requests": requests},
+                },
+            }]}},
+        },
+    }
+
+
 def build_resource_claim(
     *, name: str, namespace: str, index: int, plan: Plan, owner: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -190,7 +263,9 @@ def build_resource_claim(
     memory limit per client, so the split need not be equal to what the device plugin offers.
     """
     labels = common_labels(name=name) | {LABEL_GROUP: str(index)}
-    selector = dra_product_selector(plan.gpu_product)
+    selectors = [{"cel": {"expression": dra_product_selector(plan.gpu_product)}}]
+    if plan.whole_devices_only:
+        selectors.append({"cel": {"expression": "!device.allowMultipleAllocations"}})
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
@@ -202,7 +277,7 @@ def build_resource_claim(
                     "name": "gpu",
                     "exactly": {
                         "deviceClassName": plan.device_class_name or DRA_DEVICE_CLASS,
-                        "selectors": [{"cel": {"expression": selector}}],
+                        "selectors": selectors,
                     },
                 }],
                 "config": [{
@@ -245,12 +320,27 @@ def build_group_statefulset(
     seccomp profile, and no ServiceAccount token (vLLM never calls the API).
     """
     group_labels = common_labels(name=name) | {LABEL_GROUP: str(index)}
+    pod_labels = group_labels | ({LABEL_PACKED: "true"} if plan.shares_mode else {})
     model_arg, volumes, mounts = _model_source(spec.model)
     container = _vllm_container(spec=spec, plan=plan, image=image, model_arg=model_arg, mounts=mounts,
                                 defaults=engine_defaults)
     uid = engine_defaults.run_as_user
     pod_spec: dict[str, Any] = {}
-    if plan.mechanism == "dra":
+    annotations = {ANNOTATION_MECHANISM: plan.mechanism, ANNOTATION_PRODUCT: plan.gpu_product}
+    if plan.shares_mode:
+        assert plan.share_request is not None  # NB: every dra-shares plan has one
+        container["resources"]["claims"] = [{"name": "gpu"}]
+        pod_spec["resourceClaims"] = [{"name": "gpu",
+                                       "resourceClaimTemplateName": claim_template_name(name=name, plan=plan)}]
+        container["command"] = ["sh", "-c", START_GATE_SCRIPT, "vllm"]
+        container["volumeMounts"].append({"name": "start", "mountPath": START_DIR, "readOnly": True})
+        container["startupProbe"]["failureThreshold"] = SHARES_STARTUP_FAILURES
+        volumes = [*volumes, {"name": "start", "downwardAPI": {"items": [{
+            "path": START_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_START}']"}}]}}]
+        annotations[ANNOTATION_CLAIM_MEMORY] = str(plan.share_request.memory_mib)
+        if plan.share_request.shares is not None:
+            annotations[ANNOTATION_CLAIM_SHARES] = str(plan.share_request.shares)
+    elif plan.mechanism == "dra":
         container["resources"]["claims"] = [{"name": "gpu"}]
         claim = claim_name(name=name, index=index, plan=plan)
         pod_spec["resourceClaims"] = [{"name": "gpu", "resourceClaimName": claim}]
@@ -281,15 +371,17 @@ def build_group_statefulset(
         "kind": "StatefulSet",
         "metadata": _metadata(name=group_name(service=name, index=index), namespace=namespace,
                               owner=owner, labels=group_labels)
-        | {"annotations": {ANNOTATION_MECHANISM: plan.mechanism, ANNOTATION_PRODUCT: plan.gpu_product}},
+        | {"annotations": annotations},
         "spec": {
-            "replicas": plan.replicas_per_gpu,
+            "replicas": plan.total_replicas if plan.shares_mode else plan.replicas_per_gpu,
             "serviceName": name,
-            "podManagementPolicy": "OrderedReady",
+            # NB: dra-shares replicas are ordered per GPU by the start permission, across services;
+            # OrderedReady would also serialise the service's replicas on different GPUs.
+            "podManagementPolicy": "Parallel" if plan.shares_mode else "OrderedReady",
             "selector": {"matchLabels": {LABEL_SERVICE: name, LABEL_GROUP: str(index)}},
             "template": {
                 "metadata": {
-                    "labels": group_labels,
+                    "labels": pod_labels,
                     "annotations": {
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(SERVING_PORT),
@@ -377,9 +469,21 @@ def _affinity(*, name: str, index: int, plan: Plan) -> dict[str, Any]:
         node_terms.append({"key": LABEL_GPU_SHARING, "operator": "In", "values": [plan.mechanism]})
     elif plan.mechanism == "exclusive":
         node_terms.append({"key": LABEL_GPU_SHARING, "operator": "NotIn", "values": ["mps", "time-slicing"]})
+    node_affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": node_terms}]}}
+    if plan.shares_mode:
+        # Replicas spread over GPUs as their claims fit; fill nodes already holding shared replicas
+        # (of any service) before opening new ones, then those of this service.
+        return {"nodeAffinity": node_affinity, "podAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": {"labelSelector": {"matchLabels": {LABEL_PACKED: "true"}},
+                                                    "namespaceSelector": {},
+                                                    "topologyKey": "kubernetes.io/hostname"}},
+                {"weight": 50, "podAffinityTerm": {"labelSelector": {"matchLabels": {LABEL_SERVICE: name}},
+                                                   "topologyKey": "kubernetes.io/hostname"}},
+            ]}}
     return {
-        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{"matchExpressions": node_terms}]}},
+        "nodeAffinity": node_affinity,
         # The replicas of one group must share a node (and, with DRA, one GPU).
         "podAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": [{

@@ -23,7 +23,10 @@ from typing import Any, Literal
 
 from slm_operator.builders.dra import dra_product_selector
 from slm_operator.constants import (
+    ANNOTATION_PROFILER_CAPACITY,
     ANNOTATION_PROFILER_GPU,
+    DRA_CAPACITY_MEMORY,
+    DRA_CAPACITY_SHARES,
     DRA_DEVICE_CLASS,
     GPU_RESOURCE,
     GROUP,
@@ -84,7 +87,9 @@ class ProfilerGpu:
 
     ``whole``: one unshared device-plugin GPU (``resource_name: 1``, nodes not MPS/time-sliced).
     ``dra``: one whole device of ``device_class`` through a ResourceClaimTemplate (no sharing config:
-    the claim is the pod's alone). ``slots``: all ``count`` slots of an MPS or time-sliced pool, on
+    the claim is the pod's alone); on a device that allows multiple allocations (``dra-shares``) the
+    claim requests all of its ``capacity``, since a request's default there is a share of it.
+    ``slots``: all ``count`` slots of an MPS or time-sliced pool, on
     nodes whose ``nvidia.com/gpu.replicas`` is ``count``. ``dedicated``: the chart's pool.
     """
 
@@ -94,13 +99,16 @@ class ProfilerGpu:
     #: ``slots`` only: the pool's sharing strategy label (``mps``, ``time-slicing``).
     sharing: str | None = None
     device_class: str | None = None
+    #: ``dra`` on consumable devices only: every capacity of the device and its full value.
+    capacity: tuple[tuple[str, str], ...] = ()
     node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
 
     def describe(self) -> str:
         """E.g. "all 4 slots of one MPS GPU (nvidia.com/gpu: 4)", for status and logs."""
         if self.kind == "dra":
-            return f"one whole DRA device of class {self.device_class}"
+            whole = " (all of its consumable capacity)" if self.capacity else ""
+            return f"one whole DRA device of class {self.device_class}{whole}"
         if self.kind == "slots":
             return f"all {self.count} slots of one {self.sharing} GPU ({self.resource_name}: {self.count})"
         if self.kind == "dedicated":
@@ -134,7 +142,7 @@ def choose_profiler_gpu(
     if dedicated is not None:
         return ProfilerGpu(kind="dedicated", resource_name=dedicated.resource_name, count=dedicated.count,
                            node_selector=dict(dedicated.node_selector), tolerations=dedicated.tolerations)
-    order = {"none": 0, "dra": 1, "mps": 2, "time-slicing": 3}
+    order = {"none": 0, "dra": 1, "dra-shares": 2, "mps": 3, "time-slicing": 4}
     ranked = sorted(
         pools,
         key=lambda p: (not _whole_gpu_free(p), p.sharing != preferred_sharing, order.get(p.sharing, 9),
@@ -145,6 +153,16 @@ def choose_profiler_gpu(
     best = ranked[0]
     if best.sharing == "dra":
         return ProfilerGpu(kind="dra", resource_name=None, device_class=device_class)
+    if best.sharing == "dra-shares":
+        # NB: an unused device of the pool if there is one: its capacities are the ones to ask in full.
+        devices = [d for d in best.devices if d.name in best.free_devices] or list(best.devices)
+        capacity: tuple[tuple[str, str], ...] = ()
+        if devices:
+            device = devices[0]
+            capacity = ((DRA_CAPACITY_MEMORY, f"{device.memory_mib}Mi"),)
+            if device.shares is not None:
+                capacity += ((DRA_CAPACITY_SHARES, str(device.shares)),)
+        return ProfilerGpu(kind="dra", resource_name=None, device_class=device_class, capacity=capacity)
     if best.sharing == "none" or best.slots_per_gpu <= 1:
         return ProfilerGpu(kind="whole", resource_name=best.resource_name or GPU_RESOURCE)
     return ProfilerGpu(kind="slots", resource_name=best.resource_name or GPU_RESOURCE, count=best.slots_per_gpu,
@@ -152,7 +170,7 @@ def choose_profiler_gpu(
 
 
 def _whole_gpu_free(pool: GpuPool) -> bool:
-    return pool.free >= (1 if pool.sharing in ("none", "dra") else max(pool.slots_per_gpu, 1))
+    return pool.free >= (1 if pool.sharing in ("none", "dra", "dra-shares") else max(pool.slots_per_gpu, 1))
 
 
 def build_profiler_job(
@@ -197,6 +215,8 @@ def build_profiler_job(
     gpu = gpu or ProfilerGpu(kind="whole")
     metadata: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels),
                                 "annotations": {ANNOTATION_PROFILER_GPU: gpu.describe()}}
+    if gpu.capacity:
+        metadata["annotations"][ANNOTATION_PROFILER_CAPACITY] = json.dumps(dict(gpu.capacity), sort_keys=True)
     if owner:
         metadata["ownerReferences"] = [{
             "apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["name"], "uid": owner["uid"],
@@ -304,10 +324,13 @@ def _node_affinity(*expressions: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_profiler_claim_template(
     *, name: str, namespace: str, gpu_product: str, device_class: str = DRA_DEVICE_CLASS,
-    owner: Mapping[str, Any] | None = None,
+    owner: Mapping[str, Any] | None = None, capacity: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ResourceClaimTemplate a ``dra`` profiler pod claims from: exactly one whole device of
     ``gpu_product``, with no sharing config, so the claim (and the GPU) is that pod's alone.
+
+    Without ``capacity``: a device that allows no other allocation. With it (``dra-shares``): a
+    device that allows multiple allocations, requesting all of ``capacity``, so no replica shares it.
 
     ``owner`` is the profiler Job (apiVersion, kind, name, uid): the template goes with it, and the
     claim made from it goes with the pod. Side-effect free.
@@ -317,14 +340,21 @@ def build_profiler_claim_template(
     if owner:
         metadata["ownerReferences"] = [{"apiVersion": owner["apiVersion"], "kind": owner["kind"],
                                         "name": owner["name"], "uid": owner["uid"], "controller": True}]
+    # NB: a request that names no capacity of a consumable device takes its requestPolicy's default
+    # (a share), not the device: whole devices only, unless every capacity is asked in full.
+    exclusive = "device.allowMultipleAllocations == true" if capacity else "!device.allowMultipleAllocations"
+    exactly: dict[str, Any] = {"deviceClassName": device_class, "allocationMode": "ExactCount", "count": 1,
+                               "selectors": [{"cel": {"expression": dra_product_selector(gpu_product)}},
+                                             {"cel": {"expression": exclusive}}]}
+    if capacity:
+        exactly["capacity"] = {"requests": dict(capacity)}
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaimTemplate",
         "metadata": metadata,
         "spec": {"spec": {"devices": {"requests": [{
             "name": CLAIM,
-            "exactly": {"deviceClassName": device_class, "allocationMode": "ExactCount", "count": 1,
-                        "selectors": [{"cel": {"expression": dra_product_selector(gpu_product)}}]},
+            "exactly": exactly,
         }]}}},
     }
 

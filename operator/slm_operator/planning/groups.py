@@ -15,7 +15,15 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from slm_operator.constants import ANNOTATION_MECHANISM, ANNOTATION_PRODUCT, LABEL_GROUP, LABEL_SERVICE
+from slm_operator.constants import (
+    ANNOTATION_CLAIM_MEMORY,
+    ANNOTATION_CLAIM_SHARES,
+    ANNOTATION_MECHANISM,
+    ANNOTATION_PRODUCT,
+    LABEL_GROUP,
+    LABEL_SERVICE,
+)
+from slm_operator.planning.shares import ShareRequest
 
 #: The keys of a group in the CRD's ``status.placement.groups`` schema (others would be pruned,
 #: and every comparison with the stored status would then differ and write again).
@@ -42,6 +50,10 @@ class GroupState:
     node: str | None = None
     #: The DRA ResourceClaim its pods share (same namespace), if any.
     claim: str | None = None
+    #: ``dra-shares``: the ResourceClaimTemplate each pod gets its own claim from, and what one
+    #: such claim consumes.
+    claim_template: str | None = None
+    share_request: ShareRequest | None = None
 
     @property
     def key(self) -> str:
@@ -73,6 +85,9 @@ def group_from_statefulset(statefulset: Mapping[str, Any], *, node: str | None =
     spec = statefulset.get("spec") or {}
     pod_spec = (spec.get("template") or {}).get("spec") or {}
     claims = [c.get("resourceClaimName") for c in pod_spec.get("resourceClaims") or ()]
+    templates = [c.get("resourceClaimTemplateName") for c in pod_spec.get("resourceClaims") or ()]
+    memory = _int(annotations.get(ANNOTATION_CLAIM_MEMORY))
+    shares = annotations.get(ANNOTATION_CLAIM_SHARES)
     return GroupState(
         namespace=meta.get("namespace") or "",
         name=meta.get("name") or "",
@@ -84,6 +99,8 @@ def group_from_statefulset(statefulset: Mapping[str, Any], *, node: str | None =
         ready_replicas=_int((statefulset.get("status") or {}).get("readyReplicas")),
         node=node,
         claim=claims[0] if claims and claims[0] else None,
+        claim_template=templates[0] if templates and templates[0] else None,
+        share_request=ShareRequest(memory_mib=memory, shares=_int(shares) if shares else None) if memory else None,
     )
 
 

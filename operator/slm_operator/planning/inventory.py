@@ -3,7 +3,9 @@
 Device-plugin GPUs are described by the labels NVIDIA's GPU feature discovery and device plugin
 publish (``nvidia.com/gpu.product``, ``.memory``, ``.count``, ``.replicas``, ``.sharing-strategy``)
 and by the node's allocatable ``nvidia.com/gpu`` slots. DRA GPUs are the devices of ResourceSlices
-whose driver is NVIDIA's (``gpu.nvidia.com``), minus those already allocated to a claim.
+whose driver is NVIDIA's (``gpu.nvidia.com``): whole devices (pool sharing ``dra``) minus those
+already allocated to a claim, and devices that allow multiple allocations (``dra-shares``) with
+the capacity their allocated claims consume (``consumedCapacity``).
 
 Side-effect free: callers pass what they listed or indexed; nothing here talks to the API.
 """
@@ -16,6 +18,8 @@ from typing import Any
 
 from slm_operator.constants import (
     DEVICE_PLUGIN_RESOURCES,
+    DRA_CAPACITY_MEMORY,
+    DRA_CAPACITY_SHARES,
     DRA_DRIVER,
     LABEL_GPU_COUNT,
     LABEL_GPU_MEMORY_MIB,
@@ -27,6 +31,7 @@ from slm_operator.constants import (
     PoolSharing,
 )
 from slm_operator.planning.groups import GroupState
+from slm_operator.planning.shares import MIB, SharedDevice, ShareRequest, consumed, parse_quantity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,8 @@ class GpuPool:
     free: int
     #: DRA only: names of the devices still unallocated.
     free_devices: tuple[str, ...] = ()
+    #: ``dra-shares`` only: every shared device of the node with what is consumed of it.
+    devices: tuple[SharedDevice, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +63,9 @@ class Inventory:
     #: and DRA devices of claims not yet allocated. Without it, plans made seconds apart would
     #: each see the same free GPUs and over-place.
     reserved: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    #: ``dra-shares``: per product, the claims of planned replicas not allocated yet (every
+    #: service's, the planned one's too: its placed replicas count as its existing ones).
+    pending_shares: Mapping[str, tuple[ShareRequest, ...]] = dataclasses.field(default_factory=dict)
 
     def products(self) -> list[str]:
         return sorted({p.product for p in self.pools})
@@ -75,6 +85,8 @@ class Demand:
 
     on_nodes: Mapping[str, int] = dataclasses.field(default_factory=dict)
     anywhere: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    #: ``dra-shares``: per product, the claims of replicas whose claim is not allocated yet.
+    shares: Mapping[str, tuple[ShareRequest, ...]] = dataclasses.field(default_factory=dict)
 
 
 def unbound_demand(
@@ -84,18 +96,28 @@ def unbound_demand(
     group_nodes: Mapping[str, str] | None = None,
     allocated_claims: Iterable[str],
     exclude_service: str | None = None,
+    allocated_per_group: Mapping[str, int] | None = None,
 ) -> Demand:
     """What planned groups still need, per node where known. Side-effect free.
 
     ``bound_pods`` counts, per group key, its pods that have a node, and ``group_nodes`` says which
     node; ``exclude_service`` leaves out the groups of the service being planned (they count as its
-    existing groups instead).
+    existing groups instead). ``allocated_per_group`` counts, per ``dra-shares`` group key, its
+    replicas' claims that are allocated; the others are pending, the planned service's included.
     """
     allocated = set(allocated_claims)
     nodes_of = group_nodes or {}
     on_nodes: dict[str, int] = {}
     anywhere: dict[tuple[str, str], int] = {}
+    shares: dict[str, list[ShareRequest]] = {}
     for group in groups:
+        if group.mechanism == "dra-shares":
+            # NB: the planned service's own pending replicas are not left out: they count among its
+            # existing replicas, and the room they will take is not free for its new ones either.
+            missing = max(0, group.replicas - (allocated_per_group or {}).get(group.key, 0))
+            if missing and group.share_request is not None:
+                shares.setdefault(group.product, []).extend([group.share_request] * missing)
+            continue
         pool_sharing = POOL_OF_MECHANISM.get(group.mechanism)
         if group.service_key == exclude_service or pool_sharing is None:
             continue
@@ -112,7 +134,7 @@ def unbound_demand(
             on_nodes[node] = on_nodes.get(node, 0) + missing
         else:
             anywhere[pool] = anywhere.get(pool, 0) + missing
-    return Demand(on_nodes=on_nodes, anywhere=anywhere)
+    return Demand(on_nodes=on_nodes, anywhere=anywhere, shares={p: tuple(r) for p, r in shares.items()})
 
 
 def build_inventory(
@@ -137,19 +159,28 @@ def build_inventory(
         for resource, count in _pod_gpu_requests(pod).items():
             used_slots[(node, resource)] = used_slots.get((node, resource), 0) + count
 
-    allocated = {
-        (r.get("driver"), r.get("pool"), r.get("device"))
-        for claim in resource_claims
-        for r in (((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}).get("results") or ()
-    }
+    allocated = set()
+    use: dict[tuple[str, str, str], tuple[int, int, int]] = {}
+    for claim in resource_claims:
+        allocation = (claim.get("status") or {}).get("allocation") or {}
+        for r in (allocation.get("devices") or {}).get("results") or ():
+            device_id = (r.get("driver"), r.get("pool"), r.get("device"))
+            allocated.add(device_id)
+            memory, shares = consumed(r.get("consumedCapacity"))
+            before = use.get(device_id, (0, 0, 0))
+            use[device_id] = (before[0] + memory, before[1] + shares, before[2] + 1)
     devices_by_node: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    shared_by_node: dict[str, list[SharedDevice]] = {}
     for rs in resource_slices:
         spec = rs.get("spec") or {}
         if spec.get("driver") != DRA_DRIVER or not spec.get("nodeName"):
             continue
         pool = (spec.get("pool") or {}).get("name")
         for device in spec.get("devices") or ():
-            if (DRA_DRIVER, pool, device.get("name")) not in allocated:
+            if device.get("allowMultipleAllocations"):
+                shared_by_node.setdefault(spec["nodeName"], []).append(
+                    _shared_device(device, pool=pool or "", node=spec["nodeName"], use=use))
+            elif (DRA_DRIVER, pool, device.get("name")) not in allocated:
                 devices_by_node.setdefault(spec["nodeName"], []).append((device["name"], device))
             else:
                 devices_by_node.setdefault(spec["nodeName"], [])
@@ -186,8 +217,38 @@ def build_inventory(
                 gpu_count=count or len(free_devices), sharing="dra", slots_per_gpu=1,
                 resource_name=None, free=len(free_devices), free_devices=free_devices,
             ))
+        if name in shared_by_node:
+            shared = tuple(sorted(shared_by_node[name], key=lambda d: (_device_order(d.name), d.name)))
+            unused = tuple(d.name for d in shared if not d.allocations)
+            pools.append(GpuPool(
+                node=name, product=product, memory_mib=memory_mib, gpu_count=count or len(shared),
+                sharing="dra-shares", slots_per_gpu=1, resource_name=None, free=len(unused),
+                free_devices=unused, devices=shared,
+            ))
     return Inventory(pools=tuple(sorted(pools, key=lambda p: (p.product, p.sharing, p.node))),
-                     reserved=dict(demand.anywhere) if demand else {})
+                     reserved=dict(demand.anywhere) if demand else {},
+                     pending_shares=dict(demand.shares) if demand else {})
+
+
+def _shared_device(
+    device: Mapping[str, Any], *, pool: str, node: str, use: Mapping[tuple[str, str, str], tuple[int, int, int]]
+) -> SharedDevice:
+    """A device with ``allowMultipleAllocations``: its capacities and what allocations consume."""
+    capacity = device.get("capacity") or {}
+    shares = (capacity.get(DRA_CAPACITY_SHARES) or {}).get("value")
+    used_memory, used_shares, allocations = use.get((DRA_DRIVER, pool, device.get("name", "")), (0, 0, 0))
+    return SharedDevice(
+        driver=DRA_DRIVER, pool=pool, name=device.get("name", ""), node=node,
+        memory_mib=int(parse_quantity((capacity.get(DRA_CAPACITY_MEMORY) or {}).get("value", 0)) // MIB),
+        shares=int(parse_quantity(shares)) if shares is not None else None,
+        used_memory_mib=used_memory, used_shares=used_shares, allocations=allocations,
+    )
+
+
+def _device_order(name: str) -> int:
+    """``gpu-10`` after ``gpu-9``: the number at the end of a device name (0 without one)."""
+    digits = name[len(name.rstrip("0123456789")):]
+    return int(digits) if digits else 0
 
 
 def _pod_gpu_requests(pod: Mapping[str, Any]) -> dict[str, int]:

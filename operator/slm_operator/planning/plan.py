@@ -8,6 +8,12 @@ comes from ``scale`` (a GPU count, or a throughput target divided by what one GP
 
 Mechanisms, and what each guarantees:
 
+* ``dra-shares`` — no groups: every replica is its own pod with its own ResourceClaim (from a
+  ResourceClaimTemplate) for a share of one GPU that allows multiple allocations (NVIDIA's DRA
+  driver with ``--consumable-shares``). A replica's share is 1/k* of the GPU's throughput (the
+  driver's ``shares`` capacity) and its memory budget at B*; replicas of several services then share
+  one GPU, placed by the scheduler, which keeps every capacity's sum within the device. Sized in
+  replicas, not groups (``desired_replicas``).
 * ``dra`` — one ResourceClaim per group with NVIDIA's MPS config: all k pods share the same
   physical GPU, each with a pinned memory limit and a thread share. Uneven splits are possible.
 * ``mps`` — device-plugin MPS slots: each pod asks one slot; the plugin pins every client to
@@ -23,8 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 from slm_operator.constants import (
+    DRA_DEVICE_CLASS,
     GIB,
     GPU_RESOURCE,
     MECHANISMS,
@@ -35,12 +43,19 @@ from slm_operator.constants import (
 )
 from slm_operator.errors import PlanningError
 from slm_operator.planning.inventory import GpuPool, Inventory
+from slm_operator.planning.shares import SharedDevice, ShareRequest, first_fit, fitting_replicas
 from slm_operator.profiling.gpus import lookup_gpu
 from slm_operator.profiling.types import Profile
 from slm_operator.spec import SLMServiceSpec
 
 #: Runtime overhead of one vLLM replica outside weights and KV cache (CUDA graphs, activations).
 DEFAULT_REPLICA_OVERHEAD_GIB = 1.5
+#: ``dra-shares`` with ``scale.targetTokensPerSecond``: replicas are planned for the target times
+#: 1 + this. NB: sized per replica, the plan has no whole-GPU rounding to absorb a profile that is
+#: a little optimistic (the estimator's leave-one-out error is about 6%) or a mix whose replicas
+#: reach a little less than the plateau; 10% covers both for the cost of at most one extra replica
+#: per ten.
+TARGET_HEADROOM = 0.10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,18 +86,51 @@ class Plan:
     active_thread_percentage: int | None
     pinned_memory_limit_mib: int | None
     explanation: str
+    #: ``dra-shares`` only: replicas the spec asks for and how many fit now (``replicas_per_gpu`` is
+    #: then k*, the share denominator, and ``gpus``/``placeable_gpus`` are GPU-equivalents).
+    replicas: int = 0
+    placeable_replicas: int = 0
+    #: ``dra-shares`` only: the fraction of one GPU each claim reserves, and what it consumes.
+    share_per_replica: float | None = None
+    share_request: ShareRequest | None = None
+    #: ``dra`` only: some GPUs of the product allow multiple allocations (consumable shares), so the
+    #: group's claim must select a device that does not: on a shared one a claim asking no capacity
+    #: would take only the driver's default share, not the whole GPU the group was planned with.
+    whole_devices_only: bool = False
+
+    @property
+    def shares_mode(self) -> bool:
+        return self.mechanism == "dra-shares"
 
     @property
     def total_replicas(self) -> int:
-        return self.placeable_gpus * self.replicas_per_gpu
+        return self.placeable_replicas if self.shares_mode else self.placeable_gpus * self.replicas_per_gpu
+
+    @property
+    def tokens_per_second_per_replica(self) -> float:
+        """A ``dra-shares`` replica's share of one GPU's plateau (replicas sharing a GPU share its
+        bandwidth-bound throughput): tokens_per_second_per_gpu / k*, never its solo throughput."""
+        return self.tokens_per_second_per_gpu / max(self.replicas_per_gpu, 1)
 
     @property
     def planned_tokens_per_second(self) -> float:
+        if self.shares_mode:
+            return round(self.placeable_replicas * self.tokens_per_second_per_replica, 1)
         return round(self.placeable_gpus * self.tokens_per_second_per_gpu, 1)
 
     @property
     def degraded(self) -> bool:
+        if self.shares_mode:
+            return self.placeable_replicas < self.replicas
         return self.placeable_gpus < self.gpus
+
+    @property
+    def capacity_mode(self) -> str | None:
+        """``shares`` (the claim reserves compute as driver shares) or ``memory`` (the GPUs publish
+        memory only, and the share is reserved as memory); ``None`` for other mechanisms."""
+        if self.share_request is None:
+            return None
+        return "shares" if self.share_request.shares is not None else "memory"
 
     def vllm_args(self) -> list[str]:
         """The flags the operator owns, in a stable order (a change here restarts replicas)."""
@@ -103,6 +151,9 @@ class _Option:
     capacity: int
     desired: int = 0
     why_not: str = ""
+    #: ``dra-shares``: capacity and desired count replicas; what each claim consumes.
+    share_request: ShareRequest | None = None
+    share: float | None = None
 
 
 def make_plan(
@@ -113,12 +164,15 @@ def make_plan(
     existing_groups: int = 0,
     current_mechanism: str | None = None,
     default_sharing: str = "auto",
+    existing_replicas: int = 0,
 ) -> Plan:
     """Choose mechanism, replicas per GPU, memory budgets and GPU groups. Side-effect free.
 
     ``existing_groups`` run under ``current_mechanism`` already: they count as placed for that
     mechanism only, and with ``sharing: auto`` that mechanism is kept while it still works, so a
     re-plan (operator restart, a freed GPU elsewhere) never moves or restarts Ready replicas.
+    ``existing_replicas``: with ``dra-shares``, the replicas the service runs already (its
+    StatefulSet's replicas).
     """
     product = spec.gpu.product or profile.gpu_product
     pools = _pools_of(inventory, product)
@@ -129,14 +183,21 @@ def make_plan(
     # Each mechanism that could work, in order of preference, with what it would hold.
     sharing = spec.gpu.sharing if spec.gpu.sharing != "auto" else default_sharing
     options = [
+        _shares_option(pools, profile, spec, memory_mib=memory_mib,
+                       existing=existing_replicas if mechanism == current_mechanism else 0,
+                       pending=inventory.pending_shares.get(product, ()))
+        if mechanism == "dra-shares" else
         _option(mechanism, pools, profile, usable_gib, spec,
                 existing_groups if mechanism == current_mechanism else 0,
                 reserved=inventory.reserved.get((product, POOL_OF_MECHANISM[mechanism]), 0))
         for mechanism in _mechanisms(sharing, profile, current_mechanism=current_mechanism,
-                                     existing_groups=existing_groups)
+                                     existing_groups=existing_groups or existing_replicas)
     ]
     chosen = _choose(options, sharing=sharing, product=product)
-    return _plan_of(chosen, spec=spec, profile=profile, product=product, memory_mib=memory_mib)
+    plan = _plan_of(chosen, spec=spec, profile=profile, product=product, memory_mib=memory_mib)
+    if plan.mechanism == "dra" and any(p.sharing == "dra-shares" for p in pools):
+        return dataclasses.replace(plan, whole_devices_only=True)
+    return plan
 
 
 def _pools_of(inventory: Inventory, product: str) -> list[GpuPool]:
@@ -175,6 +236,12 @@ def _choose(options: list[_Option], *, sharing: str, product: str) -> _Option:
     chosen = next((o for o in usable if o.capacity >= o.desired),
                   max(usable, key=lambda o: min(o.capacity, o.desired) / max(o.desired, 1)))
     if chosen.capacity == 0 and chosen.desired > 0:
+        if chosen.share_request is not None:
+            raise PlanningError(
+                "InsufficientSlots",
+                f"no {product} GPU has room for a {chosen.mechanism} replica ({chosen.desired} wanted, each "
+                f"{chosen.share:.3g} of a GPU and {chosen.share_request.memory_mib} MiB); free GPUs, add nodes, "
+                "or lower spec.scale.")
         raise PlanningError(
             "InsufficientSlots",
             f"every {product} {chosen.mechanism} slot is taken ({chosen.desired} GPU(s) wanted, "
@@ -185,6 +252,8 @@ def _choose(options: list[_Option], *, sharing: str, product: str) -> _Option:
 
 def _plan_of(chosen: _Option, *, spec: SLMServiceSpec, profile: Profile, product: str, memory_mib: int) -> Plan:
     """The plan for the chosen option: flags, memory budgets and limits of one replica."""
+    if chosen.share_request is not None:
+        return _shares_plan_of(chosen, spec=spec, profile=profile, product=product, memory_mib=memory_mib)
     need_gib = profile.memory_per_replica_gib
     known_memory = need_gib > 0
     k = chosen.replicas_per_gpu
@@ -219,6 +288,101 @@ def _plan_of(chosen: _Option, *, spec: SLMServiceSpec, profile: Profile, product
             + f"{placeable}/{chosen.desired} GPU(s) placeable"
         ),
     )
+
+
+def _shares_plan_of(
+    chosen: _Option, *, spec: SLMServiceSpec, profile: Profile, product: str, memory_mib: int
+) -> Plan:
+    """A ``dra-shares`` plan: one claim per replica, sized in replicas."""
+    assert chosen.share_request is not None and chosen.share is not None  # NB: set by _shares_option
+    k = chosen.replicas_per_gpu
+    placeable = min(chosen.desired, chosen.capacity)
+    kv_gib = chosen.budget_gib - (profile.weights_gib or 0.0) - _overhead_gib(profile)
+    per_replica = profile.tokens_per_second_per_gpu / k
+    via_memory = chosen.share_request.shares is None
+    return Plan(
+        mechanism="dra-shares", gpu_product=product, resource_name=None,
+        device_class_name=spec.gpu.device_class_name or DRA_DEVICE_CLASS, batch_size=profile.batch_size,
+        replicas_per_gpu=k, gpus=math.ceil(chosen.desired / k), placeable_gpus=math.ceil(placeable / k),
+        max_model_len=spec.workload.effective_max_model_len(), memory_budget_gib=round(chosen.budget_gib, 2),
+        kv_cache_memory_bytes=int(max(kv_gib, profile.kv_cache_gib or 0.0) * GIB),
+        gpu_memory_utilization=math.floor(chosen.budget_gib * 1024 / memory_mib * 1000) / 1000,
+        tokens_per_second_per_gpu=round(profile.tokens_per_second_per_gpu, 1),
+        active_thread_percentage=None, pinned_memory_limit_mib=None,
+        replicas=chosen.desired, placeable_replicas=placeable, share_per_replica=round(chosen.share, 4),
+        share_request=chosen.share_request,
+        explanation=(
+            f"dra-shares: {placeable}/{chosen.desired} replica(s) placeable, each {chosen.share:.3g} of a GPU "
+            f"(1/{k}, k* replicas saturate one) × batch {profile.batch_size}, {per_replica:.0f} tok/s "
+            f"(the GPU's plateau / {k}), {chosen.budget_gib:.1f} GiB budget"
+            + (f"; these GPUs publish memory only, so the share is reserved as memory "
+               f"({chosen.share_request.memory_mib} MiB per claim)" if via_memory else "")
+        ),
+    )
+
+
+def desired_replicas(*, spec: SLMServiceSpec, per_replica: float, replicas_per_gpu: int) -> int:
+    """``dra-shares`` replicas the spec asks for: ``scale.gpus`` × k*, or the fewest replicas whose
+    predicted throughput (``per_replica`` each) meets the target with ``TARGET_HEADROOM``;
+    ``minGPUs``/``maxGPUs`` bound it as GPU-equivalents (× k*)."""
+    scale = spec.scale
+    if scale.target_tokens_per_second is None:
+        return int(scale.gpus or 0) * replicas_per_gpu
+    wanted = math.ceil(scale.target_tokens_per_second * (1 + TARGET_HEADROOM) / max(per_replica, 1e-9))
+    wanted = max(wanted, scale.min_gpus * replicas_per_gpu, 1)
+    return min(wanted, scale.max_gpus * replicas_per_gpu) if scale.max_gpus is not None else wanted
+
+
+def share_request(
+    *, profile: Profile, devices: Sequence[SharedDevice], memory_mib: int
+) -> tuple[ShareRequest, float, float]:
+    """What one ``dra-shares`` replica's claim asks, the GPU fraction it reserves, and its vLLM budget (GiB).
+
+    Its share of the GPU is 1/k*. With a ``shares`` capacity (N per GPU) the claim asks
+    ceil(N/k*) shares (rounded up: Σ shares ≤ 1 stays true); where any GPU of the product publishes
+    memory only, the share is reserved as memory instead: budget = max(memory at B*, share × usable
+    memory). NB: the claim asks budget / USABLE_MEMORY_FRACTION, the replica's budget plus its part of
+    what no replica may budget (CUDA contexts, fragmentation): the scheduler's Σ claims ≤ the GPU's
+    memory is then exactly Σ budgets ≤ its usable memory.
+    """
+    k = max(profile.replicas_to_saturate, 1)
+    share = 1 / k
+    counts = [d.shares for d in devices]
+    usable_gib = memory_mib / 1024 * USABLE_MEMORY_FRACTION
+    if counts and all(n is not None for n in counts):
+        total = min(n for n in counts if n is not None)
+        shares = math.ceil(total / k - 1e-9)
+        budget = profile.memory_per_replica_gib
+        return ShareRequest(memory_mib=_claim_mib(budget), shares=shares), shares / total, budget
+    budget = max(profile.memory_per_replica_gib, share * usable_gib)
+    return ShareRequest(memory_mib=_claim_mib(budget), shares=None), share, budget
+
+
+def _claim_mib(budget_gib: float) -> int:
+    # NB: rounding noise must not push k claims of 1/k of a GPU over its memory (ceil of 5757.0000001).
+    return math.ceil(budget_gib * 1024 / USABLE_MEMORY_FRACTION - 1e-6)
+
+
+def _shares_option(
+    pools: list[GpuPool], profile: Profile, spec: SLMServiceSpec, *, memory_mib: int, existing: int,
+    pending: Sequence[ShareRequest],
+) -> _Option:
+    """What ``dra-shares`` would give: replicas wanted, and how many fit beside every claim already
+    allocated or promised (first fit, as the scheduler's allocator takes a node's devices in order)."""
+    mine = tuple(p for p in pools if p.sharing == "dra-shares")
+    devices = [d for p in mine for d in p.devices]
+    if not devices:
+        return _Option("dra-shares", mine, 0, 0.0, 0,
+                       why_not="no dra-shares GPUs (consumable DRA shares) of this product")
+    k = max(profile.replicas_to_saturate, 1)
+    request, share, budget = share_request(profile=profile, devices=devices, memory_mib=memory_mib)
+    if not any(d.consumption(request) is not None for d in devices):
+        return _Option("dra-shares", mine, 0, budget, 0, why_not=(
+            f"a dra-shares replica needs {request.memory_mib} MiB, more than one GPU's memory"))
+    desired = desired_replicas(spec=spec, per_replica=profile.tokens_per_second_per_gpu / k, replicas_per_gpu=k)
+    after_pending, _ = first_fit(devices, pending)
+    fits = fitting_replicas(after_pending, request, limit=max(0, desired - existing))
+    return _Option("dra-shares", mine, k, budget, existing + fits, desired=desired, share_request=request, share=share)
 
 
 def desired_gpus(*, spec: SLMServiceSpec, per_gpu: float) -> int:
@@ -273,8 +437,13 @@ def _mechanisms(
     for mechanism in MECHANISMS:
         if sharing == mechanism:
             return [mechanism]
-    order: list[Mechanism] = (["exclusive", "dra", "mps", "time-slicing"] if profile.replicas_to_saturate <= 1
-                              else ["dra", "mps", "time-slicing", "exclusive"])
+    # NB: with several replicas per GPU, dra-shares comes first: it packs replicas of every service
+    # onto one GPU by the share each needs, so a service needing a fraction of a GPU takes that
+    # fraction instead of a whole group, and the scheduler keeps memory and shares within each GPU
+    # across all tenants. Where one replica saturates a GPU, sharing gains nothing: whole GPUs first.
+    order: list[Mechanism] = (["exclusive", "dra", "dra-shares", "mps", "time-slicing"]
+                              if profile.replicas_to_saturate <= 1
+                              else ["dra-shares", "dra", "mps", "time-slicing", "exclusive"])
     for mechanism in order:
         if mechanism == current_mechanism and existing_groups:
             order.remove(mechanism)  # keep what runs unless it no longer works
@@ -336,6 +505,10 @@ def _overhead_gib(profile: Profile) -> float:
 
 
 def _how_to_enable(sharing: str, product: str) -> str:
+    if sharing == "dra-shares":
+        return ("Run NVIDIA's DRA driver with its ConsumableShares feature gate and --consumable-shares=N "
+                f"(or =memory) so {product} GPUs are published with allowMultipleAllocations (docs/sharing.md), "
+                "or set spec.gpu.sharing: auto")
     if sharing == "dra":
         return ("Install NVIDIA's DRA driver (k8s-dra-driver-gpu) so nodes publish ResourceSlices of driver "
                 f"gpu.nvidia.com for {product}, or set spec.gpu.sharing: auto")

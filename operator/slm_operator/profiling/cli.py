@@ -30,7 +30,15 @@ from .estimator import CALIBRATION, estimate_curve, parameter_sources
 from .gpus import lookup_gpu
 from .modelconfig import ModelConfig, load_model_config_file, parse_model_config, resolve_model_config
 from .results import SweepFormatError, SweepResult, load_sweep, to_csv
-from .selection import BatchSelection, ReplicaSelection, SelectionError, select_batch, select_replicas
+from .selection import (
+    BatchSelection,
+    MixMember,
+    ReplicaSelection,
+    SelectionError,
+    predict_mix,
+    select_batch,
+    select_replicas,
+)
 from .types import ProfileRequest, Slo, Workload
 
 log = logging.getLogger("slm_profiler")
@@ -134,7 +142,43 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(batch.explanation)
         if packing is not None:
             print(packing.explanation)
+            if packing.aggregate_tok_s:
+                print(_shared_gpu_line(packing))
     return 0 if batch.batch_size is not None else 1
+
+
+def _shared_gpu_line(packing: ReplicaSelection) -> str:
+    """How the planner counts one replica under dra-shares, where GPUs hold replicas of several models."""
+    k = max(packing.replicas, 1)
+    return (f"On a GPU shared with other models (gpu.sharing dra-shares), one replica reserves 1/{k} of it and "
+            f"is planned at {packing.aggregate_tok_s or 0:,.0f}/{k} = {(packing.aggregate_tok_s or 0) / k:,.0f} tok/s, "
+            "its share of this plateau, not its solo throughput: `slm-profiler mix` predicts a whole mix.")
+
+
+def _mix_member(text: str) -> MixMember:
+    """``NAME:REPLICAS:K:PLATEAU[:SOLO]`` of ``slm-profiler mix --model``."""
+    parts = text.split(":")
+    if len(parts) not in (4, 5):
+        raise UsageError(f"--model wants NAME:REPLICAS:K:PLATEAU[:SOLO], got {text!r}")
+    try:
+        replicas, k, plateau = int(parts[1]), int(parts[2]), float(parts[3])
+        solo = float(parts[4]) if len(parts) == 5 else plateau
+    except ValueError:
+        raise UsageError(f"--model {text!r}: REPLICAS and K are integers, PLATEAU and SOLO tok/s") from None
+    if replicas < 1 or k < 1 or plateau <= 0 or solo <= 0:
+        raise UsageError(f"--model {text!r}: REPLICAS, K, PLATEAU and SOLO must be positive")
+    return MixMember(name=parts[0], replicas=replicas, replicas_to_saturate=k, plateau_tok_s=plateau, solo_tok_s=solo)
+
+
+def _cmd_mix(args: argparse.Namespace) -> int:
+    prediction = predict_mix([_mix_member(m) for m in args.model])
+    if args.json:
+        print(json.dumps({"share": round(prediction.share, 4), "predictedTokensPerSecond": prediction.predicted_tok_s,
+                          "totalTokensPerSecond": prediction.total_tok_s,
+                          "soloSumTokensPerSecond": prediction.solo_sum_tok_s}, indent=2))
+    else:
+        print(prediction.explanation)
+    return 0
 
 
 def _print_table(sweep: SweepResult, batch: BatchSelection) -> None:
@@ -374,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--max-ttft-ms", type=float)
     ana.add_argument("--json", action="store_true")
     ana.set_defaults(func=_cmd_analyze)
+
+    mix = sub.add_parser("mix", help="predict a GPU shared by replicas of several models (dra-shares)")
+    mix.add_argument("--model", action="append", required=True, metavar="NAME:REPLICAS:K:PLATEAU[:SOLO]",
+                     help="replicas of one model on the GPU, its k* and plateau tok/s (status.profile "
+                          "replicasToSaturate, tokensPerSecondPerGPU) and optionally one replica's solo tok/s")
+    mix.add_argument("--json", action="store_true")
+    mix.set_defaults(func=_cmd_mix)
 
     run = sub.add_parser("run", help="measure a sweep and write the Profile")
     run.add_argument("--request", required=True, help="ProfileRequest JSON file, or env:VAR holding the JSON")

@@ -390,3 +390,56 @@ def advisor_rule_b(*, points: Sequence[SelectionPoint], latency_factor: float = 
     ref = itl_by_batch[min(itl_by_batch, key=lambda b: abs(b - 32))]
     ok = [b for b, itl in itl_by_batch.items() if itl <= latency_factor * ref]
     return max(ok) if ok else None
+
+
+# --- Several models on one GPU (dra-shares) --------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class MixMember:
+    """Replicas of one model on a shared GPU: ``replicas`` of it, each reserving 1/``replicas_to_saturate``
+    of the GPU, whose profile says k* replicas reach ``plateau_tok_s`` together (one alone: ``solo_tok_s``)."""
+
+    name: str
+    replicas: int
+    replicas_to_saturate: int
+    plateau_tok_s: float
+    solo_tok_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MixPrediction:
+    share: float
+    predicted_tok_s: dict[str, float]
+    solo_sum_tok_s: float
+    explanation: str
+
+    @property
+    def total_tok_s(self) -> float:
+        return sum(self.predicted_tok_s.values())
+
+
+def predict_mix(members: Sequence[MixMember]) -> MixPrediction:
+    """What a GPU serving several models delivers, as the planner predicts it.
+
+    Decode is bandwidth-bound: replicas on one GPU share its HBM bandwidth, so a replica reserving
+    1/k* of the GPU gets 1/k* of its own model's plateau, whatever the other replicas run. The GPU's
+    prediction is the sum of those, never the sum of the replicas' solo throughputs (each measured
+    alone on the whole GPU). Raises SelectionError where the shares add up to more than one GPU.
+    """
+    if not members:
+        raise SelectionError("a mix needs at least one model")
+    share = sum(m.replicas / max(m.replicas_to_saturate, 1) for m in members)
+    if share > 1 + 1e-9:
+        raise SelectionError(f"the replicas reserve {share:.2f} of the GPU; the planner never puts more than "
+                             "one GPU's worth (Σ replicas/k* ≤ 1) on a GPU")
+    predicted = {m.name: m.replicas * m.plateau_tok_s / max(m.replicas_to_saturate, 1) for m in members}
+    solo = sum(m.replicas * m.solo_tok_s for m in members)
+    lines = [f"{m.name}: {m.replicas} replica(s) × {m.plateau_tok_s:,.0f}/{m.replicas_to_saturate} "
+             f"= {predicted[m.name]:,.0f} tok/s" for m in members]
+    explanation = (
+        "; ".join(lines) + f". GPU: {sum(predicted.values()):,.0f} tok/s with {share:.0%} of it reserved "
+        f"(each replica gets its share of its own model's plateau: decode is bandwidth-bound, so replicas on "
+        f"one GPU split its bandwidth). Not the {solo:,.0f} tok/s their solo throughputs add up to: each solo "
+        "figure had the whole GPU."
+    )
+    return MixPrediction(share=share, predicted_tok_s=predicted, solo_sum_tok_s=solo, explanation=explanation)

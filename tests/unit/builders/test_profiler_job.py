@@ -2,6 +2,7 @@
 whole GPU it asks for; when it counts as unable to run."""
 
 import datetime
+import json
 
 import pytest
 
@@ -212,3 +213,37 @@ def test_a_failed_job_s_text_carries_its_reason_and_log_tail():
     assert text.startswith("BackoffLimitExceeded: Job has reached")
     assert text.endswith("RuntimeError: CUDA out of memory") and len(text) < LOG_TAIL_CHARS + 200
     assert _pod()["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def _shares_slice(node_name, *, count=2, shares="120"):
+    capacity = {"memory": {"value": "81559Mi", "requestPolicy": {"default": "0", "validRange": {"min": "0"}}}}
+    if shares:
+        capacity["shares"] = {"value": shares, "requestPolicy": {"default": "1", "validRange": {"min": "1"}}}
+    return {"spec": {"driver": "gpu.nvidia.com", "nodeName": node_name, "pool": {"name": node_name},
+                     "devices": [{"name": f"gpu-{i}", "allowMultipleAllocations": True, "capacity": capacity}
+                                 for i in range(count)]}}
+
+
+def test_on_consumable_dra_nodes_the_profiler_claims_every_capacity_of_one_device():
+    # A request that names no capacity would take the requestPolicy's default (1 share): not a GPU.
+    nodes = [node("gpu-h100-0", sharing="mps", replicas=4), node("gpu-h100-shares-0", sharing="dra")]
+    gpu = choose_profiler_gpu(pools=_pools(nodes, slices=[_shares_slice("gpu-h100-shares-0")]))
+    assert gpu.kind == "dra" and dict(gpu.capacity) == {"memory": "81559Mi", "shares": "120"}
+    job = build_profiler_job(name="p", namespace="slm-system", request=REQUEST, image="img", result_configmap="p",
+                             service_account="slm-profiler", gpu_product=H100, gpu=gpu)
+    annotations = job["metadata"]["annotations"]
+    assert json.loads(annotations["slm.pareto.dev/profiler-capacity"]) == {"memory": "81559Mi", "shares": "120"}
+    assert "all of its consumable capacity" in annotations["slm.pareto.dev/profiler-gpu"]
+    template = build_profiler_claim_template(name="p", namespace="slm-system", gpu_product=H100,
+                                             capacity=dict(gpu.capacity))
+    (request,) = template["spec"]["spec"]["devices"]["requests"]
+    assert request["exactly"]["capacity"] == {"requests": {"memory": "81559Mi", "shares": "120"}}
+    assert {"cel": {"expression": "device.allowMultipleAllocations == true"}} in request["exactly"]["selectors"]
+    # A memory-only device: memory alone, in full.
+    memory_only = choose_profiler_gpu(pools=_pools(nodes[1:], slices=[_shares_slice("gpu-h100-shares-0", shares="")]))
+    assert dict(memory_only.capacity) == {"memory": "81559Mi"}
+    # A whole-device claim never lands on a consumable device, where it would get a share.
+    plain = build_profiler_claim_template(name="p", namespace="slm-system", gpu_product=H100)
+    assert {"cel": {"expression": "!device.allowMultipleAllocations"}} in (
+        plain["spec"]["spec"]["devices"]["requests"][0]["exactly"]["selectors"])
+    assert "capacity" not in plain["spec"]["spec"]["devices"]["requests"][0]["exactly"]

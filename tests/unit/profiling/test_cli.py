@@ -126,3 +126,21 @@ def test_a_local_model_folder_gives_its_config_json_to_a_vllm_profile(tmp_path):
     assert config is not None and config.kv_bytes_per_token > 0 and config.weights_gib > 0
     (folder / "config.json").write_text("not json")
     assert _local_model_config(str(folder)) is None
+
+
+def test_mix_predicts_each_replicas_share_of_its_own_plateau_not_the_solo_sum(capsys):
+    code, out, _ = _run(capsys, "mix", "--model", "chat:2:4:20000:8000", "--model", "embed:1:4:30000:12000", "--json")
+    prediction = json.loads(out)
+    assert code == 0 and prediction["share"] == 0.75
+    assert prediction["predictedTokensPerSecond"] == {"chat": 10000.0, "embed": 7500.0}
+    assert prediction["totalTokensPerSecond"] == 17500.0 and prediction["soloSumTokensPerSecond"] == 28000.0
+    code, out, _ = _run(capsys, "mix", "--model", "chat:2:4:20000:8000")
+    assert code == 0 and "20,000/4 = 10,000 tok/s" in out and "bandwidth-bound" in out
+
+
+@pytest.mark.parametrize(("model", "message"), [("chat:3:2:20000", "reserve 1.50 of the GPU"),
+                                                ("chat:2:4", "NAME:REPLICAS:K:PLATEAU"),
+                                                ("chat:x:4:100", "integers"), ("chat:0:4:100", "positive")])
+def test_mix_refuses_more_than_one_gpu_and_bad_input(capsys, model, message):
+    code, _, err = _run(capsys, "mix", "--model", model)
+    assert code == 2 and message in err
