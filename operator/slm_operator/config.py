@@ -65,6 +65,8 @@ class OperatorConfig:
     profiler_pool: profiler_job.DedicatedPool | None = None
     #: A profiler Job whose pod cannot be scheduled (or started) this long falls back to the estimate.
     profiler_unschedulable_seconds: float = 600.0
+    #: A GPU group whose node has been NotReady this long moves to another node (``planning.moves``).
+    node_not_ready_seconds: float = 300.0
     #: One acting replica among several (``leader.py``): a Lease in ``leader_election_namespace``
     #: (the release namespace; empty: the profiler namespace), held ``lease_duration_seconds``.
     leader_election: bool = False
@@ -104,6 +106,8 @@ class OperatorConfig:
             profiler_unschedulable_seconds=_seconds(
                 "SLM_PROFILER_UNSCHEDULABLE_SECONDS", env.get("SLM_PROFILER_UNSCHEDULABLE_SECONDS"),
                 defaults.profiler_unschedulable_seconds),
+            node_not_ready_seconds=_seconds("SLM_NODE_NOT_READY_SECONDS", env.get("SLM_NODE_NOT_READY_SECONDS"),
+                                            defaults.node_not_ready_seconds),
             leader_election=_flag("SLM_LEADER_ELECTION", env.get("SLM_LEADER_ELECTION"), defaults.leader_election),
             leader_election_namespace=(env.get("SLM_LEADER_ELECTION_NAMESPACE") or env.get("SLM_PROFILER_NAMESPACE")
                                        or defaults.profiler_namespace),

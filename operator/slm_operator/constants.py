@@ -42,6 +42,9 @@ MODEL_SERVER_COMPONENT: Final = "model-server"
 ANNOTATION_MECHANISM: Final = f"{GROUP}/sharing"
 #: On a group's StatefulSet: the GPU product (node label spelling) it was planned for.
 ANNOTATION_PRODUCT: Final = f"{GROUP}/gpu-product"
+#: On a group's StatefulSet made to replace others (a move, see ``planning.moves``): the indexes of
+#: the groups it replaces (``0,1``); they are deleted once it is Ready.
+ANNOTATION_REPLACES: Final = f"{GROUP}/replaces"
 #: On the pods of ``dra-shares`` replicas (several services per GPU): ``true``. Their vLLM waits for
 #: the start permission, and the scheduler is asked to fill nodes already holding such pods.
 LABEL_PACKED: Final = f"{GROUP}/packed"

@@ -2,14 +2,16 @@
 
 ``builders.children`` decides what the objects look like (pure ``build_*``); this module sends them
 through ``kube`` (server-side apply, so an unchanged plan writes nothing new), scales in by whole
-GPU groups, removes DRA claims no group uses any more and the NetworkPolicy and InferencePool the
-spec no longer asks for, and lists a service's StatefulSets and pods as
+GPU groups, moves groups make-before-break (``planning.moves`` decides what moves), removes DRA
+claims no group uses any more and the NetworkPolicy and InferencePool the spec no longer asks
+for, and lists a service's StatefulSets and pods as
 :class:`~slm_operator.planning.groups.GroupState`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 
 from slm_operator import kube
 from slm_operator.builders.children import (
@@ -36,9 +38,18 @@ from slm_operator.constants import (
 )
 from slm_operator.gpu_index import PlacementLedger
 from slm_operator.planning.groups import GroupState, groups_from_objects
+from slm_operator.planning.moves import LostNode, Rollout, plan_rollout
 from slm_operator.planning.plan import Plan
 from slm_operator.planning.shares import DeviceOccupancy, device_occupancy
 from slm_operator.spec import EndpointPickerRef, SLMServiceSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Applied:
+    """What :func:`apply_children` did: where requests can go, and what happened to the groups."""
+
+    routing: Routing
+    rollout: Rollout
 
 
 def read_share_devices(*, name: str, namespace: str) -> list[DeviceOccupancy]:
@@ -70,14 +81,18 @@ def apply_children(
     engine_defaults: EngineDefaults,
     picker: EndpointPickerRef | None = None,
     pool_may_exist: bool = False,
-) -> Routing:
+    lost: Mapping[str, LostNode] | None = None,
+) -> Applied:
     """Apply the Service, the InferencePool (``picker`` set: ``spec.routing.inferencePool``), the
     NetworkPolicy (``spec.networkPolicy``; deleted when unset), one StatefulSet (and DRA claim) per
     placeable GPU group, then remove the groups and claims the plan no longer has. Raises
     :class:`~slm_operator.errors.ApplyRejected` when the API server refuses an object.
     ``engine_defaults`` (the operator's configuration) go into every vLLM pod. Returns where
-    requests can go: ``crd-missing`` when the cluster does not serve InferencePools (the rest is
-    applied all the same: the Service serves).
+    requests can go (``crd-missing`` when the cluster does not serve InferencePools: the rest is
+    applied all the same, the Service serves) and the groups' rollout.
+
+    Groups whose placement changed (mechanism, product, or a node in ``lost``) move make-before-break
+    (``planning.moves``): a replacement under a new index, the old group deleted once it is Ready.
 
     ``pool_may_exist`` (the status says routing was on): without ``picker``, delete this service's
     InferencePool. NB: only then, so that services without routing never ask whether the cluster
@@ -100,39 +115,35 @@ def apply_children(
     else:
         _delete_owned(api_version="networking.k8s.io/v1", kind="NetworkPolicy", name=name, namespace=namespace,
                       uid=uid)
+    rollout = plan_rollout(plan=plan, existing=existing, lost=lost or {})
     dra = plan.mechanism == "dra"
-    wanted_claims = set()
-    wanted_templates = set()
-    # NB: dra-shares runs one StatefulSet (index 0) of all its replicas, each with its own claim.
-    groups = (1 if plan.placeable_replicas else 0) if plan.shares_mode else plan.placeable_gpus
-    for group in existing:
-        # NB: a StatefulSet's podManagementPolicy is immutable (Parallel for dra-shares, OrderedReady
-        # for groups): a group changing between the two is replaced, not patched. Its pods restart
-        # with the new mechanism either way.
-        if group.index < groups and (group.mechanism == "dra-shares") != plan.shares_mode:
-            kube.delete(api_version="apps/v1", kind="StatefulSet", name=group.name, namespace=namespace)
-    if plan.shares_mode and groups:
+    wanted_claims = {g.claim for g in rollout.keep if g.claim}
+    wanted_templates = {g.claim_template for g in rollout.keep if g.claim_template}
+    if plan.shares_mode and rollout.apply:
         # NB: before the StatefulSet, so its pods find their template at once.
         wanted_templates.add(claim_template_name(name=name, plan=plan))
-        kube.apply(build_claim_template(name=name, namespace=namespace, plan=plan, owner=owner))
-    for index in range(groups):
+        kube.apply(build_claim_template(name=name, namespace=namespace, plan=plan, owner=owner,
+                                        index=rollout.apply[0].index))
+    for group in rollout.apply:
+        index = group.index
         claim = claim_name(name=name, index=index, plan=plan) if dra else None
         if claim:
             wanted_claims.add(claim)
             kube.apply(build_resource_claim(name=name, namespace=namespace, index=index, plan=plan, owner=owner))
         kube.apply(build_group_statefulset(name=name, namespace=namespace, index=index, spec=spec, plan=plan,
-                                           image=image, owner=owner, engine_defaults=engine_defaults))
+                                           image=image, owner=owner, engine_defaults=engine_defaults,
+                                           replaces=group.replaces))
         ledger.record(GroupState(
             namespace=namespace, name=group_name(service=name, index=index), service=name, index=index,
             product=plan.gpu_product, mechanism=plan.mechanism,
             replicas=plan.total_replicas if plan.shares_mode else plan.replicas_per_gpu, claim=claim,
             claim_template=claim_template_name(name=name, plan=plan) if plan.shares_mode else None,
-            share_request=plan.share_request))
-    # Scale in whole GPU groups; claims no group references any more go with them. (dra-shares scales
-    # in by the StatefulSet's replicas: the claims of removed pods are deleted with them.)
-    for group in existing:
-        if group.index >= groups:
-            kube.delete(api_version="apps/v1", kind="StatefulSet", name=group.name, namespace=namespace)
+            share_request=plan.share_request, replaces=group.replaces))
+    # Scale in whole GPU groups, and remove the groups moved away from (planning.moves); claims no
+    # group references any more go with them. (dra-shares scales in by the StatefulSet's replicas:
+    # the claims of removed pods are deleted with them.)
+    for old in rollout.delete:
+        kube.delete(api_version="apps/v1", kind="StatefulSet", name=old.name, namespace=namespace)
     stale = {g.claim for g in existing if g.claim} - wanted_claims
     for claim in sorted(c for c in stale if c):
         kube.delete(api_version="resource.k8s.io/v1", kind="ResourceClaim", name=claim, namespace=namespace)
@@ -142,7 +153,7 @@ def apply_children(
         if template:
             kube.delete(api_version="resource.k8s.io/v1", kind="ResourceClaimTemplate", name=template,
                         namespace=namespace)
-    return routing
+    return Applied(routing=routing, rollout=rollout)
 
 
 def _delete_owned(*, api_version: str, kind: str, name: str, namespace: str, uid: str) -> None:

@@ -38,6 +38,7 @@ from slm_operator.deploy import apply_children, read_groups, read_share_devices
 from slm_operator.errors import ApplyDeferred, ApplyRejected, PermanentError, PlanningError, ProfilePending, SpecError
 from slm_operator.gpu_index import GpuIndex, PlacementLedger, StartGrants, busiest_free_product
 from slm_operator.locks import ObjectLocks, ReadinessMemo
+from slm_operator.planning.moves import current_mechanism, lost_nodes, staying_groups
 from slm_operator.planning.plan import make_plan
 from slm_operator.planning.start_gate import grants
 from slm_operator.profile_source import obtain_profile
@@ -139,24 +140,36 @@ def _reconcile(
         return writer.write(_profiling_failed(exc, current=writer.current))
     found = profiled(profile=profile, current=writer.current)
 
-    mechanisms = {g.mechanism for g in groups}
+    # NB: groups on a lost node, on another product or already being replaced are not counted as
+    # placed: the plan must find room for their replacements beside them (planning.moves).
+    lost = lost_nodes(nodes=index.nodes(), groups=groups, now=datetime.datetime.now(datetime.timezone.utc),
+                      grace_seconds=cfg.node_not_ready_seconds)
+    staying = staying_groups(groups=groups, product=product, lost=lost)
+    current = current_mechanism(staying)
     with state.planning_lock:
         inventory = index.inventory(ledger=state.ledger, exclude_service=f"{namespace}/{name}")
         try:
-            plan = make_plan(spec=parsed, profile=profile, inventory=inventory, existing_groups=len(groups),
-                             current_mechanism=mechanisms.pop() if len(mechanisms) == 1 else None,
-                             default_sharing=cfg.default_sharing,
-                             existing_replicas=sum(g.replicas for g in groups if g.mechanism == "dra-shares"))
+            plan = make_plan(spec=parsed, profile=profile, inventory=inventory,
+                             existing_groups=sum(1 for g in staying if g.mechanism == current),
+                             current_mechanism=current, default_sharing=cfg.default_sharing,
+                             existing_replicas=sum(g.replicas for g in staying if g.mechanism == "dra-shares"))
         except PlanningError as exc:
-            return writer.write(pending("Planned", exc.reason, exc.message).with_profile(found))
+            update = pending("Planned", exc.reason, exc.message)
+            if groups:
+                # NB: nothing is applied or deleted: the groups that run keep serving where they are.
+                update = update.with_moves(moving=(), waiting=(
+                    f"{', '.join(g.name for g in groups)} keep serving where they are until a new placement "
+                    f"fits: {exc.message}",))
+            return writer.write(update.with_profile(found))
         asked = parsed.routing.inference_pool
         picker = endpoint_picker(name=name, asked=asked, defaults=cfg.endpoint_picker) if asked else None
         try:
-            routing = apply_children(
+            applied = apply_children(
                 name=name, namespace=namespace, uid=uid, spec=parsed, plan=plan, existing=groups,
                 image=parsed.engine.image or cfg.default_engine_image, ledger=state.ledger,
                 engine_defaults=cfg.engine_defaults(), picker=picker,
-                pool_may_exist=any(c.get("type") == "Routed" for c in writer.current.get("conditions") or ()))
+                pool_may_exist=any(c.get("type") == "Routed" for c in writer.current.get("conditions") or ()),
+                lost=lost)
         except ApplyRejected as exc:
             # NB: invalid will be rejected again on the next try; say why instead of looping (the
             # `retry-rejected` timer still looks now and then: an admission policy can be lifted).
@@ -166,7 +179,8 @@ def _reconcile(
     devices = read_share_devices(name=name, namespace=namespace) if plan.shares_mode else ()
     update = serving(name=name, plan=plan, groups=read_groups(name=name, namespace=namespace), devices=devices,
                      endpoint=endpoint_url(name=name, namespace=namespace))
-    writer.write(update.with_profile(found).with_routing(routed(name=name, routing=routing, picker=picker),
+    update = update.with_moves(moving=applied.rollout.moving, waiting=applied.rollout.waiting)
+    writer.write(update.with_profile(found).with_routing(routed(name=name, routing=applied.routing, picker=picker),
                                                          current=writer.current))
     logger.info("planned %s/%s: %s", namespace, name, plan.explanation)
 

@@ -34,6 +34,11 @@ Phase = Literal["Pending", "Profiling", "Planning", "Deploying", "Ready", "Degra
 CONDITION_TYPES = ("Profiled", "Planned", "Available", "Progressing", "Routed")
 #: Reason of the Routed condition while the cluster lacks the InferencePool CRD.
 POOL_CRD_MISSING = "InferencePoolCRDMissing"
+#: Reasons of the Progressing condition while GPU groups move (``planning.moves``): replacements
+#: starting, and groups left where they are until a replacement fits beside them.
+MOVING = "Moving"
+MOVE_WAITING = "MoveWaitingForCapacity"
+MOVE_REASONS = (MOVING, MOVE_WAITING)
 #: A condition as the CRD stores it (type, status, reason, message, and the times we add).
 Condition = dict[str, Any]
 
@@ -195,6 +200,16 @@ class StatusUpdate:
             update = dataclasses.replace(update, warning=POOL_CRD_MISSING, warning_message=routed["message"])
         return update
 
+    def with_moves(self, *, moving: Sequence[str], waiting: Sequence[str]) -> StatusUpdate:
+        """This update, with condition Progressing saying which groups move (``Moving``, True) or
+        wait for room for their replacement (``MoveWaitingForCapacity``); as it is when none do."""
+        if not moving and not waiting:
+            return self
+        progressing = condition("Progressing", bool(moving), MOVE_WAITING if waiting else MOVING,
+                                "; ".join([*moving, *waiting]))
+        return dataclasses.replace(self, conditions=tuple(
+            c for c in self.conditions if c["type"] != "Progressing") + (progressing,))
+
     def event_message(self) -> str:
         return self.message or "; ".join(
             f"{c['type']}={c['status']} ({c['reason']}): {c['message']}" for c in self.conditions)
@@ -253,7 +268,8 @@ def serving(
     ``status.selector`` (the scale subresource's labelSelectorPath) selects the vLLM pods of SLMService
     ``name``, for an HPA or KEDA; the scale subresource's status replicas are ``placement.gpus``.
     ``devices``: with ``dra-shares``, the GPUs the replicas' claims hold."""
-    ready = sum(g.ready_replicas for g in groups)
+    # NB: mid-move the old groups and their replacements are Ready together; count what is planned.
+    ready = min(sum(g.ready_replicas for g in groups), plan.total_replicas)
     # NB: dra-shares places replicas, not GPUs: partial placement is fewer replicas than asked.
     placed, wanted = ((plan.placeable_replicas, plan.replicas) if plan.shares_mode
                       else (plan.placeable_gpus, plan.gpus))
@@ -287,10 +303,13 @@ def routed(*, name: str, routing: Routing, picker: EndpointPickerRef | None) -> 
 
 def waiting(status: Mapping[str, Any]) -> bool:
     """True while something outside the spec must happen before the service is what it asks (free
-    GPUs, a Secret, the InferencePool CRD): the retry timer reconciles it again."""
-    if status.get("phase") in ("Pending", "Degraded"):
+    GPUs, a Secret, the InferencePool CRD, replicas turning Ready, a group moving): the retry timer
+    reconciles it again. NB: Deploying too, so that a group whose node went NotReady (its replicas
+    with it) moves once the grace period is over, and a move's old group goes once the new is Ready."""
+    if status.get("phase") in ("Pending", "Degraded", "Deploying"):
         return True
-    return any(c.get("type") == "Routed" and c.get("reason") == POOL_CRD_MISSING
+    return any((c.get("type") == "Routed" and c.get("reason") == POOL_CRD_MISSING)
+               or (c.get("type") == "Progressing" and c.get("reason") in MOVE_REASONS)
                for c in status.get("conditions") or ())
 
 
@@ -310,7 +329,7 @@ def readiness(
     placement = dict(current.get("placement") or {})
     if not placement or current.get("phase") in RECONCILER_PHASES:
         return None
-    ready = sum(g.ready_replicas for g in groups)
+    ready = min(sum(g.ready_replicas for g in groups), placement.get("totalReplicas", 0))
     placement |= {"readyReplicas": ready, "ready": f"{ready}/{placement.get('totalReplicas', 0)}",
                   "groups": [g.to_status() for g in groups], "nodes": sorted({g.node for g in groups if g.node})}
     shares = placement.get("mechanism") == "dra-shares"
@@ -322,6 +341,10 @@ def readiness(
         total_replicas=placement.get("totalReplicas", 0), ready_replicas=ready,
         placeable_gpus=placed, requested_gpus=wanted, explanation=current.get("message", ""),
     )
+    # NB: while groups move, Progressing is the reconciler's (which groups, how far); the retry
+    # timer brings it up to date.
+    if any(c.get("type") == "Progressing" and c.get("reason") in MOVE_REASONS for c in current.get("conditions") or ()):
+        conditions = [c for c in conditions if c["type"] != "Progressing"]
     return StatusUpdate(phase=phase, conditions=tuple(conditions), fields={"placement": placement})
 
 

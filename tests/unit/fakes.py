@@ -102,10 +102,11 @@ class FakeApi:
 
     # --- what the cluster does on its own ---------------------------------------------------------------
 
-    def run_pods(self, *, node_name: str, ready: bool) -> None:
-        """Every group's pods scheduled on ``node_name``; their StatefulSets report readiness."""
+    def run_pods(self, *, node_name: str, ready: bool, only: str | None = None) -> None:
+        """Every group's pods (``only``: StatefulSet ``only``'s) scheduled on ``node_name``; their
+        StatefulSets report readiness."""
         for (kind, ns, name), sts in list(self.objects.items()):
-            if kind != "StatefulSet":
+            if kind != "StatefulSet" or only not in (None, name):
                 continue
             labels = sts["spec"]["template"]["metadata"]["labels"]
             for i in range(sts["spec"]["replicas"]):
@@ -115,8 +116,9 @@ class FakeApi:
             sts["status"] = {"readyReplicas": sts["spec"]["replicas"] if ready else 0}
 
 
-def gpu_index(*nodes: dict[str, Any]) -> GpuIndex:
+def gpu_index(*nodes: dict[str, Any], pods: list[dict[str, Any]] = ()) -> GpuIndex:
+    """An index of ``nodes`` and of GPU ``pods`` (as ``factories.gpu_pod`` makes them)."""
     entries = [node_entry(name=n["metadata"]["name"], labels=n["metadata"]["labels"], spec={}, status=n["status"])
                for n in nodes]
-    return GpuIndex({"gpu_nodes": kopf_index(entries), "gpu_pods": {}, "gpu_slices": {}, "gpu_claims": {},
-                     "slm_groups": {}})
+    return GpuIndex({"gpu_nodes": kopf_index(entries), "gpu_slices": {}, "gpu_claims": {}, "slm_groups": {},
+                     "gpu_pods": kopf_index([{f"pod-{i}": pod} for i, pod in enumerate(pods)])})

@@ -335,14 +335,21 @@ def test_dra_shares_applies_a_claim_template_before_its_statefulset_and_switches
     assert kinds.index("ResourceClaimTemplate") < kinds.index("StatefulSet")
     template = next(name for verb, kind, name in api.writes if kind == "ResourceClaimTemplate")
 
-    # Asked for MPS now: the StatefulSet's podManagementPolicy cannot change, so it is replaced.
+    # Asked for MPS now: a StatefulSet's podManagementPolicy cannot change, so a new group (its own
+    # index) replaces the dra-shares one, which serves (with its template) until the new one is Ready.
+    api.run_pods(node_name="s", ready=True)
     body["spec"]["gpu"]["sharing"] = "mps"
     body["metadata"]["generation"] = 2
     api.writes.clear()
     status = reconcile(api, st, shared_index(), body)
     assert status["placement"]["mechanism"] == "mps"
-    assert api.writes.index(("delete", "StatefulSet", "opt-g0")) < api.writes.index(("apply", "StatefulSet", "opt-g0"))
+    assert [w for w in api.writes if w[0] == "delete"] == []
+    assert api.objects[("StatefulSet", "ns", "opt-g1")]["spec"]["podManagementPolicy"] == "OrderedReady"
+    api.run_pods(node_name="m", ready=True, only="opt-g1")
+    reconcile(api, st, shared_index(), body)
+    assert ("delete", "StatefulSet", "opt-g0") in api.writes
     assert ("delete", "ResourceClaimTemplate", template) in api.writes
+    assert [n for (k, _, n) in api.objects if k in ("StatefulSet", "ResourceClaimTemplate")] == ["opt-g1"]
 
 
 def test_start_permission_goes_to_one_waiting_pod_per_gpu(api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,7 +21,7 @@ import copy
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from slm_operator.builders.dra import dra_product_selector
@@ -30,6 +30,7 @@ from slm_operator.constants import (
     ANNOTATION_CLAIM_SHARES,
     ANNOTATION_MECHANISM,
     ANNOTATION_PRODUCT,
+    ANNOTATION_REPLACES,
     ANNOTATION_START,
     API_VERSION,
     DRA_CAPACITY_MEMORY,
@@ -220,20 +221,23 @@ def endpoint_url(*, name: str, namespace: str) -> str:
     return f"http://{name}.{namespace}.svc.cluster.local/v1"
 
 
-def build_claim_template(*, name: str, namespace: str, plan: Plan, owner: Mapping[str, Any]) -> dict[str, Any]:
+def build_claim_template(
+    *, name: str, namespace: str, plan: Plan, owner: Mapping[str, Any], index: int = 0
+) -> dict[str, Any]:
     """``dra-shares``: the template every replica's own ResourceClaim is made from.
 
     Each claim asks a share of one GPU that allows multiple allocations: ``memory`` (the replica's
     budget, see ``planning.plan.share_request``) and, where the driver publishes it, ``shares``
     (1/k* of the GPU). No opaque config: NVIDIA's driver refuses MPS under consumable shares, and
-    time-slices the GPU between the claims. The claims carry the service's labels (and
-    ``LABEL_PACKED``) so the operator's index can tell its replicas' claims apart.
+    time-slices the GPU between the claims. The claims carry the service's labels, the group
+    ``index`` of the StatefulSet and ``LABEL_PACKED``, so the operator's index can tell its
+    replicas' claims apart.
     """
     assert plan.share_request is not None  # NB: only dra-shares plans are built here
     requests = {DRA_CAPACITY_MEMORY: f"{plan.share_request.memory_mib}Mi"}
     if plan.share_request.shares is not None:
         requests[DRA_CAPACITY_SHARES] = str(plan.share_request.shares)
-    labels = common_labels(name=name) | {LABEL_GROUP: "0", LABEL_PACKED: "true"}
+    labels = common_labels(name=name) | {LABEL_GROUP: str(index), LABEL_PACKED: "true"}
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaimTemplate",
@@ -312,8 +316,10 @@ def build_group_statefulset(
     image: str,
     owner: Mapping[str, Any],
     engine_defaults: EngineDefaults = ENGINE_DEFAULTS,
+    replaces: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The k replicas of GPU group ``index``, started one after another and kept on one node.
+    ``replaces``: the indexes of the groups it is made to replace (``planning.moves``).
 
     The pods pass the ``restricted`` Pod Security Standard: a non-root user
     (``engine_defaults.run_as_user``), no privilege escalation, no capabilities, the runtime's
@@ -327,6 +333,8 @@ def build_group_statefulset(
     uid = engine_defaults.run_as_user
     pod_spec: dict[str, Any] = {}
     annotations = {ANNOTATION_MECHANISM: plan.mechanism, ANNOTATION_PRODUCT: plan.gpu_product}
+    if replaces:
+        annotations[ANNOTATION_REPLACES] = ",".join(str(i) for i in sorted(replaces))
     if plan.shares_mode:
         assert plan.share_request is not None  # NB: every dra-shares plan has one
         container["resources"]["claims"] = [{"name": "gpu"}]

@@ -20,6 +20,7 @@ from slm_operator.constants import (
     ANNOTATION_CLAIM_SHARES,
     ANNOTATION_MECHANISM,
     ANNOTATION_PRODUCT,
+    ANNOTATION_REPLACES,
     LABEL_GROUP,
     LABEL_SERVICE,
 )
@@ -54,6 +55,8 @@ class GroupState:
     #: such claim consumes.
     claim_template: str | None = None
     share_request: ShareRequest | None = None
+    #: The indexes of the groups this one was made to replace (a move), until they are gone.
+    replaces: tuple[int, ...] = ()
 
     @property
     def key(self) -> str:
@@ -101,6 +104,7 @@ def group_from_statefulset(statefulset: Mapping[str, Any], *, node: str | None =
         claim=claims[0] if claims and claims[0] else None,
         claim_template=templates[0] if templates and templates[0] else None,
         share_request=ShareRequest(memory_mib=memory, shares=_int(shares) if shares else None) if memory else None,
+        replaces=tuple(int(i) for i in (annotations.get(ANNOTATION_REPLACES) or "").split(",") if i.isdigit()),
     )
 
 

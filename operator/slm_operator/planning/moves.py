@@ -1,0 +1,237 @@
+"""Moving GPU groups make-before-break: which groups to apply, which to delete, and what to say.
+
+A group must *move* when where it runs no longer matches the plan: another mechanism
+(``spec.gpu.sharing``), another GPU product, or its node is gone or has been NotReady longer than a
+grace period. Patching its StatefulSet in place cannot work: the new pods' node affinity excludes
+the old node while the group's required pod affinity (its pods stay together) pins them to it, so
+they would stay Pending for good. Instead the replacement is a new group under a new index (a new
+StatefulSet name and group label, so no pod affinity ties it to the old pods), annotated with the
+indexes it replaces (``constants.ANNOTATION_REPLACES``); the old group keeps serving until its
+replacement is Ready, then goes with its claim. Everything is decided from what the cluster
+stores (the StatefulSets, their pods' nodes, the nodes): an operator restarted mid-move carries on.
+
+Capacity: the plan is made against the inventory while the old groups still hold their GPUs, so
+it places only the replacements that fit beside them; a group left without one keeps serving and
+is reported waiting (``status.MOVE_WAITING``). A group whose node is gone has nothing to keep:
+it is deleted at once.
+
+Side-effect free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from slm_operator.constants import group_name
+from slm_operator.planning.groups import GroupState
+from slm_operator.planning.plan import Plan
+
+
+@dataclasses.dataclass(frozen=True)
+class LostNode:
+    """A node a group can no longer count on: ``gone`` (deleted) or ``NotReady`` past the grace period."""
+
+    name: str
+    state: str
+    #: NotReady only: for how long, in seconds.
+    seconds: float = 0.0
+
+    @property
+    def gone(self) -> bool:
+        return self.state == "gone"
+
+    def describe(self) -> str:
+        if self.gone:
+            return f"node {self.name} is gone"
+        return f"node {self.name} has been NotReady for {int(self.seconds)}s"
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupToApply:
+    """A group the plan wants: an existing one (patched) or a new one, and the groups it replaces."""
+
+    index: int
+    replaces: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """What ``deploy.apply_children`` does to a service's groups for one plan."""
+
+    apply: tuple[GroupToApply, ...]
+    delete: tuple[GroupState, ...]
+    #: Misplaced groups kept for now (still serving until their replacement is Ready, or waiting).
+    keep: tuple[GroupState, ...]
+    #: One sentence per move in progress, and per group waiting for room for its replacement.
+    moving: tuple[str, ...] = ()
+    waiting: tuple[str, ...] = ()
+
+
+def lost_nodes(
+    *, nodes: Iterable[Mapping[str, Any]], groups: Iterable[GroupState], now: datetime.datetime,
+    grace_seconds: float,
+) -> dict[str, LostNode]:
+    """The nodes of ``groups`` that are gone (not among ``nodes``, the GPU nodes the index knows) or
+    NotReady for longer than ``grace_seconds`` (by their Ready condition's lastTransitionTime)."""
+    by_name = {(n.get("metadata") or {}).get("name"): n for n in nodes}
+    lost: dict[str, LostNode] = {}
+    for node in sorted({g.node for g in groups if g.node}):
+        entry = by_name.get(node)
+        if entry is None:
+            lost[node] = LostNode(name=node, state="gone")
+            continue
+        ready = next((c for c in (entry.get("status") or {}).get("conditions") or () if c.get("type") == "Ready"), None)
+        if ready is None or ready.get("status") == "True":
+            continue
+        since = _parse_time(ready.get("lastTransitionTime"))
+        seconds = (now - since).total_seconds() if since else 0.0
+        if since is not None and seconds >= grace_seconds:
+            lost[node] = LostNode(name=node, state="NotReady", seconds=seconds)
+    return lost
+
+
+def staying_groups(
+    *, groups: Sequence[GroupState], product: str, lost: Mapping[str, LostNode]
+) -> list[GroupState]:
+    """The groups that can stay as they are if the plan keeps their mechanism: on ``product``, on a
+    node that is not lost, and not already being replaced. The planner counts them as placed."""
+    replaced = {i for g in groups for i in g.replaces}
+    return [g for g in groups if g.product == product and _lost(g, lost) is None and g.index not in replaced]
+
+
+def current_mechanism(staying: Sequence[GroupState]) -> str | None:
+    """The mechanism the service runs under now: that of its staying groups; mid-move, that of the
+    replacements (the old groups it leaves are not staying)."""
+    mechanisms = {g.mechanism for g in staying}
+    if len(mechanisms) == 1:
+        return mechanisms.pop()
+    return next((g.mechanism for g in staying if g.replaces), None)
+
+
+def plan_rollout(*, plan: Plan, existing: Sequence[GroupState], lost: Mapping[str, LostNode]) -> Rollout:
+    """Which groups to apply (existing ones that fit the plan, and new ones), which to delete, and
+    which misplaced groups to keep serving for now. Side-effect free.
+
+    A group *fits* the plan when it runs its mechanism on its product on a node that is not lost;
+    fitting groups beyond the plan's count are scaled in (highest index first). A misplaced group
+    is deleted once every group replacing it is Ready, at once when its node is gone, and when the
+    service has as many groups as the spec asks without it; otherwise it keeps serving.
+    """
+    wanted = (1 if plan.placeable_replicas else 0) if plan.shares_mode else plan.placeable_gpus
+    desired = (1 if plan.replicas else 0) if plan.shares_mode else plan.gpus
+    fit = [g for g in existing if _fits(g, plan=plan, lost=lost)]
+    misplaced = [g for g in existing if g not in fit]
+    staying, scaled_in = fit[:wanted], fit[wanted:]
+    misplaced_indexes = {g.index for g in misplaced}
+    replaced_by: dict[int, list[GroupState]] = {}
+    for group in staying:
+        for old in group.replaces:
+            if old in misplaced_indexes:
+                replaced_by.setdefault(old, []).append(group)
+
+    # New groups: each replaces a misplaced group that has no replacement yet, in index order (a
+    # dra-shares StatefulSet, one for all replicas, replaces them all; a dra-shares group left
+    # is replaced by every new group), then plain scale-out.
+    unreplaced = [g for g in misplaced if g.index not in replaced_by]
+    new: list[GroupToApply] = []
+    for position, index in enumerate(_fresh_indexes(existing, count=max(0, wanted - len(staying)))):
+        if plan.shares_mode:
+            replaces = [g.index for g in unreplaced]
+        else:
+            one = [g for g in unreplaced if g.mechanism != "dra-shares"]
+            replaces = [one[position].index] if position < len(one) else []
+            replaces += [g.index for g in unreplaced if g.mechanism == "dra-shares"]
+        new.append(GroupToApply(index=index, replaces=tuple(sorted(replaces))))
+        for old in replaces:
+            replaced_by.setdefault(old, []).append(_planned(group=index, like=misplaced[0], plan=plan))
+
+    delete: list[GroupState] = list(scaled_in)
+    keep: list[GroupState] = []
+    moving: list[str] = []
+    waiting: list[str] = []
+    for group in misplaced:
+        node = _lost(group, lost)
+        replacements = replaced_by.get(group.index, [])
+        if node is not None and node.gone:
+            delete.append(group)
+        elif replacements and all(_ready(g) for g in replacements):
+            delete.append(group)
+        elif replacements:
+            keep.append(group)
+            moving.append(_moving(group, plan=plan, node=node, to=replacements))
+        elif len(staying) + len(new) >= desired:
+            delete.append(group)  # NB: the spec asks no more groups than those placed without it: scale-in
+        else:
+            keep.append(group)
+            waiting.append(_waiting(group, plan=plan, node=node))
+    kept = {g.index for g in keep}
+    apply = [GroupToApply(index=g.index, replaces=tuple(i for i in g.replaces if i in kept)) for g in staying]
+    return Rollout(apply=tuple(apply + new), delete=tuple(delete), keep=tuple(keep), moving=tuple(moving),
+                   waiting=tuple(waiting))
+
+
+def _fits(group: GroupState, *, plan: Plan, lost: Mapping[str, LostNode]) -> bool:
+    return group.mechanism == plan.mechanism and group.product == plan.gpu_product and _lost(group, lost) is None
+
+
+def _lost(group: GroupState, lost: Mapping[str, LostNode]) -> LostNode | None:
+    # NB: a dra-shares StatefulSet spreads its replicas over GPUs of several nodes; its first pod's
+    # node says nothing of the others.
+    if group.mechanism == "dra-shares" or not group.node:
+        return None
+    return lost.get(group.node)
+
+
+def _planned(*, group: int, like: GroupState, plan: Plan) -> GroupState:
+    """A group about to be created, as the next read will show it (nothing Ready)."""
+    return GroupState(namespace=like.namespace, name=group_name(service=like.service, index=group),
+                      service=like.service, index=group, product=plan.gpu_product, mechanism=plan.mechanism,
+                      replicas=plan.total_replicas if plan.shares_mode else plan.replicas_per_gpu)
+
+
+def _ready(group: GroupState) -> bool:
+    return group.replicas > 0 and group.ready_replicas >= group.replicas
+
+
+def _fresh_indexes(existing: Sequence[GroupState], *, count: int) -> list[int]:
+    """Indexes above every existing group's. NB: never a gap below: a group deleted a moment ago
+    may still have terminating pods with that index's label, which a new group's required pod
+    affinity would follow to the old node."""
+    start = max((g.index for g in existing), default=-1) + 1
+    return list(range(start, start + count))
+
+
+def _where(group: GroupState, *, plan: Plan) -> str:
+    product = f" ({group.product})" if group.product != plan.gpu_product else ""
+    return f"{group.mechanism or 'unknown sharing'}{product}" + (f" on node {group.node}" if group.node else "")
+
+
+def _target(plan: Plan, group: GroupState) -> str:
+    return plan.mechanism + (f" ({plan.gpu_product})" if group.product != plan.gpu_product else "")
+
+
+def _moving(group: GroupState, *, plan: Plan, node: LostNode | None, to: Sequence[GroupState]) -> str:
+    ready = sum(g.ready_replicas for g in to)
+    wanted = sum(g.replicas for g in to)
+    names = ", ".join(g.name for g in to)
+    why = f" ({node.describe()})" if node else ""
+    return (f"moving group {group.name} from {_where(group, plan=plan)}{why} to {_target(plan, group)}: "
+            f"{ready}/{wanted} replicas of the new group {names} Ready")
+
+
+def _waiting(group: GroupState, *, plan: Plan, node: LostNode | None) -> str:
+    why = f" ({node.describe()})" if node else ""
+    return (f"group {group.name} stays on {_where(group, plan=plan)}{why} until a {_target(plan, group)} group "
+            "fits beside it: no free GPU for its replacement; free GPUs or add nodes")
+
+
+def _parse_time(value: Any) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
