@@ -99,7 +99,7 @@ def staying_groups(
     """The groups that can stay as they are if the plan keeps their mechanism: on ``product``, on a
     node that is not lost, and not already being replaced. The planner counts them as placed."""
     replaced = {i for g in groups for i in g.replaces}
-    return [g for g in groups if g.product == product and _lost(g, lost) is None and g.index not in replaced]
+    return [g for g in groups if _same(g.product, product) and _lost(g, lost) is None and g.index not in replaced]
 
 
 def current_mechanism(staying: Sequence[GroupState]) -> str | None:
@@ -117,8 +117,9 @@ def plan_rollout(*, plan: Plan, existing: Sequence[GroupState], lost: Mapping[st
 
     A group *fits* the plan when it runs its mechanism on its product on a node that is not lost;
     fitting groups beyond the plan's count are scaled in (highest index first). A misplaced group
-    is deleted once every group replacing it is Ready, at once when its node is gone, and when the
-    service has as many groups as the spec asks without it; otherwise it keeps serving.
+    is deleted once every group replacing it is Ready (when the service has as many groups as the
+    spec asks without it: once they all are), at once when its node is gone; otherwise it keeps
+    serving, waiting for room for its replacement.
     """
     wanted = (1 if plan.placeable_replicas else 0) if plan.shares_mode else plan.placeable_gpus
     desired = (1 if plan.replicas else 0) if plan.shares_mode else plan.gpus
@@ -147,6 +148,12 @@ def plan_rollout(*, plan: Plan, existing: Sequence[GroupState], lost: Mapping[st
         new.append(GroupToApply(index=index, replaces=tuple(sorted(replaces))))
         for old in replaces:
             replaced_by.setdefault(old, []).append(_planned(group=index, like=misplaced[0], plan=plan))
+    # NB: a misplaced group nothing replaces is not needed once the spec's groups are placed without
+    # it (the spec asks fewer now); it still serves until they are Ready.
+    if unreplaced and len(staying) + len(new) >= desired:
+        everyone = staying + [_planned(group=n.index, like=unreplaced[0], plan=plan) for n in new]
+        for group in unreplaced:
+            replaced_by.setdefault(group.index, everyone)
 
     delete: list[GroupState] = list(scaled_in)
     keep: list[GroupState] = []
@@ -157,13 +164,11 @@ def plan_rollout(*, plan: Plan, existing: Sequence[GroupState], lost: Mapping[st
         replacements = replaced_by.get(group.index, [])
         if node is not None and node.gone:
             delete.append(group)
-        elif replacements and all(_ready(g) for g in replacements):
+        elif group.index in replaced_by and all(_ready(g) for g in replacements):
             delete.append(group)
         elif replacements:
             keep.append(group)
             moving.append(_moving(group, plan=plan, node=node, to=replacements))
-        elif len(staying) + len(new) >= desired:
-            delete.append(group)  # NB: the spec asks no more groups than those placed without it: scale-in
         else:
             keep.append(group)
             waiting.append(_waiting(group, plan=plan, node=node))
@@ -174,7 +179,13 @@ def plan_rollout(*, plan: Plan, existing: Sequence[GroupState], lost: Mapping[st
 
 
 def _fits(group: GroupState, *, plan: Plan, lost: Mapping[str, LostNode]) -> bool:
-    return group.mechanism == plan.mechanism and group.product == plan.gpu_product and _lost(group, lost) is None
+    return (_same(group.mechanism, plan.mechanism) and _same(group.product, plan.gpu_product)
+            and _lost(group, lost) is None)
+
+
+def _same(recorded: str, wanted: str) -> bool:
+    """NB: a StatefulSet without the annotation (``""``, made by hand or long ago) is not moved for it."""
+    return not recorded or recorded == wanted
 
 
 def _lost(group: GroupState, lost: Mapping[str, LostNode]) -> LostNode | None:
