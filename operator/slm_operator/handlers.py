@@ -16,7 +16,15 @@ import kopf
 
 from slm_operator import metrics
 from slm_operator.config import OperatorConfig
-from slm_operator.constants import API_VERSION, GROUP, LABEL_MANAGED_BY, LABEL_PACKED, MANAGED_BY, PLURAL
+from slm_operator.constants import (
+    API_VERSION,
+    GROUP,
+    LABEL_GPU_PRODUCT,
+    LABEL_MANAGED_BY,
+    LABEL_PACKED,
+    MANAGED_BY,
+    PLURAL,
+)
 from slm_operator.errors import ApplyRejected, ProfilePending, ProfilingFailed
 from slm_operator.gpu_index import (
     GpuIndex,
@@ -28,7 +36,13 @@ from slm_operator.gpu_index import (
     slice_entry,
 )
 from slm_operator.profile_source import cancel_local_runs
-from slm_operator.reconcile import OperatorState, fold_readiness, grant_starts, reconcile_service
+from slm_operator.reconcile import (
+    OperatorState,
+    fold_readiness,
+    grant_starts,
+    reconcile_service,
+    reconcile_services_on,
+)
 from slm_operator.status import waiting
 
 RESOURCE = (GROUP, API_VERSION, PLURAL)
@@ -192,6 +206,14 @@ def group_readiness_changed(*, labels: Mapping[str, str], namespace: str | None,
     # NB: an event handler, not a field handler: kopf stores nothing on the StatefulSet for it.
     fold_readiness(state=STATE, labels=labels, namespace=namespace or "", name=name, event_type=type,
                    status=status)
+
+
+# NB: only deletions: a node NotReady turns its replicas NotReady, and the retry timer of a service
+# not Ready moves the group once the grace period is over (``planning.moves``).
+@kopf.on.event("nodes", labels={LABEL_GPU_PRODUCT: kopf.PRESENT})
+def gpu_node_changed(*, type: str, name: str, **indexes: Any) -> None:
+    if type == "DELETED":
+        reconcile_services_on(state=STATE, index=GpuIndex(indexes), node=name, watched=_watched)
 
 
 # --- dra-shares: one starting replica per GPU, across services (planning.start_gate) ---------------

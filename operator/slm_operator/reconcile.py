@@ -32,6 +32,7 @@ from slm_operator.constants import (
     ANNOTATION_START_DEVICE,
     LABEL_GPU_PRODUCT,
     LABEL_SERVICE,
+    MANAGED_BY_SELECTOR,
     START_GRANTED,
 )
 from slm_operator.deploy import apply_children, read_groups, read_share_devices
@@ -233,6 +234,31 @@ def _fold_readiness(*, state: OperatorState, labels: Mapping[str, str], namespac
         writer = StatusWriter(body=owner, name=service, namespace=namespace, current=current,
                               generation=current.get("observedGeneration"))
         writer.write(update)
+
+
+def reconcile_services_on(
+    *, state: OperatorState, index: GpuIndex, node: str, watched: Callable[[str], bool]
+) -> None:
+    """A GPU node is gone: reconcile now every service of a ``watched`` namespace with a replica on
+    it, so its group moves (``planning.moves``) at once instead of after the pod garbage collector
+    (40 s) and the StatefulSet controller. Errors are left to the services' own handlers and timers."""
+    pods = kube.list_objects(api_version="v1", kind="Pod", label_selector=MANAGED_BY_SELECTOR)
+    services = sorted({(pod["metadata"]["namespace"], pod["metadata"]["labels"][LABEL_SERVICE]) for pod in pods
+                       if (pod.get("spec") or {}).get("nodeName") == node
+                       and LABEL_SERVICE in (pod["metadata"].get("labels") or {})
+                       and watched(pod["metadata"]["namespace"])})
+    for namespace, name in services:
+        body = kube.get_service(name=name, namespace=namespace)
+        if body is None:
+            continue
+        meta = body.get("metadata") or {}
+        try:
+            reconcile_service(state=state, index=index, body=body, spec=body.get("spec") or {}, name=name,
+                              namespace=namespace, uid=meta.get("uid", ""), meta=meta,
+                              status=body.get("status") or {})
+        except ProfilePending:
+            pass  # NB: its profiling timer polls the measurement
+        logger.info("GPU node %s is gone: reconciled %s/%s", node, namespace, name)
 
 
 def grant_starts(*, state: OperatorState, index: GpuIndex, watched: Callable[[str], bool]) -> None:

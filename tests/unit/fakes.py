@@ -85,7 +85,7 @@ class FakeApi:
                      label_selector: str | None = None) -> list[dict[str, Any]]:
         wanted = dict(pair.split("=", 1) for pair in (label_selector or "").split(",") if pair)
         return [obj for (k, ns, _), obj in sorted(self.objects.items())
-                if k == kind and ns == namespace
+                if k == kind and namespace in (None, ns)
                 and wanted.items() <= (obj["metadata"].get("labels") or {}).items()]
 
     def patch_service_status(self, *, name: str, namespace: str, status: dict[str, Any]) -> kube.Outcome:

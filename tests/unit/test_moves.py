@@ -11,7 +11,7 @@ import pytest
 
 from slm_operator.config import OperatorConfig
 from slm_operator.gpu_index import GpuIndex, node_entry, slice_entry
-from slm_operator.reconcile import OperatorState, fold_readiness
+from slm_operator.reconcile import OperatorState, fold_readiness, reconcile_services_on
 from tests.unit.factories import H100, dra_slice, gpu_pod, node
 from tests.unit.fakes import FakeApi, gpu_index, kopf_index
 from tests.unit.test_reconcile import STATIC, conditions, reconcile, service, state
@@ -133,9 +133,14 @@ def test_a_product_change_moves_the_group_and_its_claim(api: FakeApi) -> None:
 
 def test_a_group_whose_node_is_gone_is_replaced_at_once(api: FakeApi) -> None:
     st = state()
-    body = ready_service(api, st, gpu_index(node("m", count=1, sharing="mps", replicas=4),
-                                            node("n", count=1, sharing="mps", replicas=4)))
-    status = reconcile(api, st, gpu_index(node("n", count=1, sharing="mps", replicas=4)), body)  # m deleted
+    ready_service(api, st, gpu_index(node("m", count=1, sharing="mps", replicas=4),
+                                     node("n", count=1, sharing="mps", replicas=4)))
+    # Node m is deleted: its watch event reconciles the services with a replica there, of watched namespaces.
+    index = gpu_index(node("n", count=1, sharing="mps", replicas=4))
+    reconcile_services_on(state=st, index=index, node="m", watched=lambda ns: ns != "ns")
+    assert api.writes == []
+    reconcile_services_on(state=st, index=index, node="m", watched=lambda ns: True)
+    status = api.objects[("SLMService", "ns", "opt")]["status"]
     assert ("delete", "StatefulSet", "opt-g0") in api.writes and sorted(statefulsets(api)) == ["opt-g1"]
     assert status["placement"]["mechanism"] == "mps" and [g["name"] for g in status["placement"]["groups"]] == [
         "opt-g1"]
