@@ -6,7 +6,7 @@ one after another (several vLLM servers starting at once on one GPU misread free
 issue #55827), a required pod affinity keeps them on one node, and scaling out or in adds or
 removes whole groups without touching the pods of the others.
 
-``dra-shares`` has no groups: one StatefulSet (index 0) of all replicas, each pod with its own
+``dra-shares`` has no groups: one StatefulSet (one group index) of all replicas, each pod with its own
 ResourceClaim from a ResourceClaimTemplate. Replicas of other services share its GPUs, so no
 StatefulSet can order their starts; instead each vLLM waits for the operator's start permission
 (``constants.ANNOTATION_START``, read through a downwardAPI volume), granted to one starting replica
