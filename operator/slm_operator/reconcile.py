@@ -39,8 +39,9 @@ from slm_operator.deploy import apply_children, read_groups, read_share_devices
 from slm_operator.errors import ApplyDeferred, ApplyRejected, PermanentError, PlanningError, ProfilePending, SpecError
 from slm_operator.gpu_index import GpuIndex, PlacementLedger, StartGrants, busiest_free_product
 from slm_operator.locks import ObjectLocks, ReadinessMemo
-from slm_operator.planning.moves import current_mechanism, lost_nodes, staying_groups
-from slm_operator.planning.plan import make_plan
+from slm_operator.planning.groups import GroupState
+from slm_operator.planning.moves import current_mechanism, lost_nodes, resized, staying_groups
+from slm_operator.planning.plan import Plan, make_plan
 from slm_operator.planning.start_gate import grants
 from slm_operator.profile_source import obtain_profile
 from slm_operator.reporter import StatusWriter
@@ -146,14 +147,22 @@ def _reconcile(
     lost = lost_nodes(nodes=index.nodes(), groups=groups, now=datetime.datetime.now(datetime.timezone.utc),
                       grace_seconds=cfg.node_not_ready_seconds)
     staying = staying_groups(groups=groups, product=product, lost=lost)
-    current = current_mechanism(staying)
+
+    def plan_beside(staying: list[GroupState]) -> Plan:
+        current = current_mechanism(staying)
+        return make_plan(spec=parsed, profile=profile, inventory=inventory,
+                         existing_groups=sum(1 for g in staying if g.mechanism == current),
+                         current_mechanism=current, default_sharing=cfg.default_sharing,
+                         existing_replicas=sum(g.replicas for g in staying if g.mechanism == "dra-shares"))
+
     with state.planning_lock:
         inventory = index.inventory(ledger=state.ledger, exclude_service=f"{namespace}/{name}")
         try:
-            plan = make_plan(spec=parsed, profile=profile, inventory=inventory,
-                             existing_groups=sum(1 for g in staying if g.mechanism == current),
-                             current_mechanism=current, default_sharing=cfg.default_sharing,
-                             existing_replicas=sum(g.replicas for g in staying if g.mechanism == "dra-shares"))
+            plan = plan_beside(staying)
+            # NB: groups with another k per GPU move too (planning.moves.resized): plan again with room
+            # for their replacements, not counting them as placed.
+            if any(resized(g, plan=plan) for g in staying):
+                plan = plan_beside([g for g in staying if not resized(g, plan=plan)])
         except PlanningError as exc:
             update = pending("Planned", exc.reason, exc.message)
             if groups:

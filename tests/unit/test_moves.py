@@ -201,3 +201,24 @@ def test_with_no_room_at_all_nothing_is_touched_and_the_status_says_so(api: Fake
     assert sorted(statefulsets(api)) == ["opt-g0"]
     assert conditions(status)["Progressing"] == ("False", "MoveWaitingForCapacity")
     assert "opt-g0" in progressing(status)["message"] and "time-slicing" in progressing(status)["message"]
+
+
+def test_another_number_of_replicas_per_gpu_moves_the_group_to_a_gpu_with_room_for_them(api: FakeApi) -> None:
+    nodes = (node("m", count=1, sharing="mps", replicas=4), node("n", count=1, sharing="mps", replicas=4))
+    st = state()
+    body = ready_service(api, st, gpu_index(*nodes))
+    body["spec"]["profiling"] = {"mode": "static", "static": STATIC["static"] | {"replicasPerGPU": 3}}
+    body["metadata"]["generation"] += 1
+    # m's GPU has 2 of its 4 slots left: a third replica pinned there by the group's pod affinity
+    # would not fit beside the new group; n's GPU has room for the new group of 3.
+    index = gpu_index(*nodes, pods=[gpu_pod("m"), gpu_pod("m")])
+    status = reconcile(api, st, index, body)
+    assert statefulsets(api)["opt-g0"]["spec"]["replicas"] == 2 and [w for w in api.writes if w[2] == "opt-g0"] == []
+    assert statefulsets(api)["opt-g1"]["spec"]["replicas"] == 3
+    assert progressing(status)["message"] == (
+        "moving group opt-g0 from mps (2 replicas per GPU) on node m to mps (3 replicas per GPU): 0/3 replicas "
+        "of the new group opt-g1 Ready")
+
+    api.run_pods(node_name="n", ready=True, only="opt-g1")
+    status = reconcile(api, st, gpu_index(*nodes, pods=[gpu_pod("m")] * 2 + [gpu_pod("n")] * 3), body)
+    assert sorted(statefulsets(api)) == ["opt-g1"] and status["placement"]["ready"] == "3/3"

@@ -1,9 +1,10 @@
 """Moving GPU groups make-before-break: which groups to apply, which to delete, and what to say.
 
 A group must *move* when where it runs no longer matches the plan: another mechanism
-(``spec.gpu.sharing``), another GPU product, or its node is gone or has been NotReady longer than a
-grace period. Patching its StatefulSet in place cannot work: the new pods' node affinity excludes
-the old node while the group's required pod affinity (its pods stay together) pins them to it, so
+(``spec.gpu.sharing``), another GPU product, another number of replicas per GPU, or its node is
+gone or has been NotReady longer than a grace period. Patching its StatefulSet in place cannot
+work: the new pods' node affinity excludes the old node while the group's required pod affinity
+(its pods stay together) pins them to it (or pins an added replica to a GPU with no room), so
 they would stay Pending for good. Instead the replacement is a new group under a new index (a new
 StatefulSet name and group label, so no pod affinity ties it to the old pods), annotated with the
 indexes it replaces (``constants.ANNOTATION_REPLACES``); the old group keeps serving until its
@@ -180,7 +181,15 @@ def plan_rollout(*, plan: Plan, existing: Sequence[GroupState], lost: Mapping[st
 
 def _fits(group: GroupState, *, plan: Plan, lost: Mapping[str, LostNode]) -> bool:
     return (_same(group.mechanism, plan.mechanism) and _same(group.product, plan.gpu_product)
-            and _lost(group, lost) is None)
+            and not resized(group, plan=plan) and _lost(group, lost) is None)
+
+
+def resized(group: GroupState, *, plan: Plan) -> bool:
+    """A group of the plan's mechanism with another number of replicas per GPU. NB: it moves too: a
+    replica added in place would be pinned by the group's pod affinity to a node whose GPU may have
+    no slot left for it (and a DRA group's claim, sized for k replicas, changes with k)."""
+    return (not plan.shares_mode and group.mechanism == plan.mechanism and group.replicas > 0
+            and group.replicas != plan.replicas_per_gpu)
 
 
 def _same(recorded: str, wanted: str) -> bool:
@@ -217,11 +226,13 @@ def _fresh_indexes(existing: Sequence[GroupState], *, count: int) -> list[int]:
 
 def _where(group: GroupState, *, plan: Plan) -> str:
     product = f" ({group.product})" if group.product != plan.gpu_product else ""
-    return f"{group.mechanism or 'unknown sharing'}{product}" + (f" on node {group.node}" if group.node else "")
+    size = f" ({group.replicas} replicas per GPU)" if resized(group, plan=plan) else ""
+    return f"{group.mechanism or 'unknown sharing'}{product}{size}" + (f" on node {group.node}" if group.node else "")
 
 
 def _target(plan: Plan, group: GroupState) -> str:
-    return plan.mechanism + (f" ({plan.gpu_product})" if group.product != plan.gpu_product else "")
+    return (plan.mechanism + (f" ({plan.gpu_product})" if group.product != plan.gpu_product else "")
+            + (f" ({plan.replicas_per_gpu} replicas per GPU)" if resized(group, plan=plan) else ""))
 
 
 def _moving(group: GroupState, *, plan: Plan, node: LostNode | None, to: Sequence[GroupState]) -> str:

@@ -125,3 +125,11 @@ def test_the_groups_that_stay_count_as_placed_and_mid_move_the_replacements_mech
     assert staying_groups(groups=[group(0)], product="NVIDIA-L4", lost={}) == []
     assert staying_groups(groups=[group(0)], product=H100, lost={"m": LostNode(name="m", state="gone")}) == []
     assert current_mechanism([group(0), group(1)]) == "mps" and current_mechanism([]) is None
+
+
+def test_a_group_with_another_number_of_replicas_per_gpu_is_replaced_not_resized_in_place():
+    mps = plan()
+    assert mps.replicas_per_gpu == 2
+    rollout = plan_rollout(plan=mps, existing=[group(0, replicas=3, ready=3)], lost={})
+    assert [(g.index, g.replaces) for g in rollout.apply] == [(1, (0,))] and rollout.delete == ()
+    assert "from mps (3 replicas per GPU) on node m to mps (2 replicas per GPU)" in rollout.moving[0]
