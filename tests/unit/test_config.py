@@ -106,3 +106,10 @@ def test_the_endpoint_picker_defaults_to_one_per_pool_and_is_read_from_the_chart
 def test_a_bad_endpoint_picker_setting_names_the_variable(variable, value):
     with pytest.raises(ConfigError, match=f"^{variable}="):
         OperatorConfig.from_env({variable: value})
+
+
+def test_the_not_ready_grace_period_of_a_groups_node_is_read_and_checked():
+    assert OperatorConfig.from_env({}).node_not_ready_seconds == 300
+    assert OperatorConfig.from_env({"SLM_NODE_NOT_READY_SECONDS": "90"}).node_not_ready_seconds == 90
+    with pytest.raises(ConfigError, match="SLM_NODE_NOT_READY_SECONDS"):
+        OperatorConfig.from_env({"SLM_NODE_NOT_READY_SECONDS": "0"})
