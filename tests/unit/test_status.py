@@ -1,6 +1,6 @@
 """Status computation: phases, conditions that keep their transition time, minimal patches."""
 
-from slm_operator.status import condition, merge_conditions, serving_phase, status_patch
+from slm_operator.status import StatusUpdate, condition, merge_conditions, serving_phase, status_patch, waiting
 
 
 def test_transition_time_moves_only_when_status_flips():
@@ -113,3 +113,17 @@ def test_serving_writes_the_selector_of_the_engine_pods():
     update = serving(name="opt", plan=_plan([node("n", sharing="mps", replicas=4)]), groups=[], endpoint="e")
     assert update.fields["selector"] == "app.kubernetes.io/component=model-server,slm.pareto.dev/service=opt"
     assert update.fields["placement"]["gpus"] == 1  # the scale subresource's status replicas
+
+
+def test_a_move_in_progress_is_looked_at_again_and_says_which_groups_move():
+    base = StatusUpdate(phase="Ready", conditions=(condition("Available", True, "AllReplicasReady", "2/2"),
+                                                   condition("Progressing", False, "Complete", "done")))
+    assert base.with_moves(moving=(), waiting=()) is base
+    moving = base.with_moves(moving=("moving group opt-g0 ...",), waiting=())
+    assert [(c["type"], c["status"], c["reason"]) for c in moving.conditions] == [
+        ("Available", "True", "AllReplicasReady"), ("Progressing", "True", "Moving")]
+    stuck = base.with_moves(moving=(), waiting=("group opt-g1 stays ...",))
+    assert (stuck.conditions[-1]["status"], stuck.conditions[-1]["reason"]) == ("False", "MoveWaitingForCapacity")
+    assert waiting({"phase": "Ready", "conditions": list(moving.conditions)})
+    assert waiting({"phase": "Deploying", "conditions": []})  # a node NotReady is noticed this way
+    assert not waiting({"phase": "Ready", "conditions": list(base.conditions)})
