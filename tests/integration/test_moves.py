@@ -107,3 +107,18 @@ def test_a_deleted_node_under_a_group_is_re_placed_on_another(cluster, operator,
     finally:
         for name in names:
             cluster.kubectl("delete", "node", name, "--ignore-not-found", "--wait=false")
+
+
+def test_a_dra_group_moving_to_mps_takes_its_claim_with_it(cluster, operator, namespace):
+    apply_yaml(cluster, namespace, static_service("dm", gpus=1, sharing="dra"))
+    wait_phase(cluster, namespace, "dm", ("Ready",), operator=operator)
+    assert {p["spec"]["nodeName"] for p in _settled(cluster, namespace, "dm", 2)} == {"gpu-h100-dra-0"}
+    (claim,) = [c["metadata"]["name"] for c in children(cluster, namespace, "resourceclaims", "dm")]
+
+    apply_yaml(cluster, namespace, static_service("dm", gpus=1, sharing="mps"))
+    wait_for(lambda: [s["metadata"]["name"] for s in children(cluster, namespace, "statefulsets", "dm")] == ["dm-g1"]
+             and _condition(slms(cluster, namespace, "dm"), "Progressing").get("reason") == "Complete",
+             timeout=150, interval=0.5, message="dm moved to mps")
+    assert {p["spec"]["nodeName"] for p in _settled(cluster, namespace, "dm", 2)} == {"gpu-h100-0"}
+    wait_for(lambda: children(cluster, namespace, "resourceclaims", "dm") == [], timeout=60, interval=0.5,
+             message=f"claim {claim} of the old group gone")
