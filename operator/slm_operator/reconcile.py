@@ -40,6 +40,7 @@ from slm_operator.errors import ApplyDeferred, ApplyRejected, PermanentError, Pl
 from slm_operator.gpu_index import GpuIndex, PlacementLedger, StartGrants, busiest_free_product
 from slm_operator.locks import ObjectLocks, ReadinessMemo
 from slm_operator.planning.groups import GroupState
+from slm_operator.planning.inventory import Inventory
 from slm_operator.planning.moves import current_mechanism, lost_nodes, resized, staying_groups
 from slm_operator.planning.plan import Plan, make_plan
 from slm_operator.planning.start_gate import grants
@@ -148,7 +149,7 @@ def _reconcile(
                       grace_seconds=cfg.node_not_ready_seconds)
     staying = staying_groups(groups=groups, product=product, lost=lost)
 
-    def plan_beside(staying: list[GroupState]) -> Plan:
+    def plan_beside(staying: list[GroupState], inventory: Inventory) -> Plan:
         current = current_mechanism(staying)
         return make_plan(spec=parsed, profile=profile, inventory=inventory,
                          existing_groups=sum(1 for g in staying if g.mechanism == current),
@@ -158,18 +159,18 @@ def _reconcile(
     with state.planning_lock:
         inventory = index.inventory(ledger=state.ledger, exclude_service=f"{namespace}/{name}")
         try:
-            plan = plan_beside(staying)
+            plan = plan_beside(staying, inventory)
             # NB: groups with another k per GPU move too (planning.moves.resized): plan again with room
             # for their replacements, not counting them as placed.
             if any(resized(g, plan=plan) for g in staying):
-                plan = plan_beside([g for g in staying if not resized(g, plan=plan)])
+                plan = plan_beside([g for g in staying if not resized(g, plan=plan)], inventory)
         except PlanningError as exc:
             update = pending("Planned", exc.reason, exc.message)
             if groups:
                 # NB: nothing is applied or deleted: the groups that run keep serving where they are.
                 update = update.with_moves(moving=(), waiting=(
-                    f"{', '.join(g.name for g in groups)} keep serving where they are until a new placement "
-                    f"fits: {exc.message}",))
+                    f"group(s) {', '.join(g.name for g in groups)} keep serving where they are until a new "
+                    f"placement fits: {exc.message}",))
             return writer.write(update.with_profile(found))
         asked = parsed.routing.inference_pool
         picker = endpoint_picker(name=name, asked=asked, defaults=cfg.endpoint_picker) if asked else None
