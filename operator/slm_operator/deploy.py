@@ -91,8 +91,9 @@ def apply_children(
     requests can go (``crd-missing`` when the cluster does not serve InferencePools: the rest is
     applied all the same, the Service serves) and the groups' rollout.
 
-    Groups whose placement changed (mechanism, product, or a node in ``lost``) move make-before-break
-    (``planning.moves``): a replacement under a new index, the old group deleted once it is Ready.
+    Groups whose placement changed (mechanism, product, replicas per GPU or claim, or a node in
+    ``lost``) move make-before-break (``planning.moves``): a replacement under a new index, the old
+    group deleted once it is Ready.
 
     ``pool_may_exist`` (the status says routing was on): without ``picker``, delete this service's
     InferencePool. NB: only then, so that services without routing never ask whether the cluster
@@ -115,8 +116,9 @@ def apply_children(
     else:
         _delete_owned(api_version="networking.k8s.io/v1", kind="NetworkPolicy", name=name, namespace=namespace,
                       uid=uid)
-    rollout = plan_rollout(plan=plan, existing=existing, lost=lost or {})
     dra = plan.mechanism == "dra"
+    claims = {g.index: claim_name(name=name, index=g.index, plan=plan) for g in existing} if dra else None
+    rollout = plan_rollout(plan=plan, existing=existing, lost=lost or {}, claims=claims)
     wanted_claims = {g.claim for g in rollout.keep if g.claim}
     wanted_templates = {g.claim_template for g in rollout.keep if g.claim_template}
     if plan.shares_mode and rollout.apply:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from slm_operator import kube, metrics
-from slm_operator.builders.children import endpoint_picker, endpoint_url
+from slm_operator.builders.children import claim_name, endpoint_picker, endpoint_url
 from slm_operator.config import OperatorConfig
 from slm_operator.constants import (
     ANNOTATION_START,
@@ -41,7 +41,7 @@ from slm_operator.gpu_index import GpuIndex, PlacementLedger, StartGrants, busie
 from slm_operator.locks import ObjectLocks, ReadinessMemo
 from slm_operator.planning.groups import GroupState
 from slm_operator.planning.inventory import Inventory
-from slm_operator.planning.moves import current_mechanism, lost_nodes, resized, staying_groups
+from slm_operator.planning.moves import current_mechanism, lost_nodes, reshaped, staying_groups
 from slm_operator.planning.plan import Plan, make_plan
 from slm_operator.planning.start_gate import grants
 from slm_operator.profile_source import obtain_profile
@@ -160,10 +160,12 @@ def _reconcile(
         inventory = index.inventory(ledger=state.ledger, exclude_service=f"{namespace}/{name}")
         try:
             plan = plan_beside(staying, inventory)
-            # NB: groups with another k per GPU move too (planning.moves.resized): plan again with room
-            # for their replacements, not counting them as placed.
-            if any(resized(g, plan=plan) for g in staying):
-                plan = plan_beside([g for g in staying if not resized(g, plan=plan)], inventory)
+            # NB: groups with another k per GPU or DRA claim move too (planning.moves.reshaped): plan
+            # again with room for their replacements, not counting them as placed.
+            moving = [g for g in staying if reshaped(g, plan=plan, claim=claim_name(
+                name=name, index=g.index, plan=plan) if plan.mechanism == "dra" else None)]
+            if moving:
+                plan = plan_beside([g for g in staying if g not in moving], inventory)
         except PlanningError as exc:
             update = pending("Planned", exc.reason, exc.message)
             if groups:

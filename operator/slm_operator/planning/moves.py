@@ -1,8 +1,8 @@
 """Moving GPU groups make-before-break: which groups to apply, which to delete, and what to say.
 
 A group must *move* when where it runs no longer matches the plan: another mechanism
-(``spec.gpu.sharing``), another GPU product, another number of replicas per GPU, or its node is
-gone or has been NotReady longer than a grace period. Patching its StatefulSet in place cannot
+(``spec.gpu.sharing``), another GPU product, another number of replicas per GPU or DRA claim, or
+its node is gone or has been NotReady longer than a grace period. Patching its StatefulSet in place cannot
 work: the new pods' node affinity excludes the old node while the group's required pod affinity
 (its pods stay together) pins them to it (or pins an added replica to a GPU with no room), so
 they would stay Pending for good. Instead the replacement is a new group under a new index (a new
@@ -112,11 +112,16 @@ def current_mechanism(staying: Sequence[GroupState]) -> str | None:
     return next((g.mechanism for g in staying if g.replaces), None)
 
 
-def plan_rollout(*, plan: Plan, existing: Sequence[GroupState], lost: Mapping[str, LostNode]) -> Rollout:
+def plan_rollout(
+    *, plan: Plan, existing: Sequence[GroupState], lost: Mapping[str, LostNode], claims: Mapping[int, str] | None = None
+) -> Rollout:
     """Which groups to apply (existing ones that fit the plan, and new ones), which to delete, and
     which misplaced groups to keep serving for now. Side-effect free.
 
-    A group *fits* the plan when it runs its mechanism on its product on a node that is not lost;
+    ``claims``: with ``dra``, the claim the plan names for each existing group's index.
+
+    A group *fits* the plan when it runs its mechanism on its product, with its replicas per GPU and
+    (``dra``) its claim, on a node that is not lost;
     fitting groups beyond the plan's count are scaled in (highest index first). A misplaced group
     is deleted once every group replacing it is Ready (when the service has as many groups as the
     spec asks without it: once they all are), at once when its node is gone; otherwise it keeps
@@ -124,7 +129,8 @@ def plan_rollout(*, plan: Plan, existing: Sequence[GroupState], lost: Mapping[st
     """
     wanted = (1 if plan.placeable_replicas else 0) if plan.shares_mode else plan.placeable_gpus
     desired = (1 if plan.replicas else 0) if plan.shares_mode else plan.gpus
-    fit = [g for g in existing if _fits(g, plan=plan, lost=lost)]
+    claim_of = dict(claims or {})
+    fit = [g for g in existing if _fits(g, plan=plan, lost=lost, claim=claim_of.get(g.index))]
     misplaced = [g for g in existing if g not in fit]
     staying, scaled_in = fit[:wanted], fit[wanted:]
     misplaced_indexes = {g.index for g in misplaced}
@@ -169,27 +175,31 @@ def plan_rollout(*, plan: Plan, existing: Sequence[GroupState], lost: Mapping[st
             delete.append(group)
         elif replacements:
             keep.append(group)
-            moving.append(_moving(group, plan=plan, node=node, to=replacements))
+            moving.append(_moving(group, plan=plan, node=node, to=replacements, claim=claim_of.get(group.index)))
         else:
             keep.append(group)
-            waiting.append(_waiting(group, plan=plan, node=node))
+            waiting.append(_waiting(group, plan=plan, node=node, claim=claim_of.get(group.index)))
     kept = {g.index for g in keep}
     apply = [GroupToApply(index=g.index, replaces=tuple(i for i in g.replaces if i in kept)) for g in staying]
     return Rollout(apply=tuple(apply + new), delete=tuple(delete), keep=tuple(keep), moving=tuple(moving),
                    waiting=tuple(waiting))
 
 
-def _fits(group: GroupState, *, plan: Plan, lost: Mapping[str, LostNode]) -> bool:
+def _fits(group: GroupState, *, plan: Plan, lost: Mapping[str, LostNode], claim: str | None) -> bool:
     return (_same(group.mechanism, plan.mechanism) and _same(group.product, plan.gpu_product)
-            and not resized(group, plan=plan) and _lost(group, lost) is None)
+            and not reshaped(group, plan=plan, claim=claim) and _lost(group, lost) is None)
 
 
-def resized(group: GroupState, *, plan: Plan) -> bool:
-    """A group of the plan's mechanism with another number of replicas per GPU. NB: it moves too: a
-    replica added in place would be pinned by the group's pod affinity to a node whose GPU may have
-    no slot left for it (and a DRA group's claim, sized for k replicas, changes with k)."""
-    return (not plan.shares_mode and group.mechanism == plan.mechanism and group.replicas > 0
-            and group.replicas != plan.replicas_per_gpu)
+def reshaped(group: GroupState, *, plan: Plan, claim: str | None = None) -> bool:
+    """A group of the plan's mechanism with another number of replicas per GPU, or (``dra``) whose
+    claim the plan names otherwise (``claim``: the one it names for the group's index; another
+    device class, whole devices only). NB: it moves too: a replica added or restarted in place is
+    pinned by the group's pod affinity to its node, whose GPUs may have no slot or device left for
+    it (a claim is immutable: a new one is another GPU)."""
+    if plan.shares_mode or group.mechanism != plan.mechanism:
+        return False
+    return ((group.replicas > 0 and group.replicas != plan.replicas_per_gpu)
+            or bool(claim and group.claim and group.claim != claim))
 
 
 def _same(recorded: str, wanted: str) -> bool:
@@ -226,28 +236,34 @@ def _fresh_indexes(existing: Sequence[GroupState], *, count: int) -> list[int]:
 
 def _where(group: GroupState, *, plan: Plan) -> str:
     product = f" ({group.product})" if group.product != plan.gpu_product else ""
-    size = f" ({group.replicas} replicas per GPU)" if resized(group, plan=plan) else ""
+    size = f" ({group.replicas} replicas per GPU)" if group.replicas != plan.replicas_per_gpu and reshaped(
+        group, plan=plan) else ""
     return f"{group.mechanism or 'unknown sharing'}{product}{size}" + (f" on node {group.node}" if group.node else "")
 
 
-def _target(plan: Plan, group: GroupState) -> str:
+def _target(plan: Plan, group: GroupState, *, claim: str | None) -> str:
+    resized = reshaped(group, plan=plan)
     return (plan.mechanism + (f" ({plan.gpu_product})" if group.product != plan.gpu_product else "")
-            + (f" ({plan.replicas_per_gpu} replicas per GPU)" if resized(group, plan=plan) else ""))
+            + (f" ({plan.replicas_per_gpu} replicas per GPU)" if resized else "")
+            + (" (another claim)" if not resized and reshaped(group, plan=plan, claim=claim) else ""))
 
 
-def _moving(group: GroupState, *, plan: Plan, node: LostNode | None, to: Sequence[GroupState]) -> str:
+def _moving(
+    group: GroupState, *, plan: Plan, node: LostNode | None, to: Sequence[GroupState], claim: str | None
+) -> str:
     ready = sum(g.ready_replicas for g in to)
     wanted = sum(g.replicas for g in to)
     names = ", ".join(g.name for g in to)
     why = f" ({node.describe()})" if node else ""
-    return (f"moving group {group.name} from {_where(group, plan=plan)}{why} to {_target(plan, group)}: "
+    return (f"moving group {group.name} from {_where(group, plan=plan)}{why} to {_target(plan, group, claim=claim)}: "
             f"{ready}/{wanted} replicas of the new group {names} Ready")
 
 
-def _waiting(group: GroupState, *, plan: Plan, node: LostNode | None) -> str:
+def _waiting(group: GroupState, *, plan: Plan, node: LostNode | None, claim: str | None) -> str:
     why = f" ({node.describe()})" if node else ""
-    return (f"group {group.name} stays on {_where(group, plan=plan)}{why} until a {_target(plan, group)} group "
-            "fits beside it: no free GPU for its replacement; free GPUs or add nodes")
+    target = _target(plan, group, claim=claim)
+    return (f"group {group.name} stays on {_where(group, plan=plan)}{why} until a {target} group fits beside it"
+            ": no free GPU for its replacement; free GPUs or add nodes")
 
 
 def _parse_time(value: Any) -> datetime.datetime | None:

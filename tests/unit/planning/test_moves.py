@@ -133,3 +133,13 @@ def test_a_group_with_another_number_of_replicas_per_gpu_is_replaced_not_resized
     rollout = plan_rollout(plan=mps, existing=[group(0, replicas=3, ready=3)], lost={})
     assert [(g.index, g.replaces) for g in rollout.apply] == [(1, (0,))] and rollout.delete == ()
     assert "from mps (3 replicas per GPU) on node m to mps (2 replicas per GPU)" in rollout.moving[0]
+
+
+def test_a_dra_group_whose_claim_the_plan_names_otherwise_is_replaced_not_restarted_in_place():
+    dra = plan(mechanism="dra")
+    old = dataclasses.replace(group(0, mechanism="dra"), claim="opt-g0-gpu-aaaaaaaa")
+    rollout = plan_rollout(plan=dra, existing=[old], lost={}, claims={0: "opt-g0-gpu-aaaaaaaa"})
+    assert [(g.index, g.replaces) for g in rollout.apply] == [(0, ())]
+    rollout = plan_rollout(plan=dra, existing=[old], lost={}, claims={0: "opt-g0-gpu-bbbbbbbb"})
+    assert [(g.index, g.replaces) for g in rollout.apply] == [(1, (0,))] and rollout.delete == ()
+    assert "from dra on node m to dra (another claim): 0/2 replicas" in rollout.moving[0]
