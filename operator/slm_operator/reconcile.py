@@ -15,6 +15,7 @@ retries with backoff.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import logging
@@ -143,18 +144,20 @@ def _reconcile(
         return writer.write(_profiling_failed(exc, current=writer.current))
     found = profiled(profile=profile, current=writer.current)
 
-    # NB: groups on a lost node, on another product or already being replaced are not counted as
-    # placed: the plan must find room for their replacements beside them (planning.moves).
+    # NB: groups on a lost node or on another product are not counted as placed: the plan must find
+    # room for their replacements beside them (planning.moves).
     lost = lost_nodes(nodes=index.nodes(), groups=groups, now=datetime.datetime.now(datetime.timezone.utc),
                       grace_seconds=cfg.node_not_ready_seconds)
     staying = staying_groups(groups=groups, product=product, lost=lost)
 
     def plan_beside(staying: list[GroupState], inventory: Inventory) -> Plan:
         current = current_mechanism(staying)
+        counts = collections.Counter(g.mechanism for g in staying)
         return make_plan(spec=parsed, profile=profile, inventory=inventory,
-                         existing_groups=sum(1 for g in staying if g.mechanism == current),
-                         current_mechanism=current, default_sharing=cfg.default_sharing,
-                         existing_replicas=sum(g.replicas for g in staying if g.mechanism == "dra-shares"))
+                         existing_groups=counts[current] if current else 0, current_mechanism=current,
+                         default_sharing=cfg.default_sharing,
+                         existing_replicas=sum(g.replicas for g in staying if g.mechanism == "dra-shares"),
+                         existing_by_mechanism=counts)
 
     with state.planning_lock:
         inventory = index.inventory(ledger=state.ledger, exclude_service=f"{namespace}/{name}")

@@ -222,3 +222,18 @@ def test_another_number_of_replicas_per_gpu_moves_the_group_to_a_gpu_with_room_f
     api.run_pods(node_name="n", ready=True, only="opt-g1")
     status = reconcile(api, st, gpu_index(*nodes, pods=[gpu_pod("m")] * 2 + [gpu_pod("n")] * 3), body)
     assert sorted(statefulsets(api)) == ["opt-g1"] and status["placement"]["ready"] == "3/3"
+
+
+def test_a_spec_changed_back_mid_move_keeps_the_old_group_and_drops_the_new_one(api: FakeApi) -> None:
+    # Every MPS slot is the old group's: planning the way back must count it as placed.
+    nodes = (node("m", count=1, sharing="mps", replicas=2), node("t", count=1, sharing="time-slicing", replicas=2))
+    st = state()
+    body = ready_service(api, st, gpu_index(*nodes))
+    index = gpu_index(*nodes, pods=[gpu_pod("m"), gpu_pod("m")])
+    reconcile(api, st, index, edit(body, sharing="time-slicing"))
+    assert sorted(statefulsets(api)) == ["opt-g0", "opt-g1"]
+
+    status = reconcile(api, st, index, edit(body, sharing="mps"))
+    assert status["phase"] == "Ready" and status["placement"]["mechanism"] == "mps"
+    assert sorted(statefulsets(api)) == ["opt-g0"] and ("delete", "StatefulSet", "opt-g1") in api.writes
+    assert progressing(status)["reason"] == "Complete"

@@ -97,10 +97,10 @@ def lost_nodes(
 def staying_groups(
     *, groups: Sequence[GroupState], product: str, lost: Mapping[str, LostNode]
 ) -> list[GroupState]:
-    """The groups that can stay as they are if the plan keeps their mechanism: on ``product``, on a
-    node that is not lost, and not already being replaced. The planner counts them as placed."""
-    replaced = {i for g in groups for i in g.replaces}
-    return [g for g in groups if _same(g.product, product) and _lost(g, lost) is None and g.index not in replaced]
+    """The groups that can stay as they are if the plan keeps their mechanism: on ``product`` and on
+    a node that is not lost. The planner counts them as placed, each for its own mechanism. NB: an
+    old group being replaced counts too: a spec changed back mid-move keeps it, not its replacement."""
+    return [g for g in groups if _same(g.product, product) and _lost(g, lost) is None]
 
 
 def current_mechanism(staying: Sequence[GroupState]) -> str | None:

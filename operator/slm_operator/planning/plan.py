@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from slm_operator.constants import (
     DRA_DEVICE_CLASS,
@@ -165,6 +165,7 @@ def make_plan(
     current_mechanism: str | None = None,
     default_sharing: str = "auto",
     existing_replicas: int = 0,
+    existing_by_mechanism: Mapping[str, int] | None = None,
 ) -> Plan:
     """Choose mechanism, replicas per GPU, memory budgets and GPU groups. Side-effect free.
 
@@ -172,7 +173,9 @@ def make_plan(
     mechanism only, and with ``sharing: auto`` that mechanism is kept while it still works, so a
     re-plan (operator restart, a freed GPU elsewhere) never moves or restarts Ready replicas.
     ``existing_replicas``: with ``dra-shares``, the replicas the service runs already (its
-    StatefulSet's replicas).
+    StatefulSet's replicas). ``existing_by_mechanism``: mid-move a service runs groups under two
+    mechanisms; given, each mechanism counts its own groups (and ``dra-shares`` its replicas) as
+    placed, whichever is current.
     """
     product = spec.gpu.product or profile.gpu_product
     pools = _pools_of(inventory, product)
@@ -182,13 +185,18 @@ def make_plan(
 
     # Each mechanism that could work, in order of preference, with what it would hold.
     sharing = spec.gpu.sharing if spec.gpu.sharing != "auto" else default_sharing
+    def existing(mechanism: str) -> int:
+        if existing_by_mechanism is not None:
+            return existing_replicas if mechanism == "dra-shares" else existing_by_mechanism.get(mechanism, 0)
+        if mechanism != current_mechanism:
+            return 0
+        return existing_replicas if mechanism == "dra-shares" else existing_groups
+
     options = [
-        _shares_option(pools, profile, spec, memory_mib=memory_mib,
-                       existing=existing_replicas if mechanism == current_mechanism else 0,
+        _shares_option(pools, profile, spec, memory_mib=memory_mib, existing=existing(mechanism),
                        pending=inventory.pending_shares.get(product, ()))
         if mechanism == "dra-shares" else
-        _option(mechanism, pools, profile, usable_gib, spec,
-                existing_groups if mechanism == current_mechanism else 0,
+        _option(mechanism, pools, profile, usable_gib, spec, existing(mechanism),
                 reserved=inventory.reserved.get((product, POOL_OF_MECHANISM[mechanism]), 0))
         for mechanism in _mechanisms(sharing, profile, current_mechanism=current_mechanism,
                                      existing_groups=existing_groups or existing_replicas)

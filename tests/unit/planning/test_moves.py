@@ -121,7 +121,7 @@ def test_lost_nodes_are_the_gone_ones_and_those_not_ready_past_the_grace_period(
 def test_the_groups_that_stay_count_as_placed_and_mid_move_the_replacements_mechanism_is_current():
     moving = [group(0), group(1), group(2, mechanism="time-slicing", replaces=(0,))]
     staying = staying_groups(groups=moving, product=H100, lost={})
-    assert [g.index for g in staying] == [1, 2] and current_mechanism(staying) == "time-slicing"
+    assert [g.index for g in staying] == [0, 1, 2] and current_mechanism(staying) == "time-slicing"
     assert staying_groups(groups=[group(0)], product="NVIDIA-L4", lost={}) == []
     assert staying_groups(groups=[group(0)], product=H100, lost={"m": LostNode(name="m", state="gone")}) == []
     assert current_mechanism([group(0), group(1)]) == "mps" and current_mechanism([]) is None

@@ -146,6 +146,17 @@ def test_existing_groups_count_as_placed_when_scaling_out():
     assert other.placeable_gpus == 2
 
 
+def test_mid_move_each_mechanism_counts_its_own_groups_whichever_is_current():
+    # A group moving from time-slicing to MPS: both run. Asked for time-slicing again, its group
+    # counts as placed though the replacement's mechanism (mps) is the current one.
+    pods = [gpu_pod("t") for _ in range(2)]
+    inv = build_inventory(nodes=[node("t", count=1, sharing="time-slicing", replicas=2)], pods=pods)
+    back = make_plan(spec=spec(gpu={"product": H100, "sharing": "time-slicing"}, scale={"gpus": 1}),
+                     profile=profile(), inventory=inv, existing_groups=1, current_mechanism="mps",
+                     existing_by_mechanism={"mps": 1, "time-slicing": 1})
+    assert (back.mechanism, back.placeable_gpus) == ("time-slicing", 1)
+
+
 def test_model_too_large_for_the_gpu():
     inv = build_inventory(nodes=[node("l4", product="NVIDIA-L4", memory=23034, count=4)])
     with pytest.raises(PlanningError) as err:
