@@ -21,9 +21,9 @@ def test_the_workload_is_a_fleet_of_mostly_small_targets_over_five_classes() -> 
     assert max(fractions) > 1.0, "a heavy tail: some need more than one GPU"
     assert len({m["spec"]["model"] for m in manifests}) >= 5
     for m in manifests:
-        static = m["spec"]["profiling"]["static"]
-        assert m["spec"]["scale"]["targetTokensPerSecond"] == pytest.approx(
-            float(m["metadata"]["annotations"][ANNOTATION_TARGET_GPU]) * static["tokensPerSecondPerGPU"], abs=static["tokensPerSecondPerGPU"] * 1e-4)
+        per_gpu = m["spec"]["profiling"]["static"]["tokensPerSecondPerGPU"]
+        fraction = float(m["metadata"]["annotations"][ANNOTATION_TARGET_GPU])
+        assert m["spec"]["scale"]["targetTokensPerSecond"] == pytest.approx(fraction * per_gpu, abs=per_gpu * 1e-4)
     assert manifests == service_manifests(services=300, namespaces=10, seed=7), "deterministic"
 
 
