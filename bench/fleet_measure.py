@@ -66,7 +66,7 @@ def fleet_packing(*, services: list[dict[str, Any]], pods: list[dict[str, Any]],
 
     shares: dict[str, float] = collections.defaultdict(float)
     memory: dict[str, float] = collections.defaultdict(float)
-    group_mode = per_replica = met_status = met_bound = 0
+    group_mode = per_service = planned_replicas = met_status = met_bound = 0
     mechanisms: collections.Counter[str] = collections.Counter()
     unmet: list[dict[str, Any]] = []
     for key, svc in by_service.items():
@@ -76,12 +76,17 @@ def fleet_packing(*, services: list[dict[str, Any]], pods: list[dict[str, Any]],
         target = float(spec["scale"]["targetTokensPerSecond"])
         profile = static_profile(spec=parse_spec(spec), gpu_product=product)
         group_mode += desired_gpus(spec=parse_spec(spec), per_gpu=profile.tokens_per_second_per_gpu)
-        per_replica += int(placement.get("totalReplicas") or 0)
+        # NB: one vLLM replica per GPU, each service on GPUs of its own (a plain deployment), at the
+        # profile's one-replica throughput (static profiles: the plateau / k*, a lower bound).
+        per_service += max(1, math.ceil(target / profile.tokens_per_second_per_replica - 1e-9))
+        planned_replicas += int(placement.get("totalReplicas") or 0)
         mechanisms[str(placement.get("mechanism"))] += 1
         share = float(placement.get("sharePerReplica") or 0.0)
         n = bound.get(key, 0)
         shares[product] += n * share
-        memory[product] += n * float(placement.get("memoryPerReplicaGiB") or static["memoryPerReplicaGiB"])
+        # NB: what a replica needs (its budget at B*), against usable memory; its claim asks
+        # budget ÷ USABLE_MEMORY_FRACTION of the whole GPU, the same fraction.
+        memory[product] += n * float(static["memoryPerReplicaGiB"])
         planned = float(placement.get("plannedTokensPerSecond") or 0.0)
         # NB: the second check does not trust the status: bound replicas x the share of the GPU's
         # plateau each is worth (the bandwidth-bound model: replicas share one GPU's plateau).
@@ -106,12 +111,12 @@ def fleet_packing(*, services: list[dict[str, Any]], pods: list[dict[str, Any]],
         "memoryGiBByProduct": {p: round(v, 1) for p, v in memory.items()},
         "packingRatio": rounded(occupied_total / lower_total if lower_total else None),
         "groupModeGpus": group_mode,
-        "gpuPerServiceGpus": per_replica,
+        "gpuPerServiceGpus": per_service,
         "servicesTargetMet": met_bound,
         "servicesTargetMetByStatus": met_status,
         "servicesTargetUnmet": unmet[:10],
         "replicasBound": sum(bound.values()),
-        "replicasPlanned": per_replica,
+        "replicasPlanned": planned_replicas,
         "servicesByMechanism": dict(mechanisms.most_common()),
         "overcommittedDevices": len(overcommitted),
         "overcommitExamples": overcommitted[:5],

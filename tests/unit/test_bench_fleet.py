@@ -85,7 +85,7 @@ def test_packing_counts_devices_the_lower_bound_and_the_baselines() -> None:
     assert out["lowerBoundGpus"] == 2  # ceil(max(1.25 shares, 30 GiB / 73.3 GiB))
     assert out["packingRatio"] == 1.0
     assert out["groupModeGpus"] == 2  # each service alone: one whole-GPU group
-    assert out["gpuPerServiceGpus"] == 5  # one GPU per replica
+    assert out["gpuPerServiceGpus"] == 5  # one replica per GPU at 10,000 tok/s: 3 + 2
     assert out["servicesTargetMet"] == 2
     assert out["overcommittedDevices"] == 0
 
