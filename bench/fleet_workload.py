@@ -5,7 +5,7 @@ Pure and deterministic (bench/README.md, "bench/fleet.py"): :func:`node_config` 
 (``sharing: dra-shares``); :func:`service_manifests` draws each service's target from a
 heavy-tailed distribution, in fractions of one GPU's plateau, so most services need well under
 half a GPU and a few need several. The model classes and their static profiles are the scale
-benchmark's (``bench/scale_workload.py``).
+benchmark's (``bench/scale_workload.py``) plus one whose k* is 3.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from bench.scale_workload import (
     LABEL_SIZE,
     MEMORY_MIB,
     SIZE_CLASSES,
+    SizeClass,
     apportion,
     service_manifest,
     static_profile,
@@ -35,6 +36,11 @@ SHARING = "dra-shares"
 TARGET_MEDIAN_GPU = 0.15
 TARGET_LOG_SD = 1.0
 TARGET_CLIP_GPU = (0.02, 4.0)
+#: The scale benchmark's five classes and a sixth whose k* is 3. NB: with k* in {1, 2, 4} alone every
+#: share (120, 60, 30 of 120) divides the larger ones and any first fit packs perfectly; a third of a
+#: GPU (40 shares) beside quarters and halves is where GPUs fragment.
+FLEET_CLASSES = (*SIZE_CLASSES, SizeClass("mid-1.5b", "Qwen/Qwen2.5-1.5B-Instruct", 0.15,
+                                          {H100: (96, 3, 14.0, 15000.0), L4: (48, 1, 10.0, 3000.0)}, l4_share=0.1))
 #: On each SLMService: the target's fraction of one GPU, for the report.
 ANNOTATION_TARGET_GPU = "bench.slm.pareto.dev/target-gpu-fraction"
 
@@ -61,7 +67,7 @@ def service_manifests(*, services: int, namespaces: int, seed: int) -> list[dict
     rng = random.Random(seed)
     manifests = []
     for i in range(services):
-        size = rng.choices(SIZE_CLASSES, weights=[c.share for c in SIZE_CLASSES])[0]
+        size = rng.choices(FLEET_CLASSES, weights=[c.share for c in FLEET_CLASSES])[0]
         product = L4 if L4 in size.profiles and rng.random() < size.l4_share else H100
         batch, k, memory, tps = size.profiles[product]
         fraction = target_fraction(rng=rng)
