@@ -1,9 +1,10 @@
 """The planner: from a profile, a spec and the GPU inventory, decide how replicas share GPUs.
 
-A *GPU group* is one GPU's worth of replicas: ``replicas_per_gpu`` vLLM pods kept together (at
-most the profile's ``replicas_to_saturate``; fewer where a sharing slot is too small), each
-started with the profile's ``batch_size`` as ``--max-num-seqs`` and a memory budget that lets them
-coexist. The number of groups
+A *GPU group* is ``replicas_per_gpu`` vLLM pods kept together on one node (at most the profile's
+``replicas_to_saturate``; fewer where a sharing slot is too small), each started with the
+profile's ``batch_size`` as ``--max-num-seqs`` and a memory budget that lets them coexist: one GPU
+with ``dra`` (its claim), k slots of the node's device-plugin pool with ``mps``/``time-slicing``
+(on one GPU or several: the plugin's allocation policy decides). The number of groups
 comes from ``scale`` (a GPU count, or a throughput target divided by what one GPU delivers).
 
 Mechanisms, and what each guarantees:
