@@ -110,7 +110,7 @@ class Plan:
     share_request: ShareRequest | None = None
     #: Device-plugin sharing (``mps``, ``time-slicing``) only: the allocation policy the plan assumes
     #: for the nodes of its pool (``distributed``, ``packed``, or ``mixed`` where nodes differ), and
-    #: the slots per GPU (``nvidia.com/gpu.replicas``) a replica's share is one of.
+    #: the most slots per GPU (``nvidia.com/gpu.replicas``) among them: a replica budgets one such slot.
     allocation_policy: str | None = None
     slots_per_gpu: int | None = None
     #: ``dra`` only: some GPUs of the product allow multiple allocations (consumable shares), so the
@@ -374,8 +374,8 @@ def _slot_pool_note(chosen: _Option, *, k: int, policy: str | None) -> str:
     what = (f"A group is {k} slot(s) of one node's device-plugin pool, not one GPU: each slot is 1/{slots} "
             f"of a GPU ({share})")
     if k < slots:
-        what += (f"; the GPU's other {slots - k} slot(s) are free for other groups, so a group is planned at "
-                 f"{k}/{slots} of a full GPU's throughput")
+        what += (f"; a GPU has {slots} slots and a group takes {k}, the others hold other groups, so a group is "
+                 f"planned at {k}/{slots} of a full GPU's throughput")
     if policy == "packed":
         how = ("the device plugin's allocation policy packed puts slots on as few GPUs as it can (best effort, "
                "not guaranteed)")
@@ -575,13 +575,14 @@ def _option(
     elif mechanism in ("mps", "time-slicing"):
         # NB: the device plugin hands out slots from any GPU of the node, so a replica can only
         # count on total/replicas of a GPU: MPS pins exactly that, and under time-slicing nothing
-        # else keeps the budgets of one GPU below what it has.
-        slots = min(p.slots_per_gpu for p in mine)
+        # else keeps the budgets of one GPU below what it has. A group may land on any node of the
+        # pool, so the budget is the smallest slot (the node with the most replicas per GPU).
+        slots = max(p.slots_per_gpu for p in mine)
         budget = usable_gib / slots
         if need_gib > budget:
             return _Option(mechanism, mine, 0, budget, 0, why_not=(
                 f"a {mechanism} slot ({slots} per GPU) gives {budget:.1f} GiB, a replica needs {need_gib:.1f}"))
-        k = min(saturating, slots)
+        k = min(saturating, min(p.slots_per_gpu for p in mine))
     else:
         k = max(1, min(saturating, int(usable_gib // need_gib))) if need_gib > 0 else 1
         budget = usable_gib / k
@@ -595,7 +596,7 @@ def _option(
         per_group = _group_tokens_per_second(profile=profile, k=k, pools=mine)
         desired = desired_gpus(spec=spec, per_gpu=per_group)
         return _Option(mechanism, mine, k, budget, existing_groups + fits, desired=desired,
-                       slots=min(p.slots_per_gpu for p in mine), group_tokens_per_second=per_group)
+                       slots=max(p.slots_per_gpu for p in mine), group_tokens_per_second=per_group)
     desired = desired_gpus(spec=spec, per_gpu=tokens_per_second_per_gpu(profile=profile, replicas=k))
     return _Option(mechanism, mine, k, budget, existing_groups + fits, desired=desired)
 

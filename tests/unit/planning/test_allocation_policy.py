@@ -175,3 +175,16 @@ def test_readiness_keeps_what_the_plan_promised():
 def test_the_inventory_reads_the_nodes_label_as_written():
     inv = build_inventory(nodes=[labelled("a", "packed", sharing="mps", replicas=4), labelled("b", None)])
     assert {p.node: p.allocation_policy for p in inv.pools} == {"a": "packed", "b": None}
+
+
+def test_nodes_with_different_slot_counts_budget_the_smallest_slot():
+    # A group may land on either node; MPS pins a client of the 8-slot node to 1/8 of its GPU.
+    product = node("x")["metadata"]["labels"]["nvidia.com/gpu.product"]
+    inv = build_inventory(nodes=[node("four", sharing="mps", replicas=4), node("eight", sharing="mps", replicas=8)])
+    plan = make_plan(spec=spec(gpu={"product": product, "sharing": "mps"}),
+                     profile=profile(replicas_to_saturate=4, memory_per_replica_gib=6.0), inventory=inv)
+    usable_gib = H100_MIB / 1024 * USABLE_MEMORY_FRACTION
+    assert plan.memory_budget_gib == pytest.approx(usable_gib / 8, abs=0.01) and plan.slots_per_gpu == 8
+    assert plan.replicas_per_gpu == 4
+    # Each group at its 4 slots' share of a full 8-slot GPU: the less the slots are worth.
+    assert plan.tokens_per_second_per_gpu == pytest.approx(profile().tokens_per_second_per_gpu / 2, abs=0.1)
