@@ -146,6 +146,7 @@ def _reconcile(
             plan = make_plan(spec=parsed, profile=profile, inventory=inventory, existing_groups=len(groups),
                              current_mechanism=mechanisms.pop() if len(mechanisms) == 1 else None,
                              default_sharing=cfg.default_sharing,
+                             default_allocation_policy=cfg.device_plugin_allocation_policy,
                              existing_replicas=sum(g.replicas for g in groups if g.mechanism == "dra-shares"))
         except PlanningError as exc:
             return writer.write(pending("Planned", exc.reason, exc.message).with_profile(found))
