@@ -119,6 +119,13 @@ def watch(*, api: Api, path: str, on_event: Callable[[str, dict[str, Any], float
         try:
             conn.request("GET", url, headers={"Accept": accept})
             response = conn.getresponse()
+            if response.status in (429, 500, 503, 504):
+                # NB: a just-created resource's watch cache answers 429 "storage is (re)initializing"
+                # for a moment: wait as asked and watch again, instead of losing the watch for good.
+                say(f"watch {path}: HTTP {response.status}; retrying")
+                response.read()
+                time.sleep(1)
+                continue
             if response.status != 200:
                 raise RuntimeError(f"watch {path}: HTTP {response.status} {response.read()[:200]!r}")
             for line in response:

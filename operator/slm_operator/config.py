@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from slm_operator import __version__
 from slm_operator.builders import profiler_job
 from slm_operator.builders.children import ENGINE_RUN_AS_USER, EngineDefaults
-from slm_operator.constants import FAILURE_MODES, GPU_RESOURCE, SHARING_MODES
+from slm_operator.constants import (
+    ALLOCATION_POLICIES,
+    DEFAULT_ALLOCATION_POLICY,
+    FAILURE_MODES,
+    GPU_RESOURCE,
+    LABEL_ALLOCATION_POLICY,
+    SHARING_MODES,
+    AllocationPolicy,
+)
 from slm_operator.errors import ConfigError
 from slm_operator.spec import EndpointPickerRef
 
@@ -32,6 +40,10 @@ _QUANTITY = re.compile(r"(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|m|k|M|G|T|P|E|Ki|Mi|Gi
 class OperatorConfig:
     default_engine_image: str = "vllm/vllm-openai:v0.11.0"
     default_sharing: str = "auto"
+    #: The NVIDIA device plugin's allocation policy for shared slots on nodes without the label
+    #: ``slm.pareto.dev/gpu-allocation-policy`` (SLM_DEVICE_PLUGIN_ALLOCATION_POLICY, the chart's
+    #: ``devicePlugin.allocationPolicy``); ``distributed`` is the plugin's own default.
+    device_plugin_allocation_policy: AllocationPolicy = DEFAULT_ALLOCATION_POLICY
     #: The image `docker build --target profiler` makes, as the chart names it (docs/install.md).
     profiler_image: str = f"slm-profiler:{__version__}"
     #: ``job``: a Kubernetes Job on a GPU node; ``local``: a subprocess beside the operator (demo,
@@ -85,6 +97,7 @@ class OperatorConfig:
         cfg = cls(
             default_engine_image=env.get("SLM_DEFAULT_ENGINE_IMAGE") or defaults.default_engine_image,
             default_sharing=env.get("SLM_DEFAULT_SHARING") or defaults.default_sharing,
+            device_plugin_allocation_policy=_allocation_policy(env),
             profiler_image=env.get("SLM_PROFILER_IMAGE") or defaults.profiler_image,
             profiler_runner=env.get("SLM_PROFILER_RUNNER") or defaults.profiler_runner,
             profiler_engine=env.get("SLM_PROFILER_ENGINE") or defaults.profiler_engine,
@@ -129,6 +142,21 @@ class OperatorConfig:
         return EngineDefaults(run_as_user=self.engine_run_as_user, cpu_request=self.engine_cpu_request,
                               memory_request=self.engine_memory_request,
                               ephemeral_storage_request=self.engine_ephemeral_storage_request)
+
+
+def _allocation_policy(env: Mapping[str, str]) -> AllocationPolicy:
+    """SLM_DEVICE_PLUGIN_ALLOCATION_POLICY (empty: the device plugin's default), or a ConfigError."""
+    raw = (env.get("SLM_DEVICE_PLUGIN_ALLOCATION_POLICY") or "").strip()
+    for policy in ALLOCATION_POLICIES:
+        if raw == policy:
+            return policy
+    if not raw:
+        return DEFAULT_ALLOCATION_POLICY
+    raise ConfigError(
+        f"SLM_DEVICE_PLUGIN_ALLOCATION_POLICY={raw!r} (the chart's devicePlugin.allocationPolicy): use distributed "
+        "(the NVIDIA device plugin's default: a node's shared slots are spread over its GPUs) or packed (the "
+        "plugin runs with its packed allocation policy); a node can differ with the label "
+        f"{LABEL_ALLOCATION_POLICY}")
 
 
 def _endpoint_picker(env: Mapping[str, str], default: EndpointPickerRef) -> EndpointPickerRef:

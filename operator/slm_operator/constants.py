@@ -56,6 +56,10 @@ START_GRANTED: Final = "granted"
 ANNOTATION_START_DEVICE: Final = f"{GROUP}/start-device"
 #: On a ``dra-shares`` pod: when the start permission was granted (RFC 3339, microseconds).
 ANNOTATION_START_AT: Final = f"{GROUP}/start-granted-at"
+#: On a device-plugin GPU node, set by a platform engineer: the NVIDIA device plugin's allocation
+#: policy for shared replicas on that node (``distributed`` or ``packed``). NB: the plugin publishes
+#: no such label; unset, the operator assumes its SLM_DEVICE_PLUGIN_ALLOCATION_POLICY.
+LABEL_ALLOCATION_POLICY: Final = f"{GROUP}/gpu-allocation-policy"
 #: On a ``dra-shares`` StatefulSet: what each replica's claim consumes (memory MiB; shares, absent
 #: when the claim asks none), so capacity promised to replicas not yet allocated is not planned twice.
 ANNOTATION_CLAIM_MEMORY: Final = f"{GROUP}/claim-memory-mib"
@@ -126,6 +130,22 @@ SHARED_MECHANISMS: Final[tuple[Mechanism, ...]] = ("dra-shares", "dra", "mps", "
 POOL_OF_MECHANISM: Final[Mapping[str, PoolSharing]] = {
     "dra-shares": "dra-shares", "dra": "dra", "mps": "mps", "time-slicing": "time-slicing", "exclusive": "none",
 }
+
+#: How the NVIDIA device plugin picks the GPUs behind the shared slots (MPS or time-slicing
+#: replicas) it hands a container: ``distributed`` (its default) spreads them over the node's GPUs,
+#: ``packed`` (its PR #1621) fills as few GPUs as it can, best effort. The scheduler sees neither:
+#: to it a node's slots are one pool.
+AllocationPolicy = Literal["distributed", "packed"]
+ALLOCATION_POLICIES: Final[tuple[AllocationPolicy, ...]] = get_args(AllocationPolicy)
+DEFAULT_ALLOCATION_POLICY: Final[AllocationPolicy] = "distributed"
+#: What a plan can promise about the physical GPU behind its replicas (``status.placement.
+#: packingGuarantee``): ``one-gpu``: each unit the plan counts (a ``dra`` group's claim, a
+#: ``dra-shares`` replica's claim, an ``exclusive`` replica) is on one physical GPU, allocated by
+#: the scheduler; ``node-slot-pool``: a device-plugin group's k replicas are k slots of one node's
+#: pool, on whichever of its GPUs the plugin's allocation policy picks.
+PackingGuarantee = Literal["one-gpu", "node-slot-pool"]
+#: The mechanisms whose replicas are device-plugin slots (``nvidia.com/gpu`` with sharing).
+DEVICE_PLUGIN_SHARED_MECHANISMS: Final[tuple[Mechanism, ...]] = ("mps", "time-slicing")
 
 # --- Memory -------------------------------------------------------------------------------------
 

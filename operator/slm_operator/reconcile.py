@@ -156,6 +156,7 @@ def _reconcile(
         return make_plan(spec=parsed, profile=profile, inventory=inventory,
                          existing_groups=counts[current] if current else 0, current_mechanism=current,
                          default_sharing=cfg.default_sharing,
+                         default_allocation_policy=cfg.device_plugin_allocation_policy,
                          existing_replicas=sum(g.replicas for g in staying if g.mechanism == "dra-shares"),
                          existing_by_mechanism=counts)
 

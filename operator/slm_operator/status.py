@@ -93,6 +93,10 @@ def placement_summary(
     *, plan: Plan, ready_replicas: int, groups: Sequence[GroupState], requested_gpus: int,
     devices: Sequence[DeviceOccupancy] = (),
 ) -> dict[str, Any]:
+    """``status.placement``: what runs where, and what is guaranteed about it. ``packingGuarantee``
+    says whether the GPU behind each unit is one physical GPU (``one-gpu``: DRA claims, whole GPUs)
+    or slots of one node's device-plugin pool (``node-slot-pool``), with the allocation policy the
+    plan assumes there (``allocationPolicy``) and the slots per GPU a replica's share is one of."""
     if plan.shares_mode:
         return {
             "mechanism": plan.mechanism,
@@ -105,6 +109,7 @@ def placement_summary(
             "sharePerReplica": plan.share_per_replica,
             "memoryPerReplicaGiB": round(plan.share_request.memory_mib / 1024, 2) if plan.share_request else None,
             "capacityMode": plan.capacity_mode,
+            "packingGuarantee": plan.packing_guarantee,
             "plannedTokensPerSecond": plan.planned_tokens_per_second,
             **shared_devices_summary(devices),
             "groups": [g.to_status() for g in groups],
@@ -112,6 +117,11 @@ def placement_summary(
     return {
         "mechanism": plan.mechanism,
         "resourceName": plan.resource_name or plan.device_class_name,
+        "packingGuarantee": plan.packing_guarantee,
+        # NB: only where replicas are device-plugin slots (absent, not null: a null would differ
+        # from the stored status at every comparison and be written again).
+        **({"allocationPolicy": plan.allocation_policy, "slotsPerGPU": plan.slots_per_gpu}
+           if plan.allocation_policy is not None else {}),
         "gpus": plan.placeable_gpus,
         "requestedGPUs": requested_gpus,
         "replicasPerGPU": plan.replicas_per_gpu,
@@ -151,7 +161,8 @@ def serving_phase(
         condition("Available", ready_replicas > 0, "ReplicasReady" if ready_replicas else "NoReplicaReady",
                   f"{ready_replicas}/{total} replicas ready"),
         condition("Progressing", True, "StartingReplicas",
-                  f"{total - ready_replicas} replica(s) starting, one after another on each GPU"),
+                  f"{total - ready_replicas} replica(s) starting, one after another in each GPU group "
+                  "(dra-shares: on each GPU)"),
     ]
     return ("Degraded" if degraded and ready_replicas else "Deploying"), conditions
 

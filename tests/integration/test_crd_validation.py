@@ -284,6 +284,7 @@ def status_example() -> dict[str, Any]:
                     "progress": "done"},
         "placement": {"mechanism": "mps", "resourceName": "nvidia.com/gpu", "gpus": 1, "requestedGPUs": 1,
                       "replicasPerGPU": 4, "totalReplicas": 4, "readyReplicas": 4, "ready": "4/4",
+                      "packingGuarantee": "node-slot-pool", "allocationPolicy": "packed", "slotsPerGPU": 4,
                       "plannedTokensPerSecond": 36002.0, "nodes": ["gpu-node-0"],
                       "groups": [{"name": "opt-g0", "index": 0, "node": "gpu-node-0", "replicas": 4, "readyReplicas": 4,
                                   "claim": "opt-g0-gpu"}]},
@@ -301,15 +302,19 @@ def test_status_is_kept_whole_and_shown_in_columns(cluster, crd, namespace) -> N
     assert stored["status"] == status, "the API server pruned or changed status fields the operator writes"
 
     table = cluster.kubectl("get", "slms", "-n", namespace, "-o", "wide").stdout.splitlines()
-    header, row = table[0].split(), table[1].split()
+    header = table[0].split()
     assert header == ["NAME", "MODEL", "GPUS", "REPLICAS/GPU", "BATCH", "TOK/S", "READY", "PHASE", "AGE",
-                      "SHARING", "SOURCE", "GPU", "ENDPOINT"]
-    cells = dict(zip(header, row, strict=True))
+                      "SHARING", "PACKING", "SOURCE", "GPU", "ENDPOINT", "MESSAGE"]
+    # NB: kubectl aligns each column under its header; the message has spaces, so cut by position.
+    starts = [m.start() for m in re.finditer(r"\S+", table[0])]
+    cells = {name: table[1][start:end].strip()
+             for name, start, end in zip(header, starts, [*starts[1:], None], strict=True)}
+    assert cells["MESSAGE"] == status["message"]
     assert (cells["MODEL"], cells["GPUS"], cells["REPLICAS/GPU"], cells["BATCH"], cells["READY"], cells["PHASE"]) == (
         "facebook/opt-125m", "1", "4", "64", "4/4", "Ready")
     assert float(cells["TOK/S"]) == 36002.0
-    assert (cells["SHARING"], cells["SOURCE"], cells["GPU"], cells["ENDPOINT"]) == (
-        "mps", "measured", "NVIDIA-H100-80GB-HBM3", "http://opt.ns.svc:8000/v1")
+    assert (cells["SHARING"], cells["PACKING"], cells["SOURCE"], cells["GPU"], cells["ENDPOINT"]) == (
+        "mps", "node-slot-pool", "measured", "NVIDIA-H100-80GB-HBM3", "http://opt.ns.svc:8000/v1")
 
 
 def test_status_phase_is_an_enum(cluster, crd, namespace) -> None:

@@ -28,12 +28,22 @@ def test_time_slicing_replicas_share_slots_on_one_node(cluster, operator, namesp
     # Without memory isolation the k budgets of a GPU must sum below what it has.
     budget = int(next(a for a in _args(pods[0]) if a.startswith("--kv-cache-memory-bytes=")).split("=")[1])
     assert budget * obj["status"]["placement"]["replicasPerGPU"] < 81559 * 1024**2
+    # The status promises one node's slot pool, not one GPU: the device plugin picks the GPU behind
+    # each slot, by its allocation policy (the operator's default: the plugin's, distributed).
+    placement = obj["status"]["placement"]
+    assert (placement["packingGuarantee"], placement["allocationPolicy"], placement["slotsPerGPU"]) == (
+        "node-slot-pool", "distributed", 4)
+    assert "may run on different GPUs" in obj["status"]["message"] and "Only DRA" in obj["status"]["message"]
+    wide = cluster.kubectl("get", "slms", "ts", "-n", namespace, "-o", "wide").stdout
+    assert "PACKING" in wide and "node-slot-pool" in wide
 
 
 def test_dra_group_pods_share_one_allocated_device(cluster, operator, namespace):
     apply_yaml(cluster, namespace, static_service("dra", gpus=2, sharing="dra"))
     obj = wait_phase(cluster, namespace, "dra", ("Ready",), operator=operator)
     assert obj["status"]["placement"]["mechanism"] == "dra"
+    assert obj["status"]["placement"]["packingGuarantee"] == "one-gpu"
+    assert "allocationPolicy" not in obj["status"]["placement"]
     pods = ready_pods(cluster, namespace, "dra", 4)
     claims = {c["metadata"]["name"]: c for c in children(cluster, namespace, "resourceclaims", "dra")}
     assert sorted(c.rsplit("-", 1)[0] for c in claims) == ["dra-g0-gpu", "dra-g1-gpu"]

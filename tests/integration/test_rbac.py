@@ -125,8 +125,6 @@ RELEASE_NAMESPACE_ONLY = [
     ("get", "jobs.batch"), ("create", "jobs.batch"),
     # A profiler Job that cannot run, or a completed one whose result was deleted (docs/profiling.md).
     ("delete", "jobs.batch"),
-    # The DRA claim template of a profiler Job on a DRA node, owned by the Job.
-    ("create", "resourceclaimtemplates.resource.k8s.io"),
     ("get", "configmaps"), ("create", "configmaps"), ("patch", "configmaps"),
 ]
 
@@ -180,6 +178,19 @@ def test_namespaced_mode_runs_jobs_and_caches_profiles_in_the_release_namespace_
                                                                                       resource):
     assert cluster.can_i(account=namespaced.account, verb=verb, resource=resource, namespace=namespaced.namespace)
     for namespace in (*namespaced.watched, *FOREIGN):
+        assert not cluster.can_i(account=namespaced.account, verb=verb, resource=resource,
+                                 namespace=namespace), namespace
+    assert not cluster.can_i(account=namespaced.account, verb=verb, resource=resource,
+                             namespace=None), "granted cluster-wide"
+
+
+def test_namespaced_mode_creates_claim_templates_for_services_and_profilers_only(cluster, namespaced):
+    """A dra-shares service's replicas claim from a template in its namespace; a profiler Job on a DRA
+    node from one in the release namespace (owned by the Job). Nowhere else."""
+    verb, resource = "create", "resourceclaimtemplates.resource.k8s.io"
+    for namespace in (namespaced.namespace, *namespaced.watched):
+        assert cluster.can_i(account=namespaced.account, verb=verb, resource=resource, namespace=namespace), namespace
+    for namespace in FOREIGN:
         assert not cluster.can_i(account=namespaced.account, verb=verb, resource=resource,
                                  namespace=namespace), namespace
     assert not cluster.can_i(account=namespaced.account, verb=verb, resource=resource,

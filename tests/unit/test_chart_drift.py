@@ -286,13 +286,14 @@ def test_values_reach_the_operator_config() -> None:
         "--namespace", "gpu-ops", "--set", "operator.defaultEngineImage=vllm/vllm-openai:v0.10.2",
         "--set", "operator.defaultSharing=mps", "--set", "operator.watchNamespace=team-a",
         "--set", "profiler.runner=local", "--set", "profiler.image.tag=dev",
-        "--set", "profiler.serviceAccount.name=sweeper",
+        "--set", "profiler.serviceAccount.name=sweeper", "--set", "devicePlugin.allocationPolicy=packed",
     )
     (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     config = OperatorConfig.from_env(env)
     assert config.default_engine_image == "vllm/vllm-openai:v0.10.2"
     assert config.default_sharing == "mps"
+    assert config.device_plugin_allocation_policy == "packed"
     assert config.watch_namespace == "team-a"
     assert config.profiler_runner == "local"
     assert config.profiler_image == "slm-profiler:dev"
@@ -311,6 +312,7 @@ def test_default_values_make_a_valid_operator_config() -> None:
                         "SLM_PROFILER_NAMESPACE", "SLM_PROFILER_SERVICE_ACCOUNT", "SLM_WATCH_NAMESPACE"}
     config = OperatorConfig.from_env(env)
     assert config.watch_namespace == "" and config.profiler_namespace == "slm-system"
+    assert env["SLM_DEVICE_PLUGIN_ALLOCATION_POLICY"] == config.device_plugin_allocation_policy == "distributed"
     assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", config.default_engine_image), "pin an exact engine tag"
 
 
@@ -386,6 +388,7 @@ def test_network_policy_admits_the_health_port_only_and_egresses_to_the_api_serv
 @pytest.mark.parametrize(("flags", "complaint"), [
     (["--set", "profiler.runner=gpu"], "profiler.runner"),
     (["--set", "operator.defaultSharing=mig"], "operator.defaultSharing"),
+    (["--set", "devicePlugin.allocationPolicy=spread"], "devicePlugin.allocationPolicy"),
     (["--set", "healthPort=80"], "healthPort"),
     (["--set", "replicaCount=0"], "replicaCount"),
     (["--set", "leaderElection.leaseDurationSeconds=2"], "leaseDurationSeconds"),

@@ -113,3 +113,20 @@ def test_the_not_ready_grace_period_of_a_groups_node_is_read_and_checked():
     assert OperatorConfig.from_env({"SLM_NODE_NOT_READY_SECONDS": "90"}).node_not_ready_seconds == 90
     with pytest.raises(ConfigError, match="SLM_NODE_NOT_READY_SECONDS"):
         OperatorConfig.from_env({"SLM_NODE_NOT_READY_SECONDS": "0"})
+
+
+def test_the_device_plugin_allocation_policy_defaults_to_the_plugins_own_and_is_read():
+    assert OperatorConfig.from_env({}).device_plugin_allocation_policy == "distributed"
+    assert OperatorConfig.from_env({"SLM_DEVICE_PLUGIN_ALLOCATION_POLICY": ""}).device_plugin_allocation_policy == (
+        "distributed")
+    assert OperatorConfig.from_env({"SLM_DEVICE_PLUGIN_ALLOCATION_POLICY": "packed"}).device_plugin_allocation_policy \
+        == "packed"
+
+
+@pytest.mark.parametrize("value", ["spread", "Packed", "binpack", "none"])
+def test_a_bad_allocation_policy_names_the_setting_and_the_choices(value):
+    with pytest.raises(ConfigError) as err:
+        OperatorConfig.from_env({"SLM_DEVICE_PLUGIN_ALLOCATION_POLICY": value})
+    message = str(err.value)
+    assert "SLM_DEVICE_PLUGIN_ALLOCATION_POLICY" in message and "devicePlugin.allocationPolicy" in message
+    assert "distributed" in message and "packed" in message and "slm.pareto.dev/gpu-allocation-policy" in message

@@ -216,8 +216,8 @@ def test_printer_columns(version: dict[str, Any], root_schema: dict[str, Any]) -
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")] == [
         "Model", "GPUs", "Replicas/GPU", "Batch", "Tok/s", "Ready", "Phase", "Age"]
-    assert {name for name, c in columns.items() if c.get("priority") == 1} == {"Sharing", "Source", "GPU", "Endpoint",
-                                                                              "Message"}
+    assert {name for name, c in columns.items() if c.get("priority") == 1} == {
+        "Sharing", "Packing", "Source", "GPU", "Endpoint", "Message"}
     # Every column reads a field the schema declares, with the type the schema gives it.
     for name, column in columns.items():
         if name == "Age":
@@ -251,6 +251,28 @@ def test_status_profile_holds_every_key_the_operator_writes(root_schema: dict[st
     )
     declared = set(root_schema["properties"]["status"]["properties"]["profile"]["properties"])
     assert set(profile_summary(profile)) <= declared
+
+
+@pytest.mark.parametrize("sharing", ["mps", "time-slicing", "dra", "exclusive"])
+@pytest.mark.parametrize("policy", ["packed", None])
+def test_status_placement_holds_every_key_the_operator_writes(
+    root_schema: dict[str, Any], sharing: str, policy: str | None
+) -> None:
+    """Placement keys (packingGuarantee, allocationPolicy, slotsPerGPU, ...) are declared, with their enums."""
+    from slm_operator.planning.inventory import build_inventory
+    from slm_operator.planning.plan import make_plan
+    from slm_operator.status import serving
+    from tests.unit.factories import H100, dra_slice, node, profile, spec
+
+    gpu_node = node("n", sharing=sharing, replicas=1 if sharing in ("dra", "exclusive") else 4)
+    if policy:
+        gpu_node["metadata"]["labels"]["slm.pareto.dev/gpu-allocation-policy"] = policy
+    inventory = build_inventory(nodes=[gpu_node], resource_slices=[dra_slice("n")] if sharing == "dra" else ())
+    plan = make_plan(spec=spec(gpu={"product": H100, "sharing": sharing}), profile=profile(), inventory=inventory)
+    placement = serving(name="opt", plan=plan, groups=[], endpoint="e").fields["placement"]
+    schema = root_schema["properties"]["status"]["properties"]["placement"]
+    assert check_against_schema(placement, schema, "placement") == []
+    assert ("allocationPolicy" in placement) == (sharing in ("mps", "time-slicing"))
 
 
 def check_against_schema(value: Any, schema: dict[str, Any], path: str) -> list[str]:

@@ -1,7 +1,9 @@
 """A GPU group as the operator knows it: one type for the index, the planner and the status.
 
-A *GPU group* is one StatefulSet of ``replicas`` vLLM pods sharing one GPU (see
-``builders.children``). The operator reads groups from three places — the StatefulSet watch (what
+A *GPU group* is one StatefulSet of ``replicas`` vLLM pods on one node (see
+``builders.children``): with ``dra`` they share one GPU (the group's claim); with ``mps`` or
+``time-slicing`` they are slots of the node's device-plugin pool, on whichever GPUs the plugin's
+allocation policy picks. The operator reads groups from three places — the StatefulSet watch (what
 was promised), a list of StatefulSets and their pods (readiness and node), its own applies (the
 placement ledger) — and writes them into ``status.placement.groups``; all four use
 :class:`GroupState`.

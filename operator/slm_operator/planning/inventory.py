@@ -21,6 +21,7 @@ from slm_operator.constants import (
     DRA_CAPACITY_MEMORY,
     DRA_CAPACITY_SHARES,
     DRA_DRIVER,
+    LABEL_ALLOCATION_POLICY,
     LABEL_GPU_COUNT,
     LABEL_GPU_MEMORY_MIB,
     LABEL_GPU_PRODUCT,
@@ -53,6 +54,9 @@ class GpuPool:
     free_devices: tuple[str, ...] = ()
     #: ``dra-shares`` only: every shared device of the node with what is consumed of it.
     devices: tuple[SharedDevice, ...] = ()
+    #: Device plugin only: the node's label ``slm.pareto.dev/gpu-allocation-policy`` as written
+    #: (``None`` when unset); the planner checks it and falls back to the operator's setting.
+    allocation_policy: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +213,7 @@ def build_inventory(
                 gpu_count=count or total // slots, sharing=sharing,
                 slots_per_gpu=slots if sharing != "none" else 1, resource_name=plugin_resource,
                 free=max(0, total - used_slots.get((name, plugin_resource), 0) - owed),
+                allocation_policy=labels.get(LABEL_ALLOCATION_POLICY),
             ))
         if name in devices_by_node:
             free_devices = tuple(sorted(d for d, _ in devices_by_node[name]))

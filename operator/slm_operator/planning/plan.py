@@ -1,9 +1,10 @@
 """The planner: from a profile, a spec and the GPU inventory, decide how replicas share GPUs.
 
-A *GPU group* is one GPU's worth of replicas: ``replicas_per_gpu`` vLLM pods kept together (at
-most the profile's ``replicas_to_saturate``; fewer where a sharing slot is too small), each
-started with the profile's ``batch_size`` as ``--max-num-seqs`` and a memory budget that lets them
-coexist. The number of groups
+A *GPU group* is ``replicas_per_gpu`` vLLM pods kept together on one node (at most the profile's
+``replicas_to_saturate``; fewer where a sharing slot is too small), each started with the
+profile's ``batch_size`` as ``--max-num-seqs`` and a memory budget that lets them coexist: one GPU
+with ``dra`` (its claim), k slots of the node's device-plugin pool with ``mps``/``time-slicing``
+(on one GPU or several: the plugin's allocation policy decides). The number of groups
 comes from ``scale`` (a GPU count, or a throughput target divided by what one GPU delivers).
 
 Mechanisms, and what each guarantees:
@@ -20,6 +21,14 @@ Mechanisms, and what each guarantees:
   total/replicas of memory, so a replica must fit in that share whatever k is.
 * ``time-slicing`` — device-plugin slots with no memory isolation: our budgets on one GPU must sum
   below what is usable (other tenants' slots are the cluster admin's business).
+
+  With either, a group is k slots of one node's pool, not one GPU: the scheduler sees only the
+  node's count of slots, and the plugin picks the GPU behind each slot by its allocation policy
+  (``distributed``, its default, spreads them; ``packed`` fills few GPUs, best effort). So every
+  sum the planner keeps holds per slot, whichever GPU it is on: a replica's memory is a slot's
+  share (total/replicas), and a group's throughput is its slots' share of a full GPU's
+  (``_group_tokens_per_second``). The policy changes only what the status may promise
+  (``Plan.packing_guarantee``, ``Plan.allocation_policy``).
 * ``exclusive`` — one replica per whole GPU: the baseline, and models that don't fit twice.
 
 Side-effect free: no kopf, no Kubernetes client, no I/O.
@@ -32,14 +41,20 @@ import math
 from collections.abc import Mapping, Sequence
 
 from slm_operator.constants import (
+    ALLOCATION_POLICIES,
+    DEFAULT_ALLOCATION_POLICY,
+    DEVICE_PLUGIN_SHARED_MECHANISMS,
     DRA_DEVICE_CLASS,
     GIB,
     GPU_RESOURCE,
+    LABEL_ALLOCATION_POLICY,
     MECHANISMS,
     POOL_OF_MECHANISM,
     SHARED_MECHANISMS,
     USABLE_MEMORY_FRACTION,
+    AllocationPolicy,
     Mechanism,
+    PackingGuarantee,
 )
 from slm_operator.errors import PlanningError
 from slm_operator.planning.inventory import GpuPool, Inventory
@@ -93,6 +108,11 @@ class Plan:
     #: ``dra-shares`` only: the fraction of one GPU each claim reserves, and what it consumes.
     share_per_replica: float | None = None
     share_request: ShareRequest | None = None
+    #: Device-plugin sharing (``mps``, ``time-slicing``) only: the allocation policy the plan assumes
+    #: for the nodes of its pool (``distributed``, ``packed``, or ``mixed`` where nodes differ), and
+    #: the most slots per GPU (``nvidia.com/gpu.replicas``) among them: a replica budgets one such slot.
+    allocation_policy: str | None = None
+    slots_per_gpu: int | None = None
     #: ``dra`` only: some GPUs of the product allow multiple allocations (consumable shares), so the
     #: group's claim must select a device that does not: on a shared one a claim asking no capacity
     #: would take only the driver's default share, not the whole GPU the group was planned with.
@@ -125,6 +145,13 @@ class Plan:
         return self.placeable_gpus < self.gpus
 
     @property
+    def packing_guarantee(self) -> PackingGuarantee:
+        """What is guaranteed about the GPU behind the replicas: ``one-gpu`` where the scheduler
+        allocates it (a DRA claim, a whole GPU), ``node-slot-pool`` for device-plugin slots (one
+        node's pool; the GPU is the plugin's pick)."""
+        return "node-slot-pool" if self.mechanism in DEVICE_PLUGIN_SHARED_MECHANISMS else "one-gpu"
+
+    @property
     def capacity_mode(self) -> str | None:
         """``shares`` (the claim reserves compute as driver shares) or ``memory`` (the GPUs publish
         memory only, and the share is reserved as memory); ``None`` for other mechanisms."""
@@ -154,6 +181,9 @@ class _Option:
     #: ``dra-shares``: capacity and desired count replicas; what each claim consumes.
     share_request: ShareRequest | None = None
     share: float | None = None
+    #: Device-plugin sharing: slots per GPU, and what one group of k slots delivers.
+    slots: int | None = None
+    group_tokens_per_second: float | None = None
 
 
 def make_plan(
@@ -166,6 +196,7 @@ def make_plan(
     default_sharing: str = "auto",
     existing_replicas: int = 0,
     existing_by_mechanism: Mapping[str, int] | None = None,
+    default_allocation_policy: AllocationPolicy = DEFAULT_ALLOCATION_POLICY,
 ) -> Plan:
     """Choose mechanism, replicas per GPU, memory budgets and GPU groups. Side-effect free.
 
@@ -176,6 +207,9 @@ def make_plan(
     StatefulSet's replicas). ``existing_by_mechanism``: mid-move a service runs groups under two
     mechanisms; given, each mechanism counts its own groups (and ``dra-shares`` its replicas) as
     placed, whichever is current.
+    ``default_allocation_policy``: the device plugin's allocation policy on
+    nodes without the label ``slm.pareto.dev/gpu-allocation-policy`` (what the status promises; the
+    plan is the same under either).
     """
     product = spec.gpu.product or profile.gpu_product
     pools = _pools_of(inventory, product)
@@ -202,7 +236,8 @@ def make_plan(
                                      existing_groups=existing_groups or existing_replicas)
     ]
     chosen = _choose(options, sharing=sharing, product=product)
-    plan = _plan_of(chosen, spec=spec, profile=profile, product=product, memory_mib=memory_mib)
+    plan = _plan_of(chosen, spec=spec, profile=profile, product=product, memory_mib=memory_mib,
+                    default_allocation_policy=default_allocation_policy)
     if plan.mechanism == "dra" and any(p.sharing == "dra-shares" for p in pools):
         return dataclasses.replace(plan, whole_devices_only=True)
     return plan
@@ -258,7 +293,10 @@ def _choose(options: list[_Option], *, sharing: str, product: str) -> _Option:
     return chosen
 
 
-def _plan_of(chosen: _Option, *, spec: SLMServiceSpec, profile: Profile, product: str, memory_mib: int) -> Plan:
+def _plan_of(
+    chosen: _Option, *, spec: SLMServiceSpec, profile: Profile, product: str, memory_mib: int,
+    default_allocation_policy: AllocationPolicy = DEFAULT_ALLOCATION_POLICY,
+) -> Plan:
     """The plan for the chosen option: flags, memory budgets and limits of one replica."""
     if chosen.share_request is not None:
         return _shares_plan_of(chosen, spec=spec, profile=profile, product=product, memory_mib=memory_mib)
@@ -272,6 +310,19 @@ def _plan_of(chosen: _Option, *, spec: SLMServiceSpec, profile: Profile, product
         kv_bytes = int(max(kv_gib, profile.kv_cache_gib or 0.0) * GIB)
     shared = chosen.mechanism != "exclusive"
     dra = chosen.mechanism == "dra"
+    policy, policy_note = (_allocation_policy(chosen.pools, default=default_allocation_policy)
+                           if chosen.slots is not None else (None, ""))
+    budget = f"{chosen.budget_gib:.1f} GiB each (needs {need_gib:.1f}); " if known_memory else ""
+    if chosen.slots is not None:
+        explanation = (
+            f"{chosen.mechanism}: groups of {k} replica(s) × batch {profile.batch_size}, {budget}"
+            f"{placeable}/{chosen.desired} group(s) placeable. {_slot_pool_note(chosen, k=k, policy=policy)}"
+            + policy_note)
+    else:
+        explanation = (f"{chosen.mechanism}: {k} replica(s)/GPU × batch {profile.batch_size}, {budget}"
+                       f"{placeable}/{chosen.desired} GPU(s) placeable")
+    per_group = (chosen.group_tokens_per_second if chosen.group_tokens_per_second is not None
+                 else tokens_per_second_per_gpu(profile=profile, replicas=k))
     return Plan(
         mechanism=chosen.mechanism,
         gpu_product=product,
@@ -285,17 +336,64 @@ def _plan_of(chosen: _Option, *, spec: SLMServiceSpec, profile: Profile, product
         memory_budget_gib=round(chosen.budget_gib, 2),
         kv_cache_memory_bytes=kv_bytes,
         gpu_memory_utilization=(math.floor(chosen.budget_gib * 1024 / memory_mib * 1000) / 1000) if shared else None,
-        tokens_per_second_per_gpu=round(tokens_per_second_per_gpu(profile=profile, replicas=k), 1),
+        tokens_per_second_per_gpu=round(per_group, 1),
         active_thread_percentage=100 // k if dra else None,
         # NB: the hard MPS limit is the physical share, above the 0.92 budget vLLM plans with, so an
         # underestimated CUDA graph or workspace doesn't hit the wall.
         pinned_memory_limit_mib=memory_mib // k if dra else None,
-        explanation=(
-            f"{chosen.mechanism}: {k} replica(s)/GPU × batch {profile.batch_size}, "
-            + (f"{chosen.budget_gib:.1f} GiB each (needs {need_gib:.1f}); " if known_memory else "")
-            + f"{placeable}/{chosen.desired} GPU(s) placeable"
-        ),
+        explanation=explanation,
+        allocation_policy=policy,
+        slots_per_gpu=chosen.slots,
     )
+
+
+def _allocation_policy(pools: Sequence[GpuPool], *, default: AllocationPolicy) -> tuple[str, str]:
+    """The device plugin's allocation policy on the pools' nodes: ``distributed``, ``packed`` or
+    ``mixed``, and a sentence on node labels that are neither (taken as ``distributed``).
+
+    NB: a label that is no policy is read as the plugin's default, the weaker promise: the status
+    must not claim packing that may not happen.
+    """
+    by_node: dict[str, str] = {}
+    bad: list[str] = []
+    for pool in pools:
+        label = (pool.allocation_policy or "").strip()
+        if not label:
+            by_node[pool.node] = default
+        elif label in ALLOCATION_POLICIES:
+            by_node[pool.node] = label
+        else:
+            by_node[pool.node] = DEFAULT_ALLOCATION_POLICY
+            bad.append(f"{pool.node} ({label!r})")
+    policies = set(by_node.values())
+    policy = policies.pop() if len(policies) == 1 else "mixed"
+    note = (f" Label {LABEL_ALLOCATION_POLICY} of node(s) {', '.join(sorted(bad))} is neither distributed nor "
+            "packed: taken as distributed; fix the label." if bad else "")
+    if policy == "mixed":
+        packed = sorted(n for n, p in by_node.items() if p == "packed")
+        note = f" Packed on {', '.join(packed)}; distributed on the other node(s).{note}"
+    return policy, note
+
+
+def _slot_pool_note(chosen: _Option, *, k: int, policy: str | None) -> str:
+    """What a device-plugin group is, and what the allocation policy makes of it, in words."""
+    slots = chosen.slots or 1
+    share = ("MPS pins each slot to that share of the GPU's memory" if chosen.mechanism == "mps"
+             else "time-sliced: its memory is not isolated, each replica keeps to its budget")
+    what = (f"A group is {k} slot(s) of one node's device-plugin pool, not one GPU: each slot is 1/{slots} "
+            f"of a GPU ({share})")
+    if k < slots:
+        what += (f"; a GPU has {slots} slots and a group takes {k}, the others hold other groups, so a group is "
+                 f"planned at {k}/{slots} of a full GPU's throughput")
+    if policy == "packed":
+        how = ("the device plugin's allocation policy packed puts slots on as few GPUs as it can (best effort, "
+               "not guaranteed)")
+    elif policy == "distributed":
+        how = ("the device plugin's allocation policy distributed (its default) spreads slots over the node's "
+               "GPUs, so a group's replicas may run on different GPUs")
+    else:
+        how = "the device plugin's allocation policy differs between the nodes"
+    return f"{what}; {how}. Only DRA (sharing dra or dra-shares) guarantees one GPU."
 
 
 def _shares_plan_of(
@@ -486,13 +584,14 @@ def _option(
     elif mechanism in ("mps", "time-slicing"):
         # NB: the device plugin hands out slots from any GPU of the node, so a replica can only
         # count on total/replicas of a GPU: MPS pins exactly that, and under time-slicing nothing
-        # else keeps the budgets of one GPU below what it has.
-        slots = min(p.slots_per_gpu for p in mine)
+        # else keeps the budgets of one GPU below what it has. A group may land on any node of the
+        # pool, so the budget is the smallest slot (the node with the most replicas per GPU).
+        slots = max(p.slots_per_gpu for p in mine)
         budget = usable_gib / slots
         if need_gib > budget:
             return _Option(mechanism, mine, 0, budget, 0, why_not=(
                 f"a {mechanism} slot ({slots} per GPU) gives {budget:.1f} GiB, a replica needs {need_gib:.1f}"))
-        k = min(saturating, slots)
+        k = min(saturating, min(p.slots_per_gpu for p in mine))
     else:
         k = max(1, min(saturating, int(usable_gib // need_gib))) if need_gib > 0 else 1
         budget = usable_gib / k
@@ -502,8 +601,28 @@ def _option(
         fits = max(0, sum(p.free for p in mine) - reserved)
     else:
         fits = max(0, sum(p.free // k for p in mine) - math.ceil(reserved / k))
+    if mechanism in DEVICE_PLUGIN_SHARED_MECHANISMS:
+        per_group = _group_tokens_per_second(profile=profile, k=k, pools=mine)
+        desired = desired_gpus(spec=spec, per_gpu=per_group)
+        return _Option(mechanism, mine, k, budget, existing_groups + fits, desired=desired,
+                       slots=max(p.slots_per_gpu for p in mine), group_tokens_per_second=per_group)
     desired = desired_gpus(spec=spec, per_gpu=tokens_per_second_per_gpu(profile=profile, replicas=k))
     return _Option(mechanism, mine, k, budget, existing_groups + fits, desired=desired)
+
+
+def _group_tokens_per_second(*, profile: Profile, k: int, pools: Sequence[GpuPool]) -> float:
+    """What a device-plugin group of ``k`` slots delivers: k slots' share of a full GPU's throughput
+    (a GPU of ``s`` slots, all busy, delivers what ``s`` replicas on one GPU do), on the pool whose
+    slots are worth least.
+
+    NB: a group is not one GPU. Its slots may be on different GPUs (allocation policy
+    ``distributed``), and a GPU has room for other groups when it has more slots than k; counting a
+    group as a GPU's plateau would then promise more than the GPUs have. Where slots ≤ k* (k is
+    then the slots), this is one GPU of ``k`` replicas, as before.
+    """
+    per_slot = min(tokens_per_second_per_gpu(profile=profile, replicas=p.slots_per_gpu) / max(p.slots_per_gpu, 1)
+                   for p in pools)
+    return per_slot * k
 
 
 def _overhead_gib(profile: Profile) -> float:

@@ -299,7 +299,8 @@ def test_status_shows_replicas_shares_and_the_gpus_they_occupy():
     assert placement | {"groups": None} == {
         "mechanism": "dra-shares", "resourceName": "gpu.nvidia.com", "replicasPerGPU": 4, "totalReplicas": 2,
         "requestedReplicas": 2, "readyReplicas": 1, "ready": "1/2", "sharePerReplica": 0.25,
-        "memoryPerReplicaGiB": 10.87, "capacityMode": "shares", "plannedTokensPerSecond": 10000.0, "gpus": 1,
+        "memoryPerReplicaGiB": 10.87, "capacityMode": "shares", "packingGuarantee": "one-gpu",
+        "plannedTokensPerSecond": 10000.0, "gpus": 1,
         "devices": [{"node": "s0", "device": "gpu-0", "replicas": 2}], "nodes": ["s0"], "groups": None}
     assert update.phase == "Deploying"
     later = readiness(current={"placement": placement, "message": plan.explanation},
