@@ -14,7 +14,7 @@ import pytest
 
 from slm_operator import kube, reporter
 from slm_operator.errors import ApplyRejected
-from slm_operator.gpu_index import GpuIndex, node_entry
+from slm_operator.gpu_index import GpuIndex, PodSlots, node_entry
 
 
 def kopf_index(entries: list[dict | None]) -> dict[str, list]:
@@ -118,5 +118,5 @@ class FakeApi:
 def gpu_index(*nodes: dict[str, Any]) -> GpuIndex:
     entries = [node_entry(name=n["metadata"]["name"], labels=n["metadata"]["labels"], spec={}, status=n["status"])
                for n in nodes]
-    return GpuIndex({"gpu_nodes": kopf_index(entries), "gpu_pods": {}, "gpu_slices": {}, "gpu_claims": {},
-                     "slm_groups": {}})
+    return GpuIndex({"gpu_nodes": kopf_index(entries), "gpu_slices": {}, "gpu_claims": {}, "slm_groups": {}},
+                    pods=PodSlots())
