@@ -5,6 +5,7 @@
     .venv/bin/python bench/scale.py --nodes 50 --services 200            # a quicker check
     .venv/bin/python bench/scale.py --nodes 200 --services 1000 --restart     # after a --keep run
     .venv/bin/python bench/scale.py --nodes 20 --startup-curve 0,2000,4000   # start-up vs watched objects
+    .venv/bin/python bench/scale.py --nodes 20 --startup-curve 0,1000,2000 --startup-objects statefulsets
     .venv/bin/python bench/scale.py --print-nodes --nodes 200 > nodes.yaml   # only the node config
 
 What it does: generates a node config (a mix of device-plugin MPS and time-slicing nodes, DRA nodes
@@ -22,7 +23,9 @@ as the chart's ServiceAccount (TokenRequest token) with ``SLM_PROFILER_RUNNER=no
 
 ``--restart`` starts the operator again on the cluster a ``--keep`` run left (kopf resumes every
 service) and adds what that costs to the result file; ``--startup-curve`` times the operator's
-start-up against ever more plain pods (bench/results/scale-startup-curve.json).
+start-up against ever more plain pods (bench/results/scale-startup-curve.json), or with
+``--startup-objects statefulsets`` empty StatefulSets labelled as ours
+(bench/results/scale-startup-curve-statefulsets.json).
 
 It prints numbers and writes ``bench/results/scale-<nodes>n-<services>s.json``; it asserts nothing
 about timings. bench/README.md defines every number. Needs the cached binaries
@@ -68,7 +71,7 @@ from hack.localcluster.operator import (  # noqa: E402
     install_chart,
     serviceaccount_kubeconfig,
 )
-from slm_operator.constants import PLURAL, group_name  # noqa: E402
+from slm_operator.constants import LABEL_MANAGED_BY, MANAGED_BY, PLURAL, group_name  # noqa: E402
 
 
 class Bench:
@@ -137,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--startup-curve", default=None, metavar="N,N,...",
                         help="instead: operator start-up time against N plain pods (e.g. 0,1000,2000,4000) on a "
                              "--nodes cluster; writes bench/results/scale-startup-curve.json")
+    parser.add_argument("--startup-objects", choices=("pods", "statefulsets"), default="pods",
+                        help="--startup-curve: what the N objects are: plain pods (no GPU), or empty StatefulSets "
+                             "labelled as the operator's (kopf still watches and indexes those); statefulsets "
+                             "write bench/results/scale-startup-curve-statefulsets.json (default: %(default)s)")
     parser.add_argument("--sharing", choices=NODE_SHARINGS, default="mix",
                         help="node kinds: the mixed fleet of bench/README.md, or every node (H100) of one sharing; "
                              "dra-shares nodes publish consumable GPUs like NVIDIA's DRA driver (default: %(default)s)")
@@ -161,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     out = pathlib.Path(args.out or REPO / "bench" / "results" / f"scale-{args.nodes}n-{args.services}s.json")
     if args.startup_curve:
-        out = pathlib.Path(args.out or REPO / "bench" / "results" / "scale-startup-curve.json")
+        suffix = "" if args.startup_objects == "pods" else f"-{args.startup_objects}"
+        out = pathlib.Path(args.out or REPO / "bench" / "results" / f"scale-startup-curve{suffix}.json")
         nodes_doc["defaults"]["pods"] = "1000"
     bench = Bench(args=args, run_dir=run_dir, bin_dir=pathlib.Path(found), nodes_doc=nodes_doc)
     try:
@@ -293,10 +301,12 @@ def restart(bench: Bench) -> dict[str, Any]:
 
 
 def startup_curve(bench: Bench, *, counts: list[int]) -> dict[str, Any]:
-    """Operator start → first StatefulSet of a new SLMService, with ever more plain pods in the cluster.
+    """Operator start → first StatefulSet of a new SLMService, with ever more plain pods (or empty
+    StatefulSets labelled as ours, ``--startup-objects``) in the cluster.
 
-    kopf watches every pod (the GPU inventory index), so each pod is an object the operator must
-    take in at start-up before any handler runs; this isolates how that cost grows.
+    Every object kopf watches and indexes costs it a pass at start-up before any handler runs (pods
+    did until the operator counted GPU slots with its own pod watch; our StatefulSets still do);
+    this isolates how that cost grows.
     """
     args = bench.args
     cluster = bench.start_cluster()
@@ -305,19 +315,17 @@ def startup_curve(bench: Bench, *, counts: list[int]) -> dict[str, Any]:
     for ns in ("bench-pods", "bench-0"):
         cluster.kubectl("create", "namespace", ns)
     node_names = [n["name"] for n in bench.nodes_doc["nodes"]]
+    kind = args.startup_objects
     conn, made, points = api.connection(), 0, []
     for count in counts:
-        say(f"start-up curve: {count} plain pods")
+        say(f"start-up curve: {count} filler {kind}")
         while made < count:
-            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"filler-{made:05d}"},
-                   "spec": {"nodeName": node_names[made % len(node_names)],
-                            "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}}
-            conn.request("POST", "/api/v1/namespaces/bench-pods/pods", body=json.dumps(pod),
-                         headers={"Content-Type": "application/json"})
+            path, body = filler(kind=kind, index=made, node=node_names[made % len(node_names)])
+            conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
             response = conn.getresponse()
             response.read()
             if response.status != 201:
-                raise SystemExit(f"scale: creating a filler pod: HTTP {response.status}")
+                raise SystemExit(f"scale: creating a filler {kind}: HTTP {response.status}")
             made += 1
         while api.get("/api/v1/namespaces/bench-pods/pods?fieldSelector=status.phase%3DPending&limit=1")["items"]:
             time.sleep(1)
@@ -338,15 +346,31 @@ def startup_curve(bench: Bench, *, counts: list[int]) -> dict[str, Any]:
                 break
             except Exception:
                 time.sleep(0.5)
-        points.append({"plainPods": count, "watchedObjects": objects, "secondsToFirstStatefulSet": seconds,
-                       "operatorCpuSeconds": round(operator.cpu_seconds(), 1),
-                       "operatorPeakRssMiB": measure.rounded(operator.peak_rss_mib, 1),
-                       "loadavg": list(os.getloadavg())})
+        # NB: the sampler looks every 0.5 s from liveness on; a start-up that quick may end unsampled.
+        peak = max(operator.peak_rss_mib, operator.rss_mib() or 0.0)
+        points.append({"plainPods" if kind == "pods" else "fillerStatefulSets": count, "watchedObjects": objects,
+                       "secondsToFirstStatefulSet": seconds, "operatorCpuSeconds": round(operator.cpu_seconds(), 1),
+                       "operatorPeakRssMiB": measure.rounded(peak, 1), "loadavg": list(os.getloadavg())})
         say(f"  {points[-1]}")
         operator.stop()
     conn.close()
-    return {"benchmark": "bench/scale.py --startup-curve", "nodes": args.nodes, "points": points,
+    return {"benchmark": "bench/scale.py --startup-curve", "objects": kind, "nodes": args.nodes, "points": points,
             "machine": measure.machine(), "git": measure.git_commit()}
+
+
+def filler(*, kind: str, index: int, node: str) -> tuple[str, dict[str, Any]]:
+    """One filler object of the start-up curve: where to POST it, and its body."""
+    name = f"filler-{index:05d}"
+    if kind == "pods":
+        return "/api/v1/namespaces/bench-pods/pods", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}}
+    labels = {LABEL_MANAGED_BY: MANAGED_BY, "filler": name}
+    return "/apis/apps/v1/namespaces/bench-pods/statefulsets", {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name, "labels": labels},
+        "spec": {"replicas": 0, "serviceName": name, "selector": {"matchLabels": {"filler": name}},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}}}}
 
 
 def create_services(*, api: Api, manifests: list[dict[str, Any]], rate: float, batch: int,

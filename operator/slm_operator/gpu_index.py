@@ -1,9 +1,13 @@
 """The GPU inventory the planner reads, kept by watches: index entries and the placement ledger.
 
-kopf indexes (in-memory, watch-fed caches) hold what planning needs of GPU nodes, GPU-requesting
-pods, NVIDIA ResourceSlices, allocated ResourceClaims and our own group StatefulSets; the
+kopf indexes (in-memory, watch-fed caches) hold what planning needs of GPU nodes, NVIDIA
+ResourceSlices, allocated ResourceClaims, our own group StatefulSets and ``dra-shares`` pods; the
 functions ``*_entry`` here turn one watched object into its index entry (``None``: not indexed).
-:class:`GpuIndex` reads the indexes back, and :meth:`GpuIndex.inventory` builds the planner's
+The device-plugin slots that pods hold are counted by :class:`PodSlots` instead, fed by the
+operator's own list+watch of bound pods (``kube.PodSlotWatch``): a kopf index would take every
+pod of the cluster through kopf's per-object machinery at start-up (minutes at a few thousand
+pods), where this keeps one small record per GPU pod and nothing of the others.
+:class:`GpuIndex` reads both back, and :meth:`GpuIndex.inventory` builds the planner's
 :class:`~slm_operator.planning.inventory.Inventory` without a single API call.
 
 The watch lags our own writes by a moment: :class:`PlacementLedger` remembers the groups just
@@ -18,12 +22,11 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from slm_operator.constants import (
     ANNOTATION_START,
-    DEVICE_PLUGIN_RESOURCES,
     DRA_DRIVER,
     LABEL_GPU_PRODUCT,
     LABEL_GROUP,
@@ -35,7 +38,13 @@ from slm_operator.constants import (
     group_name,
 )
 from slm_operator.planning.groups import GroupState, group_from_statefulset
-from slm_operator.planning.inventory import Inventory, build_inventory, product_memory_gib, unbound_demand
+from slm_operator.planning.inventory import (
+    Inventory,
+    build_inventory,
+    pod_gpu_requests,
+    product_memory_gib,
+    unbound_demand,
+)
 from slm_operator.planning.shares import allocated_devices
 from slm_operator.planning.start_gate import StartingPod
 
@@ -59,25 +68,13 @@ def node_entry(
     }}
 
 
-def pod_entry(
-    *, uid: str, namespace: str, labels: Mapping[str, str], spec: Mapping[str, Any], status: Mapping[str, Any]
-) -> Entry | None:
-    """A pod asking for device-plugin GPUs: its node, phase, GPU requests and (ours) its group."""
-    containers = []
-    for c in spec.get("containers") or ():
-        res = c.get("resources") or {}
-        wanted = {r: v for part in ("requests", "limits") for r, v in (res.get(part) or {}).items()
-                  if r in DEVICE_PLUGIN_RESOURCES}
-        if wanted:
-            containers.append({"resources": {"requests": wanted}})
-    if not containers:
-        return None
-    pod: dict[str, Any] = {"spec": {"nodeName": spec.get("nodeName"), "containers": containers},
-                           "status": {"phase": status.get("phase")}}
+def _our_group(*, namespace: str, labels: Mapping[str, str], marker: tuple[str, str]) -> str | None:
+    """``namespace/group`` of one of our replicas' objects (``marker``: the label that says so);
+    ``None`` for anyone else's, or a hand-edited group label (not a crash)."""
     index = labels.get(LABEL_GROUP) or "0"
-    if labels.get(LABEL_MANAGED_BY) == MANAGED_BY and LABEL_SERVICE in labels and index.isdigit():
-        pod["group"] = f"{namespace}/{group_name(service=labels[LABEL_SERVICE], index=int(index))}"
-    return {uid: pod}
+    if labels.get(marker[0]) == marker[1] and LABEL_SERVICE in labels and index.isdigit():
+        return f"{namespace}/{group_name(service=labels[LABEL_SERVICE], index=int(index))}"
+    return None
 
 
 def slice_entry(*, name: str, spec: Mapping[str, Any]) -> Entry | None:
@@ -96,10 +93,9 @@ def claim_entry(
     if not allocation:
         return None
     entry: dict[str, Any] = {"name": f"{namespace}/{name}", "status": {"allocation": dict(allocation)}}
-    labels = labels or {}
-    index = labels.get(LABEL_GROUP) or "0"
-    if labels.get(LABEL_PACKED) == "true" and LABEL_SERVICE in labels and index.isdigit():
-        entry["group"] = f"{namespace}/{group_name(service=labels[LABEL_SERVICE], index=int(index))}"
+    group = _our_group(namespace=namespace, labels=labels or {}, marker=(LABEL_PACKED, "true"))
+    if group:
+        entry["group"] = group
     return {uid: entry}
 
 
@@ -126,6 +122,130 @@ def group_entry(
     group = group_from_statefulset({"metadata": {"namespace": namespace, "name": name, "labels": dict(labels),
                                                  "annotations": dict(annotations)}, "spec": spec})
     return {group.key: group} if group else None
+
+
+# --- Device-plugin slots held by pods: fed by the operator's own pod watch ---------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SlotUse:
+    """What one bound, unfinished pod holds of device-plugin GPUs: its node, the slots per resource
+    name, and, for one of our replicas, its group (``namespace/name``)."""
+
+    node: str
+    slots: tuple[tuple[str, int], ...]
+    group: str | None = None
+
+
+def pod_key(pod: Mapping[str, Any]) -> str:
+    """The pod's uid (its ``namespace/name`` where a fake or partial object has none)."""
+    meta = pod.get("metadata") or {}
+    return str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")
+
+
+def slot_use(pod: Mapping[str, Any]) -> SlotUse | None:
+    """One pod as the API returns it → what it holds; ``None`` when it holds no slot: not bound to
+    a node, Succeeded or Failed (the kubelet has given its devices back), or no GPU request."""
+    spec = pod.get("spec") or {}
+    node = spec.get("nodeName")
+    if not node or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return None
+    slots = tuple(sorted((r, n) for r, n in pod_gpu_requests(pod).items() if n > 0))
+    if not slots:
+        return None
+    meta = pod.get("metadata") or {}
+    group = _our_group(namespace=meta.get("namespace") or "", labels=meta.get("labels") or {},
+                       marker=(LABEL_MANAGED_BY, MANAGED_BY))
+    return SlotUse(node=node, slots=slots, group=group)
+
+
+class PodSlots:
+    """The device-plugin slots every GPU pod of the cluster holds, per node, and how many of each of
+    our groups' pods are bound where: all the inventory needs of pods, one :class:`SlotUse` per GPU
+    pod (pods without GPUs are not kept at all).
+
+    Fed by a list+watch: :meth:`replace` with a full listing, :meth:`apply` with each watch event.
+    Not synced until the first listing is in: planning on a partial count would take slots that
+    are in use. Thread-safe: the watch runs in its own thread, handlers read from theirs.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pods: dict[str, SlotUse] = {}
+        self._used: dict[tuple[str, str], int] = {}
+        self._groups: dict[str, dict[str, int]] = {}  # group → node → bound pods
+        self._synced = threading.Event()
+
+    def replace(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        """A full listing: what it holds replaces everything (pods deleted while no watch ran are
+        gone with it). ``pods`` may be a generator; it is consumed before the state changes."""
+        uses = {pod_key(p): use for p in pods if (use := slot_use(p)) is not None}
+        with self._lock:
+            self._pods, self._used, self._groups = {}, {}, {}
+            for key, use in uses.items():
+                self._add(key, use)
+        self._synced.set()
+
+    def apply(self, *, event_type: str, pod: Mapping[str, Any]) -> None:
+        """One watch event (ADDED, MODIFIED, DELETED) of ``pod``; other types change nothing."""
+        if event_type not in ("ADDED", "MODIFIED", "DELETED"):
+            return
+        key = pod_key(pod)
+        use = slot_use(pod) if event_type != "DELETED" else None
+        with self._lock:
+            old = self._pods.get(key)
+            if old == use:
+                return
+            if old is not None:
+                self._remove(key, old)
+            if use is not None:
+                self._add(key, use)
+
+    def _add(self, key: str, use: SlotUse) -> None:
+        self._pods[key] = use
+        for resource, count in use.slots:
+            self._used[(use.node, resource)] = self._used.get((use.node, resource), 0) + count
+        if use.group:
+            on = self._groups.setdefault(use.group, {})
+            on[use.node] = on.get(use.node, 0) + 1
+
+    def _remove(self, key: str, use: SlotUse) -> None:
+        del self._pods[key]
+        for resource, count in use.slots:
+            left = self._used[(use.node, resource)] - count
+            if left:
+                self._used[(use.node, resource)] = left
+            else:
+                del self._used[(use.node, resource)]
+        if use.group:
+            on = self._groups[use.group]
+            on[use.node] -= 1
+            if not on[use.node]:
+                del on[use.node]
+            if not on:
+                del self._groups[use.group]
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the first listing; whether it is in."""
+        return self._synced.wait(timeout)
+
+    def used_slots(self) -> dict[tuple[str, str], int]:
+        """``(node, resource name)`` → slots held."""
+        with self._lock:
+            return dict(self._used)
+
+    def bound_groups(self) -> tuple[dict[str, int], dict[str, str]]:
+        """Per group of ours: its bound pods, and a node one of them is on."""
+        with self._lock:
+            return ({g: sum(on.values()) for g, on in self._groups.items()},
+                    {g: min(on) for g, on in self._groups.items()})
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pods)
 
 
 # --- The placement ledger ---------------------------------------------------------------------------
@@ -202,14 +322,15 @@ class StartGrants:
 # --- Reading the indexes back ------------------------------------------------------------------------
 
 class GpuIndex:
-    """The six indexes (``gpu_nodes``, ``gpu_pods``, ``gpu_slices``, ``gpu_claims``,
-    ``slm_groups``, ``packed_pods``) as kopf passes them to handlers: mappings of keys to collections
-    of values."""
+    """The five indexes (``gpu_nodes``, ``gpu_slices``, ``gpu_claims``, ``slm_groups``,
+    ``packed_pods``) as kopf passes them to handlers (mappings of keys to collections of values),
+    and the slots the pod watch counts."""
 
-    NAMES = ("gpu_nodes", "gpu_pods", "gpu_slices", "gpu_claims", "slm_groups", "packed_pods")
+    NAMES = ("gpu_nodes", "gpu_slices", "gpu_claims", "slm_groups", "packed_pods")
 
-    def __init__(self, indexes: Mapping[str, Any]) -> None:
+    def __init__(self, indexes: Mapping[str, Any], *, pods: PodSlots) -> None:
         self._indexes = indexes
+        self._pods = pods
 
     def _values(self, name: str) -> list[Any]:
         index = self._indexes[name]
@@ -228,15 +349,9 @@ class GpuIndex:
         ``exclude_service`` (``namespace/name``) leaves out that service's own groups: it is the one
         being planned, and they count as its existing groups instead.
         """
-        pods = self._values("gpu_pods")
         claims = self._values("gpu_claims")
         groups = ledger.merged_with({g.key: g for g in self._values("slm_groups")})
-        bound: dict[str, int] = {}
-        node_of: dict[str, str] = {}
-        for pod in pods:
-            if pod.get("group") and pod["spec"].get("nodeName"):
-                bound[pod["group"]] = bound.get(pod["group"], 0) + 1
-                node_of.setdefault(pod["group"], pod["spec"]["nodeName"])
+        bound, node_of = self._pods.bound_groups()
         allocated_per_group: dict[str, int] = {}
         for claim in claims:
             if claim.get("group"):
@@ -244,9 +359,8 @@ class GpuIndex:
         demand = unbound_demand(groups=groups.values(), bound_pods=bound, group_nodes=node_of,
                                 allocated_claims=[c["name"] for c in claims], exclude_service=exclude_service,
                                 allocated_per_group=allocated_per_group)
-        return build_inventory(nodes=self.nodes(), pods=pods, resource_slices=self._values("gpu_slices"),
-                               resource_claims=claims, demand=demand)
-
+        return build_inventory(nodes=self.nodes(), used_slots=self._pods.used_slots(),
+                               resource_slices=self._values("gpu_slices"), resource_claims=claims, demand=demand)
 
     def starting_pods(self) -> list[StartingPod]:
         """Every ``dra-shares`` pod, with the GPUs its allocated claims hold."""

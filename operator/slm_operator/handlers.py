@@ -1,4 +1,4 @@
-"""kopf wiring: settings, the GPU indexes and the SLMService handlers. Nothing else.
+"""kopf wiring: settings, the GPU indexes, the pod watch and the SLMService handlers. Nothing else.
 
 The work is in ``reconcile`` (what a handler does), ``gpu_index`` (what an index keeps),
 ``reporter`` (how the status is written) and the pure cores below them; see
@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from slm_operator import metrics
+from slm_operator import kube, metrics
 from slm_operator.config import OperatorConfig
 from slm_operator.constants import (
     API_VERSION,
@@ -28,11 +28,11 @@ from slm_operator.constants import (
 from slm_operator.errors import ApplyRejected, ProfilePending, ProfilingFailed
 from slm_operator.gpu_index import (
     GpuIndex,
+    PodSlots,
     claim_entry,
     group_entry,
     node_entry,
     packed_pod_entry,
-    pod_entry,
     slice_entry,
 )
 from slm_operator.profile_source import cancel_local_runs
@@ -59,13 +59,20 @@ REJECTED_RETRY_FACTOR = 10
 WATCH_SERVER_TIMEOUT_SECONDS = 300
 #: The stop function of the /metrics endpoint while it serves.
 _serving: list[Callable[[], None]] = []
+#: The device-plugin slots pods hold, kept by our own pod watch (not a kopf index: see gpu_index).
+POD_SLOTS = PodSlots()
+#: The pod watch while it runs.
+_pod_watch: list[kube.PodSlotWatch] = []
+#: Seconds the start-up waits for the first pod listing before kopf retries the start-up handler.
+POD_LIST_WAIT_SECONDS = 60
 
 
 def _ours(*, namespace: str | None, **_: Any) -> bool:
     """SLMServices of the watched namespaces (all when none is set).
 
-    NB: kopf itself always watches cluster-wide, because the GPU inventory (nodes, GPU pods and
-    claims of every namespace) must be complete even when only some namespaces are served.
+    NB: kopf itself always watches cluster-wide (and so does the pod watch), because the GPU
+    inventory (nodes, GPU pods and claims of every namespace) must be complete even when only some
+    namespaces are served.
     """
     return not _WATCHED or namespace in _WATCHED
 
@@ -111,12 +118,27 @@ def configure(*, settings: kopf.OperatorSettings, **indexes: Any) -> None:
     settings.watching.client_timeout = WATCH_SERVER_TIMEOUT_SECONDS + 30
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
+    # NB: server-side label selectors: every pod and StatefulSet kopf receives costs it a full
+    # per-object pass at start-up (worse than linear in their number), and only ours are handled.
+    # Device-plugin slots of all pods are counted by our own pod watch (POD_SLOTS) instead.
+    settings.watching.label_selectors["pods"] = ",".join(f"{k}={v}" for k, v in PACKED.items())
+    settings.watching.label_selectors["apps", "statefulsets"] = ",".join(f"{k}={v}" for k, v in OURS.items())
     # NB: kopf hands startup handlers its live indexes; scrapes build the gauges from them.
-    index = GpuIndex({name: indexes[name] for name in GpuIndex.NAMES})
+    index = GpuIndex({name: indexes[name] for name in GpuIndex.NAMES}, pods=POD_SLOTS)
     metrics.watch_inventory(lambda: index.inventory(ledger=STATE.ledger))
     metrics.watch_services(indexes["slm_services"])
     if STATE.config.metrics_port and not _serving:
         _serving.append(metrics.serve(port=STATE.config.metrics_port))
+
+
+@kopf.on.startup()
+def watch_gpu_pods(**_: Any) -> None:
+    """Start the pod watch and wait for its first listing: kopf starts no handler before, as it
+    would not before its indexes are filled (a plan on a partial count takes slots in use)."""
+    if not _pod_watch:
+        _pod_watch.append(kube.watch_pod_slots(POD_SLOTS))
+    if not POD_SLOTS.wait_synced(POD_LIST_WAIT_SECONDS):
+        raise kopf.TemporaryError(f"the pods are not listed after {POD_LIST_WAIT_SECONDS} s; waiting", delay=1)
 
 
 @kopf.on.cleanup()
@@ -124,6 +146,8 @@ def stop_profilers(**_: Any) -> None:
     cancel_local_runs()
     while _serving:
         _serving.pop()()
+    while _pod_watch:
+        _pod_watch.pop().stop()
 
 
 # --- Indexes: the GPU inventory (gpu_index says what each keeps) and our services, kept by watches ---
@@ -132,12 +156,6 @@ def stop_profilers(**_: Any) -> None:
 def gpu_nodes(*, name: str, labels: Mapping[str, str], spec: Mapping[str, Any], status: Mapping[str, Any],
               **_: Any) -> dict[str, Any] | None:
     return node_entry(name=name, labels=labels, spec=spec, status=status)
-
-
-@kopf.index("pods")
-def gpu_pods(*, uid: str, namespace: str | None, labels: Mapping[str, str], spec: Mapping[str, Any],
-             status: Mapping[str, Any], **_: Any) -> dict[str, Any] | None:
-    return pod_entry(uid=uid, namespace=namespace or "", labels=labels, spec=spec, status=status)
 
 
 @kopf.index("resource.k8s.io", "v1", "resourceslices")
@@ -192,7 +210,7 @@ def slm_groups(*, namespace: str | None, name: str, labels: Mapping[str, str], a
 def reconcile(*, body: kopf.Body, spec: Mapping[str, Any], name: str, namespace: str | None, uid: str,
               meta: Mapping[str, Any], status: Mapping[str, Any], **indexes: Any) -> None:
     try:
-        reconcile_service(state=STATE, index=GpuIndex(indexes), body=body, spec=spec, name=name,
+        reconcile_service(state=STATE, index=GpuIndex(indexes, pods=POD_SLOTS), body=body, spec=spec, name=name,
                           namespace=namespace or "", uid=uid, meta=meta, status=status)
     except ProfilePending as exc:
         raise kopf.TemporaryError(f"profiling: {exc.progress}", delay=PROFILE_POLL_SECONDS) from None
@@ -213,7 +231,7 @@ def group_readiness_changed(*, labels: Mapping[str, str], namespace: str | None,
 @kopf.on.event("nodes", labels={LABEL_GPU_PRODUCT: kopf.PRESENT})
 def gpu_node_changed(*, type: str, name: str, **indexes: Any) -> None:
     if type == "DELETED":
-        reconcile_services_on(state=STATE, index=GpuIndex(indexes), node=name, watched=_watched)
+        reconcile_services_on(state=STATE, index=GpuIndex(indexes, pods=POD_SLOTS), node=name, watched=_watched)
 
 
 # --- dra-shares: one starting replica per GPU, across services (planning.start_gate) ---------------
@@ -222,12 +240,12 @@ def gpu_node_changed(*, type: str, name: str, **indexes: Any) -> None:
 # share the GPUs too. kopf updates the indexes before it calls the handlers of the same event.
 @kopf.on.event("pods", labels=PACKED)
 def packed_pod_changed(**indexes: Any) -> None:
-    grant_starts(state=STATE, index=GpuIndex(indexes), watched=_watched)
+    grant_starts(state=STATE, index=GpuIndex(indexes, pods=POD_SLOTS), watched=_watched)
 
 
 @kopf.on.event("resource.k8s.io", "v1", "resourceclaims", labels=PACKED)
 def packed_claim_changed(**indexes: Any) -> None:
-    grant_starts(state=STATE, index=GpuIndex(indexes), watched=_watched)
+    grant_starts(state=STATE, index=GpuIndex(indexes, pods=POD_SLOTS), watched=_watched)
 
 
 def _watched(namespace: str) -> bool:

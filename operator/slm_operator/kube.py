@@ -22,8 +22,10 @@ import functools
 import json
 import logging
 import os
+import random
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import urllib3
@@ -36,6 +38,7 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from slm_operator import metrics
 from slm_operator.constants import API_VERSION, GROUP, KIND, OPERATOR_NAME, PLURAL
 from slm_operator.errors import ApplyDeferred, ApplyRejected
+from slm_operator.gpu_index import PodSlots
 
 FIELD_MANAGER = OPERATOR_NAME
 #: Answers to an apply that retrying cannot change: the object is invalid (the message names the field).
@@ -283,3 +286,173 @@ def patch_service_status(*, name: str, namespace: str, status: Mapping[str, Any]
 def get_service(*, name: str, namespace: str) -> dict[str, Any] | None:
     return get(api_version=f"{GROUP}/{API_VERSION}", kind=KIND, name=name, namespace=namespace)
 
+
+
+# --- The pod watch behind the GPU inventory's slot counts ---------------------------------------------
+
+#: Pods that hold devices: bound to a node and not finished (the kube-scheduler's own filter for
+#: assigned pods). NB: server-side, so Pending and finished pods never cross the wire; a pod that
+#: finishes leaves the selection, which the watch reports as DELETED.
+POD_SLOT_FIELD_SELECTOR = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+#: Pods per list page: bounded memory for the raw answer whatever the cluster's size.
+POD_LIST_PAGE = 500
+#: A watch request ends after this long (the server closes it), and is resumed from where it was.
+POD_WATCH_SECONDS = 300
+#: Backoff after a failed list or watch: doubling from the first to the last, with jitter.
+POD_WATCH_BACKOFF = (1.0, 30.0)
+
+
+class ResourceVersionGone(Exception):
+    """HTTP 410: the resourceVersion (or continue token) is older than the API server keeps; list again."""
+
+
+def _list_pods_page(continue_token: str | None) -> dict[str, Any]:
+    """One page of the bound, unfinished pods of every namespace, as the API's JSON."""
+    kwargs: dict[str, Any] = {"_continue": continue_token} if continue_token else {}
+    try:
+        with _call("list"):
+            response = client.CoreV1Api(api_client()).list_pod_for_all_namespaces(
+                field_selector=POD_SLOT_FIELD_SELECTOR, limit=POD_LIST_PAGE, _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT, **kwargs)
+    except ApiException as exc:
+        if exc.status == 410:
+            raise ResourceVersionGone(str(exc.reason)) from exc
+        raise
+    page: dict[str, Any] = json.loads(response.data)
+    return page
+
+
+def _watch_pods(resource_version: str) -> Iterator[dict[str, Any]]:
+    """The watch events (``{"type", "object"}``) of the same pods from ``resource_version`` on, with
+    bookmarks, until the server ends the request."""
+    try:
+        with _call("watch"):
+            response = client.CoreV1Api(api_client()).list_pod_for_all_namespaces(
+                field_selector=POD_SLOT_FIELD_SELECTOR, watch=True, allow_watch_bookmarks=True,
+                resource_version=resource_version, timeout_seconds=POD_WATCH_SECONDS, _preload_content=False,
+                # NB: the read timeout outlasts the server's own end of the request; with bookmarks
+                # (about one a minute) a silent connection this long is a dead one.
+                _request_timeout=(REQUEST_TIMEOUT[0], POD_WATCH_SECONDS + 30))
+    except ApiException as exc:
+        if exc.status == 410:
+            raise ResourceVersionGone(str(exc.reason)) from exc
+        raise
+    try:
+        buffered = b""
+        for chunk in response.stream(amt=64 * 1024, decode_content=True):
+            buffered += chunk
+            *lines, buffered = buffered.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
+        if buffered.strip():
+            yield json.loads(buffered)
+    finally:
+        response.release_conn()
+
+
+#: A watch that ends sooner than this without a single event counts as a failure (backoff).
+POD_WATCH_QUICK_END_SECONDS = 1.0
+
+
+class PodSlotWatch:
+    """List+watch of the bound, unfinished pods of the cluster into a :class:`PodSlots`.
+
+    Lists in pages, then watches from the list's resourceVersion, resuming every watch from the
+    last event or bookmark seen; on 410 Gone lists again (the listing replaces the counts); on any
+    other failure waits (exponential backoff with jitter) and resumes or, without a
+    resourceVersion, lists again. ``list_page``, ``watch`` and ``sleep`` are the I/O, replaceable
+    for tests.
+    """
+
+    def __init__(
+        self, *, slots: PodSlots, list_page: Callable[[str | None], Mapping[str, Any]] = _list_pods_page,
+        watch: Callable[[str], Iterator[Mapping[str, Any]]] = _watch_pods,
+        sleep: Callable[[float], None] = time.sleep, backoff: tuple[float, float] = POD_WATCH_BACKOFF,
+        quick_end_s: float = POD_WATCH_QUICK_END_SECONDS,
+    ) -> None:
+        self.slots = slots
+        self._quick_end_s = quick_end_s
+        self._list_page = list_page
+        self._watch = watch
+        self._sleep = sleep
+        self._backoff = backoff
+        self.resource_version: str | None = None
+        self.relists = 0
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """End :meth:`run` after the current request (at the latest when the watch request ends)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Keep ``slots`` current until :meth:`stop`."""
+        delay = self._backoff[0]
+        while not self._stop.is_set():
+            listing = self.resource_version is None
+            try:
+                if listing:
+                    self._relist()
+                    listing = False
+                started = time.monotonic()
+                seen = self._follow()
+                if seen or self._stop.is_set() or time.monotonic() - started >= self._quick_end_s:
+                    delay = self._backoff[0]
+                    continue
+                # NB: a server (or proxy) that ends every watch at once would make this loop spin.
+                logger.info("pod watch ended at once without an event; again in %.0f s", delay)
+            except ResourceVersionGone as exc:
+                logger.info("pod watch: resourceVersion %s gone (%s); listing again", self.resource_version, exc)
+                self.resource_version = None
+                if not listing:
+                    continue  # NB: a watch too far behind: list again at once; a listing that expired waits
+            except Exception as exc:  # NB: the API server away, a dropped connection: wait, resume
+                logger.warning("pod watch failed (%s: %s); again in %.0f s", type(exc).__name__, exc, delay)
+            self._sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self._backoff[1])
+
+    def _relist(self) -> None:
+        pages: list[str] = []
+
+        def pods() -> Iterator[Mapping[str, Any]]:
+            token: str | None = None
+            while True:
+                page = self._list_page(token)
+                yield from page.get("items") or ()
+                meta = page.get("metadata") or {}
+                if not pages:
+                    pages.append(str(meta.get("resourceVersion") or ""))
+                token = meta.get("continue") or None
+                if not token:
+                    return
+
+        self.slots.replace(pods())
+        # NB: a paged list is one consistent snapshot at the first page's resourceVersion.
+        self.resource_version = pages[0] or None
+        self.relists += 1
+        logger.info("pod watch: %d GPU pods listed at resourceVersion %s", len(self.slots), self.resource_version)
+
+    def _follow(self) -> int:
+        """Apply the watch's events until it ends; how many came."""
+        assert self.resource_version is not None
+        seen = 0
+        for event in self._watch(self.resource_version):
+            if self._stop.is_set():
+                return seen
+            seen += 1
+            kind, obj = event.get("type"), event.get("object") or {}
+            if kind == "ERROR":
+                if obj.get("code") == 410:
+                    raise ResourceVersionGone(str(obj.get("message")))
+                raise RuntimeError(f"watch error: {obj.get('code')} {obj.get('message')}")
+            if kind != "BOOKMARK":
+                self.slots.apply(event_type=str(kind), pod=obj)
+            self.resource_version = (obj.get("metadata") or {}).get("resourceVersion") or self.resource_version
+        return seen
+
+
+def watch_pod_slots(slots: PodSlots) -> PodSlotWatch:
+    """Start a :class:`PodSlotWatch` of ``slots`` in a daemon thread."""
+    watcher = PodSlotWatch(slots=slots)
+    threading.Thread(target=watcher.run, name="pod-slot-watch", daemon=True).start()
+    return watcher

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from slm_operator import kube
+from slm_operator.gpu_index import PodSlots
 
 pytestmark = pytest.mark.integration
 
@@ -41,3 +44,44 @@ def test_missing_objects_are_outcomes(admin_kube, namespace):
     assert admin_kube.secret_exists(name="nope", namespace=namespace) is False
     assert admin_kube.patch_service_status(name="nope", namespace=namespace, status={"phase": "Ready"}) is (
         kube.Outcome.NOT_FOUND)
+
+
+def _gpu_node(admin_kube) -> str:
+    """A node that offers whole device-plugin GPUs."""
+    nodes = admin_kube.list_objects(api_version="v1", kind="Node")
+    return next(n["metadata"]["name"] for n in nodes
+                if int((n["status"].get("allocatable") or {}).get("nvidia.com/gpu") or 0) > 0)
+
+
+def _gpu_pod(namespace: str, name: str, node: str) -> dict:
+    labels = {"app.kubernetes.io/managed-by": "slm-operator", "slm.pareto.dev/service": "watched",
+              "slm.pareto.dev/group": "0"}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
+                     "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
+                                     "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
+
+
+def _eventually(check, *, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the pod watch did not see it in time"
+        time.sleep(0.2)
+
+
+def test_the_pod_watch_counts_gpu_slots_of_bound_pods_as_they_come_and_go(admin_kube, namespace):
+    slots = PodSlots()
+    watcher = admin_kube.watch_pod_slots(slots)
+    try:
+        assert slots.wait_synced(60), "the first listing"
+        node = _gpu_node(admin_kube)
+        before = slots.used_slots().get((node, "nvidia.com/gpu"), 0)
+        assert admin_kube.create(_gpu_pod(namespace, "holder", node)) is kube.Outcome.APPLIED
+        _eventually(lambda: slots.used_slots().get((node, "nvidia.com/gpu"), 0) == before + 1)
+        assert slots.bound_groups()[0].get(f"{namespace}/watched-g0") == 1
+        admin_kube.delete(api_version="v1", kind="Pod", name="holder", namespace=namespace)
+        _eventually(lambda: slots.used_slots().get((node, "nvidia.com/gpu"), 0) == before)
+        assert f"{namespace}/watched-g0" not in slots.bound_groups()[0]
+    finally:
+        watcher.stop()
+

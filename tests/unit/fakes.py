@@ -14,7 +14,7 @@ import pytest
 
 from slm_operator import kube, reporter
 from slm_operator.errors import ApplyRejected
-from slm_operator.gpu_index import GpuIndex, node_entry
+from slm_operator.gpu_index import GpuIndex, PodSlots, node_entry
 
 
 def kopf_index(entries: list[dict | None]) -> dict[str, list]:
@@ -120,5 +120,9 @@ def gpu_index(*nodes: dict[str, Any], pods: list[dict[str, Any]] = ()) -> GpuInd
     """An index of ``nodes`` and of GPU ``pods`` (as ``factories.gpu_pod`` makes them)."""
     entries = [node_entry(name=n["metadata"]["name"], labels=n["metadata"]["labels"], spec={}, status=n["status"])
                for n in nodes]
-    return GpuIndex({"gpu_nodes": kopf_index(entries), "gpu_slices": {}, "gpu_claims": {}, "slm_groups": {},
-                     "gpu_pods": kopf_index([{f"pod-{i}": pod} for i, pod in enumerate(pods)])})
+    slots = PodSlots()
+    # NB: factories.gpu_pod has no metadata: give each pod a uid of its own.
+    slots.replace([pod | {"metadata": {"uid": f"pod-{i}"} | dict(pod.get("metadata") or {})}
+                   for i, pod in enumerate(pods)])
+    return GpuIndex({"gpu_nodes": kopf_index(entries), "gpu_slices": {}, "gpu_claims": {}, "slm_groups": {}},
+                    pods=slots)

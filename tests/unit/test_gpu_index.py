@@ -1,14 +1,18 @@
-"""The GPU index entries, the placement ledger and the inventory read back from the indexes."""
+"""The GPU index entries, the pod slot counts, the placement ledger and the inventory read back."""
+
+from typing import Any
 
 from slm_operator.gpu_index import (
     GpuIndex,
     PlacementLedger,
+    PodSlots,
+    SlotUse,
     busiest_free_product,
     claim_entry,
     group_entry,
     node_entry,
-    pod_entry,
     slice_entry,
+    slot_use,
 )
 from slm_operator.planning.groups import GroupState
 from slm_operator.planning.inventory import build_inventory
@@ -43,18 +47,82 @@ def test_node_entry_keeps_only_what_planning_reads_and_skips_unlabelled_nodes():
     assert node_entry(name="cpu", labels={"kubernetes.io/os": "linux"}, spec={}, status={}) is None
 
 
-def test_pod_entry_counts_gpu_requests_and_names_our_group():
-    spec = {"nodeName": "a", "containers": [{"resources": {"limits": {"nvidia.com/gpu": "1", "cpu": "2"}}},
-                                            {"resources": {"requests": {"memory": "1Gi"}}}]}
-    entry = pod_entry(uid="u", namespace="ns", labels=OURS, spec=spec, status={"phase": "Running"})
-    gpu_only = [{"resources": {"requests": {"nvidia.com/gpu": "1"}}}]
-    assert entry == {"u": {"spec": {"nodeName": "a", "containers": gpu_only},
-                           "status": {"phase": "Running"}, "group": "ns/opt-g1"}}
-    theirs = pod_entry(uid="v", namespace="ns", labels={}, spec=spec, status={})
-    assert theirs is not None and "group" not in theirs["v"]
-    assert pod_entry(uid="w", namespace="ns", labels=OURS, spec={"containers": [{}]}, status={}) is None
-    odd = pod_entry(uid="x", namespace="ns", labels=OURS | {"slm.pareto.dev/group": "one"}, spec=spec, status={})
-    assert odd is not None and "group" not in odd["x"]  # a hand-edited label is not a crash
+def pod(uid: str, *, node: str | None = "a", gpus: int | str = 1, labels: dict[str, str] | None = None,
+        phase: str = "Running", resource: str = "nvidia.com/gpu", namespace: str = "ns") -> dict[str, Any]:
+    """A pod as the API lists it."""
+    limits = {resource: str(gpus), "cpu": "2"} if gpus else {"cpu": "2"}
+    spec: dict[str, Any] = {"containers": [{"resources": {"limits": limits}},
+                                           {"resources": {"requests": {"memory": "1Gi"}}}]}
+    if node:
+        spec["nodeName"] = node
+    return {"metadata": {"uid": uid, "namespace": namespace, "name": uid, "labels": labels or {}},
+            "spec": spec, "status": {"phase": phase}}
+
+
+def test_slot_use_counts_gpu_requests_of_bound_unfinished_pods_and_names_our_group():
+    assert slot_use(pod("u", labels=OURS)) == SlotUse(node="a", slots=(("nvidia.com/gpu", 1),), group="ns/opt-g1")
+    assert slot_use(pod("v")) == SlotUse(node="a", slots=(("nvidia.com/gpu", 1),))  # not ours: no group
+    assert slot_use(pod("w", gpus=0, labels=OURS)) is None
+    assert slot_use(pod("p", node=None, labels=OURS)) is None  # Pending: holds nothing yet
+    for phase in ("Succeeded", "Failed"):
+        assert slot_use(pod("f", phase=phase)) is None  # finished: its devices are given back
+    odd = slot_use(pod("x", labels=OURS | {"slm.pareto.dev/group": "one"}))
+    assert odd is not None and odd.group is None  # a hand-edited label is not a crash
+
+
+def test_pod_slots_follow_adds_changes_and_deletes_per_node_and_group():
+    slots = PodSlots()
+    assert not slots.synced
+    slots.replace([pod("theirs", node="a", gpus=2), pod("cpu-only", gpus=0), pod("pending", node=None)])
+    assert slots.synced and len(slots) == 1, "pods without a slot are not kept"
+    assert slots.used_slots() == {("a", "nvidia.com/gpu"): 2}
+    ours = pod("r0", node="b", labels=OURS, resource="nvidia.com/gpu.shared")
+    slots.apply(event_type="ADDED", pod=ours)
+    slots.apply(event_type="ADDED", pod=pod("r1", node="b", labels=OURS, resource="nvidia.com/gpu.shared"))
+    assert slots.used_slots() == {("a", "nvidia.com/gpu"): 2, ("b", "nvidia.com/gpu.shared"): 2}
+    assert slots.bound_groups() == ({"ns/opt-g1": 2}, {"ns/opt-g1": "b"})
+    slots.apply(event_type="MODIFIED", pod=ours)  # a status change: counted once, not twice
+    assert slots.used_slots()[("b", "nvidia.com/gpu.shared")] == 2
+    slots.apply(event_type="MODIFIED", pod=pod("r0", node="b", labels=OURS, phase="Succeeded"))
+    slots.apply(event_type="DELETED", pod=pod("theirs", node="a", gpus=2))
+    assert slots.used_slots() == {("b", "nvidia.com/gpu.shared"): 1}
+    assert slots.bound_groups() == ({"ns/opt-g1": 1}, {"ns/opt-g1": "b"})
+    slots.apply(event_type="DELETED", pod=pod("r1", node="b"))  # the last pod of a group and node
+    slots.apply(event_type="DELETED", pod=pod("never-seen"))
+    slots.apply(event_type="BOOKMARK", pod={"metadata": {"resourceVersion": "9"}})
+    assert slots.used_slots() == {} and slots.bound_groups() == ({}, {}) and len(slots) == 0
+
+
+def test_a_pod_bound_later_counts_from_then_on():
+    slots = PodSlots()
+    slots.replace([])
+    slots.apply(event_type="ADDED", pod=pod("p", node=None, labels=OURS))
+    assert slots.used_slots() == {}
+    slots.apply(event_type="MODIFIED", pod=pod("p", node="c", labels=OURS))
+    assert slots.used_slots() == {("c", "nvidia.com/gpu"): 1} and slots.bound_groups()[0] == {"ns/opt-g1": 1}
+
+
+def test_a_listing_replaces_everything_counted_before():
+    slots = PodSlots()
+    slots.replace([pod("gone", node="a", gpus=3), pod("stays", node="b", labels=OURS)])
+    slots.replace([pod("stays", node="b", labels=OURS), pod("new", node="a", gpus=1)])
+    assert slots.used_slots() == {("a", "nvidia.com/gpu"): 1, ("b", "nvidia.com/gpu"): 1}
+    assert slots.bound_groups() == ({"ns/opt-g1": 1}, {"ns/opt-g1": "b"}) and len(slots) == 2
+
+
+def test_a_listing_that_fails_halfway_changes_nothing():
+    slots = PodSlots()
+    slots.replace([pod("kept", node="a")])
+
+    def pages():
+        yield pod("new", node="b")
+        raise OSError("connection reset")
+
+    try:
+        slots.replace(pages())
+    except OSError:
+        pass
+    assert slots.used_slots() == {("a", "nvidia.com/gpu"): 1}
 
 
 def test_slice_claim_and_group_entries():
@@ -90,15 +158,13 @@ def test_inventory_from_the_indexes_reserves_what_groups_still_need():
     indexes = {
         "gpu_nodes": kopf_index([node_entry(name="m", labels=mps["metadata"]["labels"], spec={},
                                             status=mps["status"])]),
-        "gpu_pods": kopf_index([pod_entry(uid="p0", namespace="ns", labels=OURS | {"slm.pareto.dev/group": "0"},
-                                          spec={"nodeName": "m", "containers": [
-                                              {"resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
-                                          status={"phase": "Running"})]),
         "gpu_slices": {}, "gpu_claims": {}, "slm_groups": {},
     }
+    slots = PodSlots()
+    slots.replace([pod("p0", node="m", labels=OURS | {"slm.pareto.dev/group": "0"})])
     ledger = PlacementLedger()
     ledger.record(group("opt", 0, replicas=3))  # applied a moment ago; one pod is bound, two are owed to m
-    index = GpuIndex(indexes)
+    index = GpuIndex(indexes, pods=slots)
     assert index.inventory(ledger=ledger).pools[0].free == 1  # 4 slots - 1 used - 2 owed
     # The service being planned does not reserve against itself: its groups are its existing ones.
     assert index.inventory(ledger=ledger, exclude_service="ns/opt").pools[0].free == 3
@@ -126,10 +192,10 @@ def test_dra_shares_replicas_without_an_allocated_claim_are_pending_demand():
     index = GpuIndex({
         "gpu_nodes": kopf_index([node_entry(name="s", labels=shared["metadata"]["labels"], spec={},
                                             status=shared["status"])]),
-        "gpu_pods": {}, "gpu_slices": kopf_index([slice_entry(name="s", spec={
+        "gpu_slices": kopf_index([slice_entry(name="s", spec={
             "driver": "gpu.nvidia.com", "nodeName": "s", "pool": {"name": "s"}, "devices": [device]})]),
         "gpu_claims": kopf_index([allocated]), "slm_groups": {},
-    })
+    }, pods=PodSlots())
     ledger = PlacementLedger()
     ledger.record(GroupState(namespace="ns", name="opt-g0", service="opt", index=0, product=H100,
                              mechanism="dra-shares", replicas=3, share_request=request))

@@ -14,7 +14,7 @@ import pytest
 from slm_operator import kube
 from slm_operator.config import OperatorConfig
 from slm_operator.errors import ApplyDeferred
-from slm_operator.gpu_index import GpuIndex, claim_entry, node_entry, packed_pod_entry, slice_entry
+from slm_operator.gpu_index import GpuIndex, PodSlots, claim_entry, node_entry, packed_pod_entry, slice_entry
 from slm_operator.reconcile import OperatorState, fold_readiness, grant_starts, reconcile_service
 from tests.unit.factories import H100, node
 from tests.unit.fakes import FakeApi, gpu_index, kopf_index
@@ -319,10 +319,10 @@ def shared_index(*, claims: list[dict[str, Any]] = (), pods: list[dict[str, Any]
                               for i in range(2)]}
     nodes = [node_entry(name=n["metadata"]["name"], labels=n["metadata"]["labels"], spec={}, status=n["status"])
              for n in (node("m", count=2, sharing="mps", replicas=4), shared)]
-    return GpuIndex({"gpu_nodes": kopf_index(nodes), "gpu_pods": {},
+    return GpuIndex({"gpu_nodes": kopf_index(nodes),
                      "gpu_slices": kopf_index([slice_entry(name="s", spec=slice_spec)]),
                      "gpu_claims": kopf_index(list(claims)), "slm_groups": {},
-                     "packed_pods": kopf_index(list(pods))})
+                     "packed_pods": kopf_index(list(pods))}, pods=PodSlots())
 
 
 def test_dra_shares_applies_a_claim_template_before_its_statefulset_and_switches_cleanly(api: FakeApi) -> None:

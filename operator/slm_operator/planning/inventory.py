@@ -145,23 +145,25 @@ def build_inventory(
     *,
     nodes: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]] = (),
+    used_slots: Mapping[tuple[str, str], int] | None = None,
     resource_slices: Iterable[Mapping[str, Any]] = (),
     resource_claims: Iterable[Mapping[str, Any]] = (),
     demand: Demand | None = None,
 ) -> Inventory:
-    """Describe every GPU node. Pods are used only for the slots their containers request.
+    """Describe every GPU node. Pods are used only for the slots their containers request;
+    ``used_slots`` (``(node, resource)`` → slots, as the operator's pod watch counts them) adds to them.
 
     Side-effect free. Unschedulable (cordoned) nodes and nodes that are not Ready are left out,
     because the scheduler would not place a new replica there either.
     """
-    used_slots: dict[tuple[str, str], int] = {}
+    used: dict[tuple[str, str], int] = dict(used_slots or {})
     for pod in pods:
         node = (pod.get("spec") or {}).get("nodeName")
         phase = (pod.get("status") or {}).get("phase")
         if not node or phase in ("Succeeded", "Failed"):
             continue
-        for resource, count in _pod_gpu_requests(pod).items():
-            used_slots[(node, resource)] = used_slots.get((node, resource), 0) + count
+        for resource, count in pod_gpu_requests(pod).items():
+            used[(node, resource)] = used.get((node, resource), 0) + count
 
     allocated = set()
     use: dict[tuple[str, str, str], tuple[int, int, int]] = {}
@@ -212,7 +214,7 @@ def build_inventory(
                 node=name, product=product, memory_mib=memory_mib,
                 gpu_count=count or total // slots, sharing=sharing,
                 slots_per_gpu=slots if sharing != "none" else 1, resource_name=plugin_resource,
-                free=max(0, total - used_slots.get((name, plugin_resource), 0) - owed),
+                free=max(0, total - used.get((name, plugin_resource), 0) - owed),
                 allocation_policy=labels.get(LABEL_ALLOCATION_POLICY),
             ))
         if name in devices_by_node:
@@ -256,7 +258,8 @@ def _device_order(name: str) -> int:
     return int(digits) if digits else 0
 
 
-def _pod_gpu_requests(pod: Mapping[str, Any]) -> dict[str, int]:
+def pod_gpu_requests(pod: Mapping[str, Any]) -> dict[str, int]:
+    """Device-plugin GPU slots a pod's containers ask for, per resource name."""
     spec = pod.get("spec") or {}
     totals: dict[str, int] = {}
     for container in spec.get("containers") or ():
