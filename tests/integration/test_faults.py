@@ -6,8 +6,9 @@ Jobs failed and deleted).
 Here: a cluster policy the operator cannot argue with, and then can — a ValidatingAdmissionPolicy
 that denies one service's StatefulSets (422: Failed with the policy's message, healed by the
 ``retry-rejected`` timer once it is lifted) and a ResourceQuota that allows no StatefulSet (403:
-Degraded, retried, Ready once raised). The operator runs with a 2 s retry interval, so the timers
-that heal run within seconds.
+Degraded, retried, Ready once raised); a service deleted while the operator is down (its owned
+children go with it, nothing comes back); the operator SIGKILLed during a scale-out (each group
+added once). The operator runs with a 2 s retry interval, so the timers that heal run within seconds.
 """
 
 from __future__ import annotations
@@ -118,3 +119,38 @@ def test_a_quota_that_allows_no_statefulset_degrades_the_service_until_it_is_rai
     quota["spec"]["hard"]["count/statefulsets.apps"] = "5"
     apply_yaml(cluster, namespace, quota)
     converged(cluster, namespace, "quota", replicas=2)
+
+
+def test_a_service_deleted_while_the_operator_is_down_leaves_nothing_and_is_not_brought_back(
+        cluster, fast_operator, namespace) -> None:
+    apply_yaml(cluster, namespace, static_service("gone", sharing="time-slicing"))
+    wait_phase(cluster, namespace, "gone", ("Ready",), operator=fast_operator)
+    fast_operator.kill()
+    # NB: no finalizer of ours holds it (every child is owned: the garbage collector removes them).
+    cluster.kubectl("delete", "slmservice", "gone", "-n", namespace, "--timeout=30s")
+    for kind in ("statefulsets", "services", "pods"):
+        wait_for(lambda k=kind: not children(cluster, namespace, k, "gone"), timeout=90, interval=0.5,
+                 message=f"{kind} of the deleted SLMService garbage-collected")
+    fast_operator.start()
+    # The operator back, with its resume handlers and timers: it recreates nothing of the service.
+    apply_yaml(cluster, namespace, static_service("after", sharing="time-slicing"))
+    wait_phase(cluster, namespace, "after", ("Ready",), operator=fast_operator)
+    for kind in ("statefulsets", "services", "pods"):
+        assert not children(cluster, namespace, kind, "gone"), kind
+
+
+def test_the_operator_killed_during_a_scale_out_adds_each_group_once(cluster, fast_operator, namespace) -> None:
+    apply_yaml(cluster, namespace, static_service("out", sharing="time-slicing"))
+    wait_phase(cluster, namespace, "out", ("Ready",), operator=fast_operator)
+    cluster.kubectl("patch", "slmservice", "out", "-n", namespace, "--type=merge",
+                    "-p", '{"spec": {"scale": {"gpus": 3}}}')
+    wait_for(lambda: len(children(cluster, namespace, "statefulsets", "out")) > 1, timeout=60, interval=0.05,
+             message="the scale-out under way")
+    fast_operator.kill()
+    fast_operator.start()
+    obj = wait_for(lambda: (o := slms(cluster, namespace, "out"))["status"].get("placement", {}).get("ready") == "6/6"
+                   and o, timeout=120, interval=0.5, message="6/6 Ready after the restart")
+    assert obj["status"]["phase"] == "Ready"
+    sets = sorted(s["metadata"]["name"] for s in children(cluster, namespace, "statefulsets", "out"))
+    assert sets == ["out-g0", "out-g1", "out-g2"]
+    ready_pods(cluster, namespace, "out", 6)
