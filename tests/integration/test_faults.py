@@ -8,7 +8,8 @@ that denies one service's StatefulSets (422: Failed with the policy's message, h
 ``retry-rejected`` timer once it is lifted) and a ResourceQuota that allows no StatefulSet (403:
 Degraded, retried, Ready once raised); a service deleted while the operator is down (its owned
 children go with it, nothing comes back); the operator SIGKILLed during a scale-out (each group
-added once). The operator runs with a 2 s retry interval, so the timers that heal run within seconds.
+added once); twelve services at once on four GPUs (four placed, the rest Pending without a group,
+placed as GPUs free, never more pods than GPUs). The operator runs with a 2 s retry interval, so the timers that heal run within seconds.
 """
 
 from __future__ import annotations
@@ -154,3 +155,50 @@ def test_the_operator_killed_during_a_scale_out_adds_each_group_once(cluster, fa
     sets = sorted(s["metadata"]["name"] for s in children(cluster, namespace, "statefulsets", "out"))
     assert sets == ["out-g0", "out-g1", "out-g2"]
     ready_pods(cluster, namespace, "out", 6)
+
+
+def l4_service(name: str) -> dict[str, Any]:
+    svc = static_service(name, sharing="exclusive")
+    svc["spec"]["gpu"]["product"] = "NVIDIA-L4"
+    svc["spec"]["profiling"]["static"] |= {"replicasPerGPU": 1, "memoryPerReplicaGiB": 4, "batchSize": 48}
+    return svc
+
+
+def l4_pods(cluster) -> list[dict[str, Any]]:
+    return [p for p in get_json(cluster, "pods", "-A", "--field-selector", "spec.nodeName=gpu-l4-0")["items"]
+            if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
+
+
+def test_twelve_services_at_once_on_four_gpus_take_four_and_the_rest_follow_as_gpus_free(
+        cluster, fast_operator, namespace) -> None:
+    # The stock node config has one node of 4 unshared L4s; earlier tests' pods there are going.
+    wait_for(lambda: not l4_pods(cluster), timeout=90, interval=0.5, message="the L4 node free")
+    names = [f"burst-{i:02d}" for i in range(12)]
+    for name in names:
+        apply_yaml(cluster, namespace, l4_service(name))
+
+    def settled() -> dict[str, list[str]] | None:
+        assert len(l4_pods(cluster)) <= 4, "more pods than GPUs on the L4 node"
+        by_phase: dict[str, list[str]] = {}
+        for name in names:
+            by_phase.setdefault(slms(cluster, namespace, name).get("status", {}).get("phase", ""), []).append(name)
+        return by_phase if sorted(by_phase) == ["Pending", "Ready"] and len(by_phase["Ready"]) == 4 else None
+    by_phase = wait_for(settled, timeout=120, interval=0.5, message="4 Ready, 8 Pending")
+    for name in by_phase["Pending"]:
+        obj = slms(cluster, namespace, name)
+        planned = next(c for c in obj["status"]["conditions"] if c["type"] == "Planned")
+        assert planned["reason"] == "InsufficientSlots", planned
+        assert children(cluster, namespace, "statefulsets", name) == [], f"{name} has a group but no GPU"
+
+    # Two services go: two of the waiting ones take their GPUs, and never more than four run.
+    for name in by_phase["Ready"][:2]:
+        cluster.kubectl("delete", "slmservice", name, "-n", namespace, "--timeout=60s")
+    waiting = set(by_phase["Pending"])
+
+    def two_more() -> list[str] | None:
+        assert len(l4_pods(cluster)) <= 4, "more pods than GPUs on the L4 node"
+        ready = [n for n in waiting if slms(cluster, namespace, n).get("status", {}).get("phase") == "Ready"]
+        return ready if len(ready) == 2 else None
+    wait_for(two_more, timeout=120, interval=0.5, message="two waiting services placed on the freed GPUs")
+    statefulsets = get_json(cluster, "statefulsets", "-n", namespace)["items"]
+    assert len(statefulsets) == 4 and all(s["spec"]["replicas"] == 1 for s in statefulsets)
