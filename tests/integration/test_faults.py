@@ -9,7 +9,8 @@ that denies one service's StatefulSets (422: Failed with the policy's message, h
 Degraded, retried, Ready once raised); a service deleted while the operator is down (its owned
 children go with it, nothing comes back); the operator SIGKILLed during a scale-out (each group
 added once); twelve services at once on four GPUs (four placed, the rest Pending without a group,
-placed as GPUs free, never more pods than GPUs). The operator runs with a 2 s retry interval, so the timers that heal run within seconds.
+placed as GPUs free, never more pods than GPUs); a service deleted while it is being profiled.
+The operator runs with a 2 s retry interval, so the timers that heal run within seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from tests.integration.operator_harness import OperatorProcess, apply_yaml, get_json, slms, wait_for, wait_phase
+from tests.integration.test_metrics import sample, scrape
 from tests.integration.test_operator_lifecycle import children, ready_pods, static_service
 
 pytestmark = pytest.mark.integration
@@ -202,3 +204,25 @@ def test_twelve_services_at_once_on_four_gpus_take_four_and_the_rest_follow_as_g
     wait_for(two_more, timeout=120, interval=0.5, message="two waiting services placed on the freed GPUs")
     statefulsets = get_json(cluster, "statefulsets", "-n", namespace)["items"]
     assert len(statefulsets) == 4 and all(s["spec"]["replicas"] == 1 for s in statefulsets)
+
+
+def test_a_service_deleted_while_profiling_gets_no_children_and_its_measurement_is_not_lost(
+        cluster, fast_operator, namespace) -> None:
+    # NB: a workload no other test measures: a fresh measurement by the local (simulated) runner.
+    measured = {"apiVersion": "slm.pareto.dev/v1alpha1", "kind": "SLMService", "metadata": {"name": "early"},
+                "spec": {"model": "facebook/opt-125m", "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "sharing": "mps"},
+                         "workload": {"inputTokens": 112, "outputTokens": 20},
+                         "profiling": {"mode": "auto", "batchSizes": [1, 4, 16]}, "scale": {"gpus": 1}}}
+    apply_yaml(cluster, namespace, measured)
+    wait_phase(cluster, namespace, "early", ("Profiling",), operator=fast_operator)
+    cluster.kubectl("delete", "slmservice", "early", "-n", namespace, "--timeout=30s")
+    # The same spec again: it finds the measurement (finished meanwhile, or still running) and serves.
+    measured["metadata"]["name"] = "again"
+    apply_yaml(cluster, namespace, measured)
+    obj = wait_phase(cluster, namespace, "again", ("Ready",), timeout=240, operator=fast_operator)
+    assert obj["status"]["profile"]["source"] == "measured"
+    assert children(cluster, namespace, "statefulsets", "early") == []
+    assert [s["metadata"]["name"] for s in children(cluster, namespace, "statefulsets", "again")] == ["again-g0"]
+    # One measurement for both (this operator started with the test): the first was not thrown away.
+    started = sample(scrape(fast_operator), "slm_operator_profile_runs_total", source="measured", result="started")
+    assert started == 1
