@@ -9,13 +9,18 @@ that denies one service's StatefulSets (422: Failed with the policy's message, h
 Degraded, retried, Ready once raised); a service deleted while the operator is down (its owned
 children go with it, nothing comes back); the operator SIGKILLed during a scale-out (each group
 added once); twelve services at once on four GPUs (four placed, the rest Pending without a group,
-placed as GPUs free, never more pods than GPUs); a service deleted while it is being profiled.
+placed as GPUs free, never more pods than GPUs); a service deleted while it is being profiled; the
+kube-apiserver frozen (SIGSTOP) for 30 s while the pods turn Ready: every connection hangs, and
+the status still ends at the real ready count.
 The operator runs with a 2 s retry interval, so the timers that heal run within seconds.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
+import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -226,3 +231,20 @@ def test_a_service_deleted_while_profiling_gets_no_children_and_its_measurement_
     # One measurement for both (this operator started with the test): the first was not thrown away.
     started = sample(scrape(fast_operator), "slm_operator_profile_runs_total", source="measured", result="started")
     assert started == 1
+
+
+def test_an_api_server_frozen_for_30_s_while_pods_turn_ready_ends_with_the_true_ready_count(
+        cluster, fast_operator, namespace) -> None:
+    apply_yaml(cluster, namespace, static_service("frozen", sharing="time-slicing"))
+    wait_for(lambda: children(cluster, namespace, "statefulsets", "frozen"), timeout=60, interval=0.1,
+             message="the group's StatefulSet")
+    # NB: stopped, not killed: connections stay open and hang, the worst case for client timeouts.
+    pid = int((pathlib.Path(cluster.run_dir) / "pids" / "kube-apiserver.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(30)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert fast_operator.running, f"the operator died with the API server away:\n{fast_operator.log_tail()}"
+    converged(cluster, namespace, "frozen", replicas=2)
+    assert slms(cluster, namespace, "frozen")["status"]["placement"]["ready"] == "2/2"
