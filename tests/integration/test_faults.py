@@ -11,7 +11,8 @@ children go with it, nothing comes back); the operator SIGKILLed during a scale-
 added once); twelve services at once on four GPUs (four placed, the rest Pending without a group,
 placed as GPUs free, never more pods than GPUs); a service deleted while it is being profiled; the
 kube-apiserver frozen (SIGSTOP) for 30 s while the pods turn Ready: every connection hangs, and
-the status still ends at the real ready count; etcd restarted (down 10 s) while a service deploys.
+the status still ends at the real ready count; etcd restarted (down 10 s) while a service deploys; the
+operator SIGKILLed while it profiles (the local runner's measurement dies with it and starts again).
 The operator runs with a 2 s retry interval, so the timers that heal run within seconds.
 """
 
@@ -265,3 +266,18 @@ def test_etcd_restarted_while_a_service_deploys_converges_without_duplicates(clu
     sets = sorted(s["metadata"]["name"] for s in children(cluster, namespace, "statefulsets", "etcd"))
     assert sets == ["etcd-g0", "etcd-g1"]
     ready_pods(cluster, namespace, "etcd", 4)
+
+
+def test_the_operator_killed_while_profiling_measures_again_and_serves(cluster, fast_operator, namespace) -> None:
+    svc = {"apiVersion": "slm.pareto.dev/v1alpha1", "kind": "SLMService", "metadata": {"name": "killed"},
+           "spec": {"model": "facebook/opt-125m", "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "sharing": "mps"},
+                    "workload": {"inputTokens": 104, "outputTokens": 28},
+                    "profiling": {"mode": "auto", "batchSizes": [1, 4, 16]}, "scale": {"gpus": 1}}}
+    apply_yaml(cluster, namespace, svc)
+    wait_phase(cluster, namespace, "killed", ("Profiling",), operator=fast_operator)
+    fast_operator.kill()
+    fast_operator.start()
+    obj = wait_phase(cluster, namespace, "killed", ("Ready",), timeout=240, operator=fast_operator)
+    assert obj["status"]["profile"]["source"] == "measured" and "progress" not in obj["status"]["profile"]
+    assert [s["metadata"]["name"] for s in children(cluster, namespace, "statefulsets", "killed")] == ["killed-g0"]
+    ready_pods(cluster, namespace, "killed", obj["status"]["placement"]["totalReplicas"])
