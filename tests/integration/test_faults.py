@@ -8,7 +8,7 @@ that denies one service's StatefulSets (422: Failed with the policy's message, h
 ``retry-rejected`` timer once it is lifted) and a ResourceQuota that allows no StatefulSet (403:
 Degraded, retried, Ready once raised); a service deleted while the operator is down (its owned
 children go with it, nothing comes back); the operator SIGKILLed during a scale-out (each group
-added once); twelve services at once on four GPUs (four placed, the rest Pending without a group,
+added once); twenty services at once on four GPUs (four placed, the rest Pending without a group,
 placed as GPUs free, never more pods than GPUs); a service deleted while it is being profiled; the
 kube-apiserver frozen (SIGSTOP) for 30 s while the pods turn Ready: every connection hangs, and
 the status still ends at the real ready count; etcd restarted (down 10 s) while a service deploys; the
@@ -178,11 +178,11 @@ def l4_pods(cluster) -> list[dict[str, Any]]:
             if p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
 
 
-def test_twelve_services_at_once_on_four_gpus_take_four_and_the_rest_follow_as_gpus_free(
+def test_twenty_services_at_once_on_four_gpus_take_four_and_the_rest_follow_as_gpus_free(
         cluster, fast_operator, namespace) -> None:
     # The stock node config has one node of 4 unshared L4s; earlier tests' pods there are going.
     wait_for(lambda: not l4_pods(cluster), timeout=90, interval=0.5, message="the L4 node free")
-    names = [f"burst-{i:02d}" for i in range(12)]
+    names = [f"burst-{i:02d}" for i in range(20)]
     for name in names:
         apply_yaml(cluster, namespace, l4_service(name))
 
@@ -192,7 +192,7 @@ def test_twelve_services_at_once_on_four_gpus_take_four_and_the_rest_follow_as_g
         for name in names:
             by_phase.setdefault(slms(cluster, namespace, name).get("status", {}).get("phase", ""), []).append(name)
         return by_phase if sorted(by_phase) == ["Pending", "Ready"] and len(by_phase["Ready"]) == 4 else None
-    by_phase = wait_for(settled, timeout=120, interval=0.5, message="4 Ready, 8 Pending")
+    by_phase = wait_for(settled, timeout=120, interval=0.5, message="4 Ready, 16 Pending")
     for name in by_phase["Pending"]:
         obj = slms(cluster, namespace, name)
         planned = next(c for c in obj["status"]["conditions"] if c["type"] == "Planned")
