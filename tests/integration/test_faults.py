@@ -10,25 +10,19 @@ Degraded, retried, Ready once raised); a service deleted while the operator is d
 children go with it, nothing comes back); the operator SIGKILLed during a scale-out (each group
 added once); twenty services at once on four GPUs (four placed, the rest Pending without a group,
 placed as GPUs free, never more pods than GPUs); a service deleted while it is being profiled; the
-kube-apiserver frozen (SIGSTOP) for 30 s while the pods turn Ready: every connection hangs, and
-the status still ends at the real ready count; etcd restarted (down 10 s) while a service deploys; the
 operator SIGKILLed while it profiles (the local runner's measurement dies with it and starts again).
 The operator runs with a 2 s retry interval, so the timers that heal run within seconds.
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
-import signal
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
-from hack.localcluster.controlplane import restart
 from tests.integration.operator_harness import OperatorProcess, apply_yaml, get_json, slms, wait_for, wait_phase
 from tests.integration.test_metrics import sample, scrape
 from tests.integration.test_operator_lifecycle import children, ready_pods, static_service
@@ -233,39 +227,6 @@ def test_a_service_deleted_while_profiling_gets_no_children_and_its_measurement_
     # One measurement for both (this operator started with the test): the first was not thrown away.
     started = sample(scrape(fast_operator), "slm_operator_profile_runs_total", source="measured", result="started")
     assert started == 1
-
-
-def test_an_api_server_frozen_for_30_s_while_pods_turn_ready_ends_with_the_true_ready_count(
-        cluster, fast_operator, namespace) -> None:
-    apply_yaml(cluster, namespace, static_service("frozen", sharing="time-slicing"))
-    wait_for(lambda: children(cluster, namespace, "statefulsets", "frozen"), timeout=60, interval=0.1,
-             message="the group's StatefulSet")
-    # NB: stopped, not killed: connections stay open and hang, the worst case for client timeouts.
-    pid = int((pathlib.Path(cluster.run_dir) / "pids" / "kube-apiserver.pid").read_text())
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        time.sleep(30)
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    assert fast_operator.running, f"the operator died with the API server away:\n{fast_operator.log_tail()}"
-    converged(cluster, namespace, "frozen", replicas=2)
-    assert slms(cluster, namespace, "frozen")["status"]["placement"]["ready"] == "2/2"
-
-
-def test_etcd_restarted_while_a_service_deploys_converges_without_duplicates(cluster, fast_operator, namespace) -> None:
-    apply_yaml(cluster, namespace, static_service("etcd", sharing="time-slicing", gpus=2))
-    wait_for(lambda: children(cluster, namespace, "statefulsets", "etcd"), timeout=60, interval=0.1,
-             message="the first group's StatefulSet")
-    restart(run_dir=cluster.run_dir, name="etcd", down_seconds=10)
-    wait_for(lambda: cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0, timeout=60,
-             interval=0.5, message="the API server ready again on the restarted etcd")
-    assert fast_operator.running, f"the operator died with etcd away:\n{fast_operator.log_tail()}"
-    ready = wait_for(lambda: (o := slms(cluster, namespace, "etcd")).get("status", {}).get("phase") == "Ready" and o,
-                     timeout=120, interval=0.5, message="Ready after the etcd restart")
-    assert ready["status"]["placement"]["ready"] == "4/4"
-    sets = sorted(s["metadata"]["name"] for s in children(cluster, namespace, "statefulsets", "etcd"))
-    assert sets == ["etcd-g0", "etcd-g1"]
-    ready_pods(cluster, namespace, "etcd", 4)
 
 
 def test_the_operator_killed_while_profiling_measures_again_and_serves(cluster, fast_operator, namespace) -> None:
