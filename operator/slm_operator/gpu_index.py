@@ -1,10 +1,11 @@
 """The GPU inventory the planner reads, kept by watches: index entries and the placement ledger.
 
-What planning needs of GPU nodes, NVIDIA ResourceSlices and ``dra-shares`` pods is kept by kopf
+What planning needs of GPU nodes and NVIDIA ResourceSlices (one or two per node) is kept by kopf
 indexes (in-memory, watch-fed caches); the functions ``*_entry`` here turn one watched object into
 its index entry (``None``: not indexed). What grows with the cluster is kept by the operator's own
 list+watches (``kube.ListWatch``) in the accumulators here instead: the device-plugin slots pods
-hold (:class:`PodSlots`), our group StatefulSets and every ResourceClaim (:class:`Entries`). NB: kopf
+hold (:class:`PodSlots`), our group StatefulSets, every ResourceClaim and the ``dra-shares``
+replicas' pods (:class:`Entries`). NB: kopf
 takes every object of an indexed kind through one start-up barrier that each indexed object wakes
 for all the others (kopf 1.45 ``operator_indexed``): start-up cost grows with the square of the
 indexed objects (a minute and more at a few thousand); an own watch keeps one small record per
@@ -138,6 +139,14 @@ def group_of(obj: Mapping[str, Any]) -> Entry | None:
                        spec=obj.get("spec") or {})
 
 
+def packed_pod_of(obj: Mapping[str, Any]) -> Entry | None:
+    """:func:`packed_pod_entry` of a pod as the API returns it."""
+    meta = _meta(obj)
+    return packed_pod_entry(uid=object_key(obj), namespace=meta.get("namespace") or "", name=meta.get("name") or "",
+                            labels=meta.get("labels") or {}, annotations=meta.get("annotations") or {}, meta=meta,
+                            status=obj.get("status") or {})
+
+
 def claim_of(obj: Mapping[str, Any]) -> Entry | None:
     """:func:`claim_entry` of a ResourceClaim as the API returns it."""
     meta = _meta(obj)
@@ -222,7 +231,7 @@ class Entries(_Synced):
             return len(self._entries)
 
 
-# --- Device-plugin slots held by pods: fed by the operator's own pod watch ---------------------------
+# --- Device-plugin slots held by pods: fed by the operator's own pod watch --------------------------
 
 @dataclasses.dataclass(frozen=True)
 class SlotUse:
@@ -405,18 +414,21 @@ class StartGrants:
 # --- Reading the indexes back ------------------------------------------------------------------------
 
 class GpuIndex:
-    """The kopf indexes ``gpu_nodes``, ``gpu_slices`` and ``packed_pods`` as kopf passes them to
-    handlers (mappings of keys to collections of values), and what the own watches keep: the slots
-    pods hold (``pods``), our group StatefulSets (``groups``, :func:`group_of`) and the allocated
-    ResourceClaims (``claims``, :func:`claim_of`)."""
+    """The kopf indexes ``gpu_nodes`` and ``gpu_slices`` as kopf passes them to handlers (mappings
+    of keys to collections of values), and what the own watches keep: the slots pods hold
+    (``pods``), our group StatefulSets (``groups``, :func:`group_of`), the allocated ResourceClaims
+    (``claims``, :func:`claim_of`) and the ``dra-shares`` replicas' pods (``packed``,
+    :func:`packed_pod_of`)."""
 
-    NAMES = ("gpu_nodes", "gpu_slices", "packed_pods")
+    NAMES = ("gpu_nodes", "gpu_slices")
 
-    def __init__(self, indexes: Mapping[str, Any], *, pods: PodSlots, groups: Entries, claims: Entries) -> None:
+    def __init__(self, indexes: Mapping[str, Any], *, pods: PodSlots, groups: Entries, claims: Entries,
+                 packed: Entries) -> None:
         self._indexes = indexes
         self._pods = pods
         self._groups = groups
         self._claims = claims
+        self._packed = packed
 
     def _values(self, name: str) -> list[Any]:
         index = self._indexes[name]
@@ -454,7 +466,7 @@ class GpuIndex:
         return [StartingPod(namespace=p["namespace"], name=p["name"], created=p["created"],
                             devices=tuple(d for claim in p["claims"] for d in devices_of.get(claim, ())),
                             granted=p["granted"], ready=p["ready"], deleting=p["deleting"])
-                for p in self._values("packed_pods")]
+                for p in self._packed.values()]
 
 
 def busiest_free_product(inventory: Inventory) -> str | None:

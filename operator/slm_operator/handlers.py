@@ -34,7 +34,7 @@ from slm_operator.gpu_index import (
     claim_of,
     group_of,
     node_entry,
-    packed_pod_entry,
+    packed_pod_of,
     slice_entry,
 )
 from slm_operator.profile_source import cancel_local_runs
@@ -49,7 +49,6 @@ from slm_operator.status import waiting
 
 RESOURCE = (GROUP, API_VERSION, PLURAL)
 OURS = {LABEL_MANAGED_BY: MANAGED_BY}
-PACKED = {LABEL_PACKED: "true"}
 STATE = OperatorState(config=OperatorConfig.from_env())
 _WATCHED = {ns for ns in STATE.config.watch_namespace.split(",") if ns}
 #: A local (simulated) profile takes seconds to minutes; a profiler Job on a GPU takes minutes.
@@ -62,10 +61,11 @@ WATCH_SERVER_TIMEOUT_SECONDS = 300
 #: The stop function of the /metrics endpoint while it serves.
 _serving: list[Callable[[], None]] = []
 #: What the operator's own list+watches keep (not kopf indexes: see gpu_index): the device-plugin
-#: slots pods hold, our group StatefulSets, every allocated ResourceClaim.
+#: slots pods hold, our group StatefulSets, every allocated ResourceClaim, the dra-shares pods.
 POD_SLOTS = PodSlots()
 GROUPS = Entries(group_of)
 CLAIMS = Entries(claim_of)
+PACKED_PODS = Entries(packed_pod_of)
 #: The own watches while they run.
 _watches: list[kube.ListWatch] = []
 #: kopf's live indexes, as the start-up hands them (for reactions to the own watches' events).
@@ -127,8 +127,7 @@ def configure(*, settings: kopf.OperatorSettings, **indexes: Any) -> None:
     settings.networking.request_timeout = 60
     # NB: server-side label selectors: every pod and StatefulSet kopf receives costs it a full
     # per-object pass at start-up (worse than linear in their number), and only ours are handled.
-    # Device-plugin slots of all pods, our groups and all claims are kept by our own watches instead.
-    settings.watching.label_selectors["pods"] = ",".join(f"{k}={v}" for k, v in PACKED.items())
+    # Pods, our groups and all claims are kept by our own watches instead (kopf watches no pod).
     settings.watching.label_selectors["apps", "statefulsets"] = ",".join(f"{k}={v}" for k, v in OURS.items())
     # NB: kopf hands startup handlers its live indexes; scrapes build the gauges from them.
     _kopf_indexes.update({name: indexes[name] for name in GpuIndex.NAMES})
@@ -140,24 +139,29 @@ def configure(*, settings: kopf.OperatorSettings, **indexes: Any) -> None:
 
 
 def _gpu_index(indexes: Mapping[str, Any]) -> GpuIndex:
-    return GpuIndex(indexes, pods=POD_SLOTS, groups=GROUPS, claims=CLAIMS)
+    return GpuIndex(indexes, pods=POD_SLOTS, groups=GROUPS, claims=CLAIMS, packed=PACKED_PODS)
 
 
-def _claim_changed(event_type: str, claim: Mapping[str, Any]) -> None:
-    """A ``dra-shares`` claim allocated or gone: the start gate may let a replica start.
+def _start_gate(event_type: str, obj: Mapping[str, Any]) -> None:
+    """A ``dra-shares`` pod or claim changed (or was listed): the start gate may let a replica start.
 
-    NB: a reaction to our own claim watch, not a kopf event handler: the handler of kopf's event
-    could run before our watch has the allocation it reacts to. It runs in the watch's thread, as
-    kopf's handlers run in executor threads, and reads kopf's packed-pods index as scrapes do."""
-    if ((claim.get("metadata") or {}).get("labels") or {}).get(LABEL_PACKED) == "true" and _kopf_indexes:
+    NB: a reaction to our own watches, not a kopf event handler: it runs once the watch's store has
+    the event, as kopf ran its handlers once its indexes had it. Not before every own watch is
+    listed: a pod whose claim is not known yet would not count as starting on its GPU. It runs in
+    the watch's thread, as kopf's handlers run in executor threads (``state.start_lock``)."""
+    if event_type != "LISTED" and ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_PACKED) != "true":
+        return
+    if _kopf_indexes and all(store.synced for store, _, _ in _OWN_WATCHES):
         grant_starts(state=STATE, index=_gpu_index(_kopf_indexes), watched=_watched)
 
 
 #: The own watches: what each keeps, of which kind, and what reacts to its events.
-_OWN_WATCHES = (
+_OWN_WATCHES: tuple[tuple[PodSlots | Entries, kube.WatchedKind,
+                          Callable[[str, Mapping[str, Any]], None] | None], ...] = (
     (POD_SLOTS, kube.POD_SLOT_PODS, None),
     (GROUPS, kube.GROUP_STATEFULSETS, None),
-    (CLAIMS, kube.RESOURCE_CLAIMS, _claim_changed),
+    (CLAIMS, kube.RESOURCE_CLAIMS, _start_gate),
+    (PACKED_PODS, kube.PACKED_PODS, _start_gate),
 )
 
 
@@ -173,6 +177,9 @@ def start_watches(**_: Any) -> None:
                 if not store.wait_synced(max(0.0, deadline - time.monotonic()))]
     if unlisted:
         raise kopf.TemporaryError(f"not listed after {LIST_WAIT_SECONDS} s: {', '.join(unlisted)}; waiting", delay=1)
+    # NB: replicas that waited for their start while no operator ran (the listings' own reactions
+    # came before every watch was listed).
+    _start_gate("LISTED", {})
 
 
 @kopf.on.cleanup()
@@ -195,14 +202,6 @@ def gpu_nodes(*, name: str, labels: Mapping[str, str], spec: Mapping[str, Any], 
 @kopf.index("resource.k8s.io", "v1", "resourceslices")
 def gpu_slices(*, name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, Any] | None:
     return slice_entry(name=name, spec=spec)
-
-
-@kopf.index("pods", labels=PACKED)
-def packed_pods(*, uid: str, namespace: str | None, name: str, labels: Mapping[str, str],
-                annotations: Mapping[str, str], meta: Mapping[str, Any], status: Mapping[str, Any],
-                **_: Any) -> dict[str, Any] | None:
-    return packed_pod_entry(uid=uid, namespace=namespace or "", name=name, labels=labels, annotations=annotations,
-                            meta=meta, status=status)
 
 
 # NB: an index, not an event handler: kopf drops a deleted service's entry (and its series go with
@@ -260,13 +259,8 @@ def gpu_node_changed(*, type: str, name: str, **indexes: Any) -> None:
 
 
 # --- dra-shares: one starting replica per GPU, across services (planning.start_gate) ---------------
-
-# NB: every namespace's pods, like the inventory: replicas of services another operator serves
-# share the GPUs too. kopf updates the indexes before it calls the handlers of the same event.
-# Claims are not watched by kopf: our claim watch reacts to theirs (``_claim_changed``).
-@kopf.on.event("pods", labels=PACKED)
-def packed_pod_changed(**indexes: Any) -> None:
-    grant_starts(state=STATE, index=_gpu_index(indexes), watched=_watched)
+# NB: every namespace's pods and claims, like the inventory: replicas of services another operator
+# serves share the GPUs too. Run by the own watches of both (``_start_gate``), not by kopf.
 
 
 def _watched(namespace: str) -> bool:

@@ -37,7 +37,16 @@ from kubernetes.dynamic.exceptions import ApiException as DynamicApiException
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from slm_operator import metrics
-from slm_operator.constants import API_VERSION, GROUP, KIND, LABEL_MANAGED_BY, MANAGED_BY, OPERATOR_NAME, PLURAL
+from slm_operator.constants import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_MANAGED_BY,
+    LABEL_PACKED,
+    MANAGED_BY,
+    OPERATOR_NAME,
+    PLURAL,
+)
 from slm_operator.errors import ApplyDeferred, ApplyRejected
 from slm_operator.gpu_index import Watched
 
@@ -363,6 +372,9 @@ POD_SLOT_PODS = WatchedKind(name="pods", api=client.CoreV1Api, method="list_pod_
 GROUP_STATEFULSETS = WatchedKind(name="statefulsets", api=client.AppsV1Api,
                                  method="list_stateful_set_for_all_namespaces",
                                  label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")
+#: The ``dra-shares`` replicas' pods of every namespace (the start gate counts other operators' too).
+PACKED_PODS = WatchedKind(name="dra-shares pods", api=client.CoreV1Api, method="list_pod_for_all_namespaces",
+                          label_selector=f"{LABEL_PACKED}=true")
 #: Every ResourceClaim of every namespace: an allocated one holds devices, whoever made it.
 RESOURCE_CLAIMS = WatchedKind(name="resourceclaims", api=client.ResourceV1Api,
                               method="list_resource_claim_for_all_namespaces")
@@ -379,7 +391,8 @@ class ListWatch:
     last event or bookmark seen; on 410 Gone lists again (the listing replaces the store's
     content); on any other failure waits (exponential backoff with jitter) and resumes or, without
     a resourceVersion, lists again. ``on_event`` is called with each event's type and object once
-    the store has it (not for listings); what it raises is logged, not a watch failure.
+    the store has it, and with ``("LISTED", {})`` after each listing; what it raises is logged, not
+    a watch failure.
     ``list_page``, ``watch`` and ``sleep`` are the I/O, replaceable for tests.
     """
 
@@ -455,6 +468,7 @@ class ListWatch:
         self.relists += 1
         logger.info("%s watch: %d kept after listing at resourceVersion %s", self.name, len(self.store),
                     self.resource_version)
+        self._notify("LISTED", {})
 
     def _follow(self) -> int:
         """Apply the watch's events until it ends; how many came."""

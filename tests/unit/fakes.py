@@ -15,7 +15,7 @@ import pytest
 
 from slm_operator import kube, reporter
 from slm_operator.errors import ApplyRejected
-from slm_operator.gpu_index import Entries, Entry, GpuIndex, PodSlots, claim_of, group_of, node_entry
+from slm_operator.gpu_index import Entries, Entry, GpuIndex, PodSlots, claim_of, group_of, node_entry, packed_pod_of
 
 
 def listed(of: Callable[[Mapping[str, Any]], Entry | None], objects: Iterable[Mapping[str, Any]] = ()) -> Entries:
@@ -34,9 +34,10 @@ def resource_claim(*, namespace: str, name: str, results: list[dict[str, Any]], 
 
 
 def own_watches(*, pods: PodSlots | None = None, claims: Iterable[Mapping[str, Any]] = (),
-                groups: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+                groups: Iterable[Mapping[str, Any]] = (), packed: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """``GpuIndex``'s keyword arguments for what the own watches keep, listed."""
-    return {"pods": pods or PodSlots(), "claims": listed(claim_of, claims), "groups": listed(group_of, groups)}
+    return {"pods": pods or PodSlots(), "claims": listed(claim_of, claims), "groups": listed(group_of, groups),
+            "packed": listed(packed_pod_of, packed)}
 
 
 def kopf_index(entries: list[dict | None]) -> dict[str, list]:
@@ -146,4 +147,4 @@ def gpu_index(*nodes: dict[str, Any], pods: list[dict[str, Any]] = ()) -> GpuInd
     # NB: factories.gpu_pod has no metadata: give each pod a uid of its own.
     slots.replace([pod | {"metadata": {"uid": f"pod-{i}"} | dict(pod.get("metadata") or {})}
                    for i, pod in enumerate(pods)])
-    return GpuIndex({"gpu_nodes": kopf_index(entries), "gpu_slices": {}, "packed_pods": {}}, **own_watches(pods=slots))
+    return GpuIndex({"gpu_nodes": kopf_index(entries), "gpu_slices": {}}, **own_watches(pods=slots))

@@ -160,7 +160,7 @@ def test_inventory_from_the_indexes_reserves_what_groups_still_need():
     indexes = {
         "gpu_nodes": kopf_index([node_entry(name="m", labels=mps["metadata"]["labels"], spec={},
                                             status=mps["status"])]),
-        "gpu_slices": {}, "packed_pods": {},
+        "gpu_slices": {},
     }
     slots = PodSlots()
     slots.replace([pod("p0", node="m", labels=OURS | {"slm.pareto.dev/group": "0"})])
@@ -196,7 +196,6 @@ def test_dra_shares_replicas_without_an_allocated_claim_are_pending_demand():
                                             status=shared["status"])]),
         "gpu_slices": kopf_index([slice_entry(name="s", spec={
             "driver": "gpu.nvidia.com", "nodeName": "s", "pool": {"name": "s"}, "devices": [device]})]),
-        "packed_pods": {},
     }, **own_watches(claims=[allocated]))
     ledger = PlacementLedger()
     ledger.record(GroupState(namespace="ns", name="opt-g0", service="opt", index=0, product=H100,

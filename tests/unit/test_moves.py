@@ -110,7 +110,6 @@ def test_a_product_change_moves_the_group_and_its_claim(api: FakeApi) -> None:
         "gpu_nodes": kopf_index([node_entry(name=n["metadata"]["name"], labels=n["metadata"]["labels"], spec={},
                                             status=n["status"]) for n in nodes]),
         "gpu_slices": kopf_index([slice_entry(name=n, spec=dra_slice(n, count=2)["spec"]) for n in ("m", "a")]),
-        "packed_pods": {},
     }, **own_watches()), state()
     body = ready_service(api, st, index, sharing="dra")
     old_claim = next(name for (kind, _, name) in api.objects if kind == "ResourceClaim")

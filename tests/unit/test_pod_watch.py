@@ -267,13 +267,14 @@ def claim(uid: str, *, allocated: bool = True, packed: bool = False, rv: str = "
             "status": status if allocated else {}}
 
 
-def test_claims_are_kept_once_allocated_and_the_reaction_sees_each_event_after_the_store() -> None:
+def test_claims_are_kept_once_allocated_and_the_reaction_sees_each_event_and_listing_after_the_store() -> None:
     claims = Entries(claim_of)
     reactions: list[tuple[str, str, list[str]]] = []
 
     def react(kind: str, obj: Mapping[str, Any]) -> None:
-        reactions.append((kind, obj["metadata"]["name"], sorted(c["name"] for c in claims.values())))
-        if obj["metadata"]["name"] == "boom":
+        name = (obj.get("metadata") or {}).get("name", "")
+        reactions.append((kind, name, sorted(c["name"] for c in claims.values())))
+        if name == "boom":
             raise RuntimeError("the reaction failed")
 
     script = Script(lists=[{None: page([claim("c0"), claim("pending", allocated=False)], rv="3")}],
@@ -282,7 +283,8 @@ def test_claims_are_kept_once_allocated_and_the_reaction_sees_each_event_after_t
                               event("BOOKMARK", {"metadata": {"resourceVersion": "8"}}),
                               event("DELETED", claim("c0", rv="9"))]])
     watcher = script.run(claims, on_event=react)
-    assert reactions == [("MODIFIED", "pending", ["ns/c0", "ns/pending"]),
+    assert reactions == [("LISTED", "", ["ns/c0"]),
+                         ("MODIFIED", "pending", ["ns/c0", "ns/pending"]),
                          ("ADDED", "boom", ["ns/boom", "ns/c0", "ns/pending"]),
-                         ("DELETED", "c0", ["ns/boom", "ns/pending"])], "not for the listing nor a bookmark"
+                         ("DELETED", "c0", ["ns/boom", "ns/pending"])], "once per listing, not for a bookmark"
     assert script.sleeps == [] and watcher.resource_version == "9", "a failed reaction is no watch failure"
