@@ -221,6 +221,11 @@ class Entries(_Synced):
             else:
                 self._entries.pop(key, None)
 
+    def items(self) -> list[tuple[Any, Any]]:
+        """Every kept ``(key, value)`` (a snapshot)."""
+        with self._lock:
+            return [item for entry in self._entries.values() for item in entry.items()]
+
     def values(self) -> list[Any]:
         """Every kept value (a snapshot)."""
         with self._lock:

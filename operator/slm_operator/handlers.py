@@ -133,9 +133,25 @@ def configure(*, settings: kopf.OperatorSettings, **indexes: Any) -> None:
     _kopf_indexes.update({name: indexes[name] for name in GpuIndex.NAMES})
     index = _gpu_index(_kopf_indexes)
     metrics.watch_inventory(lambda: index.inventory(ledger=STATE.ledger))
-    metrics.watch_services(indexes["slm_services"])
+    metrics.watch_services(SERVICES.items)
     if STATE.config.metrics_port and not _serving:
         _serving.append(metrics.serve(port=STATE.config.metrics_port))
+
+
+def _service_entry(obj: Mapping[str, Any]) -> dict[Any, Any] | None:
+    """A served SLMService's metrics entry; ``None`` for one of an unwatched namespace.
+
+    NB: kept by an own watch, not a kopf index: kopf would hold every service at its start-up
+    barrier (see gpu_index); a deleted service leaves the store, and its series go with it."""
+    meta = obj.get("metadata") or {}
+    if not _ours(namespace=meta.get("namespace")):
+        return None
+    return metrics.service_entry(namespace=meta.get("namespace") or "", name=meta.get("name") or "",
+                                 status=obj.get("status"))
+
+
+#: The served SLMServices' status, for the per-service metrics (gone with the service).
+SERVICES = Entries(_service_entry)
 
 
 def _gpu_index(indexes: Mapping[str, Any]) -> GpuIndex:
@@ -162,6 +178,7 @@ _OWN_WATCHES: tuple[tuple[PodSlots | Entries, kube.WatchedKind,
     (GROUPS, kube.GROUP_STATEFULSETS, None),
     (CLAIMS, kube.RESOURCE_CLAIMS, _start_gate),
     (PACKED_PODS, kube.PACKED_PODS, _start_gate),
+    (SERVICES, kube.SLM_SERVICES, None),
 )
 
 
@@ -202,13 +219,6 @@ def gpu_nodes(*, name: str, labels: Mapping[str, str], spec: Mapping[str, Any], 
 @kopf.index("resource.k8s.io", "v1", "resourceslices")
 def gpu_slices(*, name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, Any] | None:
     return slice_entry(name=name, spec=spec)
-
-
-# NB: an index, not an event handler: kopf drops a deleted service's entry (and its series go with
-# it), and indexing logs nothing per event.
-@kopf.index(*RESOURCE, when=_ours)
-def slm_services(*, namespace: str | None, name: str, status: Mapping[str, Any], **_: Any) -> dict[Any, Any]:
-    return metrics.service_entry(namespace=namespace or "", name=name, status=status)
 
 
 # --- The SLMService handlers ------------------------------------------------------------------------

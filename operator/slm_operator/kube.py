@@ -317,20 +317,23 @@ WATCH_QUICK_END_SECONDS = 1.0
 @dataclasses.dataclass(frozen=True)
 class WatchedKind:
     """One kind a :class:`ListWatch` lists and watches, across all namespaces, filtered server-side:
-    ``api`` (a client API class) and its ``method`` (the ``list_*_for_all_namespaces`` one)."""
+    ``api`` (a client API class) and its ``method`` (the ``list_*_for_all_namespaces`` one, or
+    ``list_cluster_custom_object`` with ``args``: group, version, plural)."""
 
     name: str
     api: Callable[[client.ApiClient], Any]
     method: str
     label_selector: str = ""
     field_selector: str = ""
+    args: tuple[str, ...] = ()
 
     def _request(self, **kwargs: Any) -> Any:
         selectors = {k: v for k, v in (("label_selector", self.label_selector),
                                        ("field_selector", self.field_selector)) if v}
         try:
             with _call("watch" if kwargs.get("watch") else "list"):
-                return getattr(self.api(api_client()), self.method)(_preload_content=False, **selectors, **kwargs)
+                return getattr(self.api(api_client()), self.method)(*self.args, _preload_content=False, **selectors,
+                                                                    **kwargs)
         except ApiException as exc:
             if exc.status == 410:
                 raise ResourceVersionGone(str(exc.reason)) from exc
@@ -375,6 +378,9 @@ GROUP_STATEFULSETS = WatchedKind(name="statefulsets", api=client.AppsV1Api,
 #: The ``dra-shares`` replicas' pods of every namespace (the start gate counts other operators' too).
 PACKED_PODS = WatchedKind(name="dra-shares pods", api=client.CoreV1Api, method="list_pod_for_all_namespaces",
                           label_selector=f"{LABEL_PACKED}=true")
+#: Every SLMService (the served ones' status feeds the per-service metrics).
+SLM_SERVICES = WatchedKind(name="slmservices", api=client.CustomObjectsApi, method="list_cluster_custom_object",
+                           args=(GROUP, API_VERSION, PLURAL))
 #: Every ResourceClaim of every namespace: an allocated one holds devices, whoever made it.
 RESOURCE_CLAIMS = WatchedKind(name="resourceclaims", api=client.ResourceV1Api,
                               method="list_resource_claim_for_all_namespaces")

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from slm_operator import kube
-from slm_operator.gpu_index import Entries, PodSlots, claim_of, group_of
+from slm_operator.gpu_index import Entries, PodSlots, claim_of, group_of, packed_pod_of
 
 pytestmark = pytest.mark.integration
 
@@ -99,12 +99,14 @@ def _group_statefulset(namespace: str, name: str, *, ours: bool = True) -> dict:
                                   "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}}}}
 
 
-def test_the_group_and_claim_watches_list_and_follow_the_real_api(admin_kube, namespace):
-    groups, claims = Entries(group_of), Entries(claim_of)
+def test_the_group_claim_and_packed_pod_watches_list_and_follow_the_real_api(admin_kube, namespace):
+    # NB: no SLMService watch here (this cluster has no CRD); test_metrics runs it in the operator.
+    groups, claims, packed = Entries(group_of), Entries(claim_of), Entries(packed_pod_of)
     watchers = [admin_kube.start_watch(store=groups, kind=admin_kube.GROUP_STATEFULSETS),
-                admin_kube.start_watch(store=claims, kind=admin_kube.RESOURCE_CLAIMS)]
+                admin_kube.start_watch(store=claims, kind=admin_kube.RESOURCE_CLAIMS),
+                admin_kube.start_watch(store=packed, kind=admin_kube.PACKED_PODS)]
     try:
-        assert groups.wait_synced(60) and claims.wait_synced(60), "the first listings"
+        assert all(s.wait_synced(60) for s in (groups, claims, packed)), "the first listings"
         keys = lambda: {g.key for g in groups.values()}  # noqa: E731
         assert admin_kube.create(_group_statefulset(namespace, "theirs", ours=False)) is kube.Outcome.APPLIED
         assert admin_kube.create(_group_statefulset(namespace, "watched-g0")) is kube.Outcome.APPLIED
