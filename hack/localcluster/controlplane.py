@@ -527,6 +527,27 @@ def down(*, run_dir: str | Path, say: Say = print) -> int:
     return 0
 
 
+def restart(*, run_dir: str | Path, name: str, down_seconds: float = 0.0) -> int:
+    """Stop one recorded component (SIGTERM) and start it again with the same command line, after
+    ``down_seconds``; the state and pid file follow. For fault tests (an etcd restart). Returns the
+    new pid. NB: the command line comes from /proc, so this runs only where the process does."""
+    run = RunDir(run_dir)
+    with run.locked():
+        state = run.read_state() or {"processes": {}}
+        recorded = state["processes"].get(name)
+        if recorded is None:
+            raise ClusterError(f"{name} is not a process of the cluster in {run_dir}")
+        proc = Path("/proc") / str(recorded["pid"])
+        # NB: every path in our components' flags is absolute: the working directory does not matter.
+        argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
+        processes.stop(pid=recorded["pid"], executable=recorded["executable"])
+        time.sleep(down_seconds)
+        child = processes.spawn(argv=argv, log_path=run.log(name))
+        recorded["pid"] = child.pid
+        run.write_state(state)
+    return child.pid
+
+
 def _stop_recorded(*, run: RunDir, say: Say) -> None:
     state = run.read_state() or {"processes": {}}
     recorded = state["processes"]
