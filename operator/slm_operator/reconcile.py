@@ -39,7 +39,7 @@ from slm_operator.constants import (
 from slm_operator.deploy import apply_children, read_groups, read_share_devices
 from slm_operator.errors import ApplyDeferred, ApplyRejected, PermanentError, PlanningError, ProfilePending, SpecError
 from slm_operator.gpu_index import GpuIndex, PlacementLedger, StartGrants, busiest_free_product
-from slm_operator.locks import ObjectLocks, ReadinessMemo, StatusMemo
+from slm_operator.locks import ObjectLocks, ReadinessMemo
 from slm_operator.planning.groups import GroupState
 from slm_operator.planning.inventory import Inventory
 from slm_operator.planning.moves import current_mechanism, lost_nodes, reshaped, staying_groups
@@ -70,7 +70,6 @@ class OperatorState:
     config: OperatorConfig
     ledger: PlacementLedger = dataclasses.field(default_factory=PlacementLedger)
     locks: ObjectLocks = dataclasses.field(default_factory=ObjectLocks)
-    statuses: StatusMemo = dataclasses.field(default_factory=StatusMemo)
     readiness: ReadinessMemo = dataclasses.field(default_factory=ReadinessMemo)
     # NB: plans read the GPU inventory and applies consume it; two services planned at once on one
     # snapshot would both take the same free GPUs. Planning + applying is serialised (milliseconds
@@ -88,21 +87,14 @@ def reconcile_service(
     """Bring one SLMService's children and status to what its spec asks. Raises ProfilePending
     while a measurement runs (after writing its progress)."""
     started = time.monotonic()
-    version = meta.get("resourceVersion")
+    writer = StatusWriter(body=body, name=name, namespace=namespace, current=status or {},
+                          generation=meta.get("generation"))
     outcome: str | None = "Error"
     try:
         # NB: the readiness handler writes the same status from another thread; the lock makes each
         # read-decide-write atomic, so neither overwrites the other with stale readiness.
         with state.locks.of(namespace, name):
-            # NB: this event may predate our own last write (a timer and a retry a moment apart).
-            current = state.statuses.current(namespace, name, resource_version=version, seen=dict(status or {}))
-            writer = StatusWriter(body=body, name=name, namespace=namespace, current=current,
-                                  generation=meta.get("generation"))
-            try:
-                _reconcile(state=state, index=index, writer=writer, spec=spec, name=name, namespace=namespace,
-                           uid=uid)
-            finally:
-                state.statuses.remember(namespace, name, resource_version=version, status=writer.current)
+            _reconcile(state=state, index=index, writer=writer, spec=spec, name=name, namespace=namespace, uid=uid)
         outcome = writer.current.get("phase")
     except ProfilePending:
         outcome = "Profiling"
@@ -258,7 +250,6 @@ def _fold_readiness(*, state: OperatorState, labels: Mapping[str, str], namespac
         writer = StatusWriter(body=owner, name=service, namespace=namespace, current=current,
                               generation=current.get("observedGeneration"))
         writer.write(update)
-        state.statuses.forget(namespace, service)
 
 
 def reconcile_services_on(

@@ -2,7 +2,7 @@
 
 import threading
 
-from slm_operator.locks import ObjectLocks, ReadinessMemo, StatusMemo
+from slm_operator.locks import ObjectLocks, ReadinessMemo
 
 
 def test_one_lock_per_object():
@@ -28,25 +28,3 @@ def test_the_memo_is_safe_across_threads():
     for t in threads:
         t.join()
     assert changes.count(True) == 1
-
-
-def test_an_event_older_than_our_last_write_gives_the_written_status():
-    statuses = StatusMemo()
-    seen = {"phase": "Profiling"}
-    assert statuses.current("ns", "a", resource_version="7", seen=seen) == seen  # nothing written yet
-    statuses.remember("ns", "a", resource_version="7", status={"phase": "Deploying"})
-    # A timer fires with the same event (resourceVersion 7): it must not decide from "Profiling".
-    assert statuses.current("ns", "a", resource_version="7", seen=seen) == {"phase": "Deploying"}
-    assert statuses.current("ns", "b", resource_version="7", seen=seen) == seen  # per object
-    # The watch has shown a newer version (ours, or anyone's): the event is the truth, the memo goes.
-    assert statuses.current("ns", "a", resource_version="8", seen={"phase": "Ready"}) == {"phase": "Ready"}
-    assert statuses.current("ns", "a", resource_version="7", seen=seen) == seen
-
-
-def test_another_writer_or_an_unknown_version_drops_the_written_status():
-    statuses = StatusMemo()
-    statuses.remember("ns", "a", resource_version="7", status={"phase": "Deploying"})
-    statuses.forget("ns", "a")  # the readiness fold wrote from a fresh read
-    assert statuses.current("ns", "a", resource_version="7", seen={"phase": "Profiling"}) == {"phase": "Profiling"}
-    statuses.remember("ns", "a", resource_version=None, status={"phase": "Deploying"})
-    assert statuses.current("ns", "a", resource_version=None, seen={"phase": "Profiling"}) == {"phase": "Profiling"}
