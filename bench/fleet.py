@@ -29,7 +29,6 @@ bench/README.md defines every number. The cluster is stopped at the end unless `
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
@@ -50,7 +49,7 @@ from bench.scale import Bench, create_services  # noqa: E402
 from bench.scale_measure import say  # noqa: E402
 from hack.localcluster import config as nodeconfig  # noqa: E402
 from hack.localcluster.cluster import CommandFailed, find_binaries, stop_cluster  # noqa: E402
-from hack.localcluster.operator import OperatorError, install_chart  # noqa: E402
+from hack.localcluster.operator import OperatorError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,29 +114,10 @@ def run(bench: Bench) -> dict[str, Any]:
     """A new cluster, the chart, the operator, the services at a steady rate; then every number."""
     args, run_dir = bench.args, bench.run_dir
     manifests = service_manifests(services=args.services, namespaces=args.namespaces, seed=args.seed)
-    result: dict[str, Any] = {
-        "benchmark": "bench/fleet.py",
-        "startedAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "nodes": args.nodes, "services": args.services, "gpusPerNode": args.gpus_per_node,
-        "clusterGpus": args.nodes * args.gpus_per_node,
-        "settings": {k: getattr(args, k) for k in ("namespaces", "rate", "batch", "seed", "window", "quiet", "timeout",
-                                                   "retry_seconds")},
-        "machine": measure.machine(), "git": measure.git_commit(),
-    }
+    result = bench.header(benchmark="bench/fleet.py")
     wall0 = time.monotonic()
     say(f"cluster up: {args.nodes} nodes x {args.gpus_per_node} consumable GPUs ({run_dir})")
-    t = time.monotonic()
-    cluster = bench.start_cluster()
-    walls: dict[str, Any] = {"clusterUpSeconds": round(time.monotonic() - t, 1)}
-    api = cluster.admin_api()
-    t = time.monotonic()
-    install_chart(cluster, timeout=300)
-    walls["helmInstallSeconds"] = round(time.monotonic() - t, 1)
-    for i in range(min(args.namespaces, args.services)):
-        cluster.kubectl("create", "namespace", f"fleet-{i}")
-    operator = bench.operator(cluster)
-    walls["operatorStartSeconds"] = round(operator.start(), 1)
-    say(f"operator running (pid {operator.pid}, RSS {operator.rss_mib() or 0:.0f} MiB)")
+    cluster, api, operator, walls = bench.bring_up(namespace_prefix="fleet")
 
     tracker = fleet_measure.FleetTracker()
     measure.start_watches(api=api, tracker=tracker, stop=bench.stop)

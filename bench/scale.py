@@ -100,6 +100,36 @@ class Bench:
         self.operators.append(operator)
         return operator
 
+    def header(self, *, benchmark: str) -> dict[str, Any]:
+        """The result file's first keys: what ran, on what, with which settings."""
+        args = self.args
+        return {
+            "benchmark": benchmark,
+            "startedAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "nodes": args.nodes, "services": args.services, "gpusPerNode": args.gpus_per_node,
+            "clusterGpus": args.nodes * args.gpus_per_node,
+            "settings": {k: getattr(args, k) for k in ("namespaces", "rate", "batch", "seed", "window", "quiet",
+                                                       "timeout", "retry_seconds")},
+            "machine": measure.machine(), "git": measure.git_commit(),
+        }
+
+    def bring_up(self, *, namespace_prefix: str) -> tuple[Cluster, Any, OperatorProcess, dict[str, Any]]:
+        """A new cluster, the chart, the services' namespaces and the operator running; with the
+        wall times of each step (``clusterUpSeconds``, ``helmInstallSeconds``, ``operatorStartSeconds``)."""
+        args = self.args
+        t = time.monotonic()
+        cluster = self.start_cluster()
+        walls: dict[str, Any] = {"clusterUpSeconds": round(time.monotonic() - t, 1)}
+        t = time.monotonic()
+        install_chart(cluster, timeout=300)
+        walls["helmInstallSeconds"] = round(time.monotonic() - t, 1)
+        for i in range(min(args.namespaces, args.services)):
+            cluster.kubectl("create", "namespace", f"{namespace_prefix}-{i}")
+        operator = self.operator(cluster)
+        walls["operatorStartSeconds"] = round(operator.start(), 1)
+        say(f"operator running (pid {operator.pid}, RSS {operator.rss_mib() or 0:.0f} MiB)")
+        return cluster, cluster.admin_api(), operator, walls
+
     def close(self) -> None:
         self.stop.set()
         for operator in self.operators:
@@ -205,31 +235,10 @@ def fresh(bench: Bench) -> dict[str, Any]:
     """A new cluster, the chart, the operator, the services; then latencies, packing, steady state."""
     args, run_dir = bench.args, bench.run_dir
     manifests = service_manifests(services=args.services, namespaces=args.namespaces, seed=args.seed)
-    result: dict[str, Any] = {
-        "benchmark": "bench/scale.py",
-        "startedAt": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "nodes": args.nodes, "services": args.services, "gpusPerNode": args.gpus_per_node,
-        "clusterGpus": args.nodes * args.gpus_per_node,
-        "settings": {k: getattr(args, k) for k in ("namespaces", "rate", "batch", "seed", "window", "quiet", "timeout",
-                                                   "retry_seconds")},
-        "machine": measure.machine(), "git": measure.git_commit(),
-    }
+    result = bench.header(benchmark="bench/scale.py")
     wall0 = time.monotonic()
     say(f"cluster up: {args.nodes} nodes x {args.gpus_per_node} GPUs ({run_dir})")
-    t = time.monotonic()
-    cluster = bench.start_cluster()
-    walls: dict[str, Any] = {"clusterUpSeconds": round(time.monotonic() - t, 1)}
-    api = cluster.admin_api()
-
-    t = time.monotonic()
-    install_chart(cluster, timeout=300)
-    walls["helmInstallSeconds"] = round(time.monotonic() - t, 1)
-    for i in range(min(args.namespaces, args.services)):
-        cluster.kubectl("create", "namespace", f"bench-{i}")
-
-    operator = bench.operator(cluster)
-    walls["operatorStartSeconds"] = round(operator.start(), 1)
-    say(f"operator running (pid {operator.pid}, RSS {operator.rss_mib() or 0:.0f} MiB)")
+    cluster, api, operator, walls = bench.bring_up(namespace_prefix="bench")
     idle = measure.window(api=api, seconds=15, operator=operator)
     say(f"idle operator with {args.nodes} nodes: {idle['operatorCpuPercent']} % CPU")
 
