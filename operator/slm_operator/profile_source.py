@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from slm_operator import kube, metrics
@@ -216,13 +216,16 @@ def _estimated_instead(*, spec: SLMServiceSpec, gpu_product: str, stall: Stall, 
                                explanation=f"{profile.explanation} (estimated: {stall.message}; {again})")
 
 
-def _result_configmap(*, name: str, namespace: str, request: ProfileRequest, profile: Profile) -> dict[str, Any]:
+def _cache_configmap(*, name: str, namespace: str, request: ProfileRequest, key: str,
+                     value: Mapping[str, Any]) -> dict[str, Any]:
+    """A profile cache entry: ``value`` under ``key`` (PROFILE_KEY: a result; FALLBACK_KEY: why the
+    estimate stands in), beside the request it answers."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": name, "namespace": namespace,
                      "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "profile"}},
-        "data": {PROFILE_KEY: json.dumps(profile.to_dict(), sort_keys=True),
+        "data": {key: json.dumps(dict(value), sort_keys=True),
                  REQUEST_KEY: json.dumps(request.to_dict(), sort_keys=True)},
     }
 
@@ -255,7 +258,8 @@ def _run_locally(*, request: ProfileRequest, key: str, cm_name: str, cfg: Operat
         raise
     if profile is None:
         raise ProfilePending(_progress_text(run.progress()))
-    kube.apply(_result_configmap(name=cm_name, namespace=cfg.profiler_namespace, request=request, profile=profile))
+    kube.apply(_cache_configmap(name=cm_name, namespace=cfg.profiler_namespace, request=request, key=PROFILE_KEY,
+                                value=profile.to_dict()))
     with _local_lock:
         _local_runs.pop(key, None)
     _measured(cm_name, result="succeeded")
@@ -307,7 +311,8 @@ def _run_as_job(*, request: ProfileRequest, cm_name: str, cfg: OperatorConfig, s
                            timeout_s=cfg.profiler_unschedulable_seconds)
     if stall is not None:
         # NB: the note first, then the Job: a reconcile in between finds the note, not a new Job.
-        kube.apply(_fallback_configmap(name=cm_name, namespace=namespace, request=request, stall=stall))
+        kube.apply(_cache_configmap(name=cm_name, namespace=namespace, request=request, key=FALLBACK_KEY,
+                                    value={"reason": stall.reason, "message": stall.message}))
         kube.delete(api_version="batch/v1", kind="Job", name=cm_name, namespace=namespace)
         _measured(cm_name, result="failed")
         logger.warning("%s cannot run (%s): %s; planning from the estimate", where, stall.reason, stall.message)
@@ -344,16 +349,6 @@ def _pod_state(pods: Sequence[dict[str, Any]], *, cfg: OperatorConfig) -> str:
                     f"{cfg.profiler_unschedulable_seconds:.0f} s)")
     return ""
 
-
-def _fallback_configmap(*, name: str, namespace: str, request: ProfileRequest, stall: Stall) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: "profile"}},
-        "data": {FALLBACK_KEY: json.dumps({"reason": stall.reason, "message": stall.message}, sort_keys=True),
-                 REQUEST_KEY: json.dumps(request.to_dict(), sort_keys=True)},
-    }
 
 
 def cancel_local_runs() -> None:
