@@ -207,13 +207,18 @@ def test_twenty_services_at_once_on_four_gpus_take_four_and_the_rest_follow_as_g
     assert len(statefulsets) == 4 and all(s["spec"]["replicas"] == 1 for s in statefulsets)
 
 
+def measured_service(name: str, *, input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    """A service the local (simulated) runner measures; a workload of its own per test, so no other
+    test's cached profile is reused."""
+    return {"apiVersion": "slm.pareto.dev/v1alpha1", "kind": "SLMService", "metadata": {"name": name},
+            "spec": {"model": "facebook/opt-125m", "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "sharing": "mps"},
+                     "workload": {"inputTokens": input_tokens, "outputTokens": output_tokens},
+                     "profiling": {"mode": "auto", "batchSizes": [1, 4, 16]}, "scale": {"gpus": 1}}}
+
+
 def test_a_service_deleted_while_profiling_gets_no_children_and_its_measurement_is_not_lost(
         cluster, fast_operator, namespace) -> None:
-    # NB: a workload no other test measures: a fresh measurement by the local (simulated) runner.
-    measured = {"apiVersion": "slm.pareto.dev/v1alpha1", "kind": "SLMService", "metadata": {"name": "early"},
-                "spec": {"model": "facebook/opt-125m", "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "sharing": "mps"},
-                         "workload": {"inputTokens": 112, "outputTokens": 20},
-                         "profiling": {"mode": "auto", "batchSizes": [1, 4, 16]}, "scale": {"gpus": 1}}}
+    measured = measured_service("early", input_tokens=112, output_tokens=20)
     apply_yaml(cluster, namespace, measured)
     wait_phase(cluster, namespace, "early", ("Profiling",), operator=fast_operator)
     cluster.kubectl("delete", "slmservice", "early", "-n", namespace, "--timeout=30s")
@@ -230,10 +235,7 @@ def test_a_service_deleted_while_profiling_gets_no_children_and_its_measurement_
 
 
 def test_the_operator_killed_while_profiling_measures_again_and_serves(cluster, fast_operator, namespace) -> None:
-    svc = {"apiVersion": "slm.pareto.dev/v1alpha1", "kind": "SLMService", "metadata": {"name": "killed"},
-           "spec": {"model": "facebook/opt-125m", "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "sharing": "mps"},
-                    "workload": {"inputTokens": 104, "outputTokens": 28},
-                    "profiling": {"mode": "auto", "batchSizes": [1, 4, 16]}, "scale": {"gpus": 1}}}
+    svc = measured_service("killed", input_tokens=104, output_tokens=28)
     apply_yaml(cluster, namespace, svc)
     wait_phase(cluster, namespace, "killed", ("Profiling",), operator=fast_operator)
     fast_operator.kill()
