@@ -313,9 +313,10 @@ def startup_curve(bench: Bench, *, counts: list[int]) -> dict[str, Any]:
     """Operator start → first StatefulSet of a new SLMService, with ever more plain pods (or empty
     StatefulSets labelled as ours, ``--startup-objects``) in the cluster.
 
-    Every object kopf watches and indexes costs it a pass at start-up before any handler runs (pods
-    did until the operator counted GPU slots with its own pod watch; our StatefulSets still do);
-    this isolates how that cost grows.
+    Every object kopf watches costs it a pass at start-up before any handler runs, and every object
+    it indexes wakes all the others waiting at its start-up barrier (pods did until the operator
+    counted GPU slots with its own pod watch, our StatefulSets until its own group watch); this
+    isolates how that cost grows.
     """
     args = bench.args
     cluster = bench.start_cluster()

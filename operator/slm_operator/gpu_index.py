@@ -1,20 +1,23 @@
 """The GPU inventory the planner reads, kept by watches: index entries and the placement ledger.
 
-kopf indexes (in-memory, watch-fed caches) hold what planning needs of GPU nodes, NVIDIA
-ResourceSlices, allocated ResourceClaims, our own group StatefulSets and ``dra-shares`` pods; the
-functions ``*_entry`` here turn one watched object into its index entry (``None``: not indexed).
-The device-plugin slots that pods hold are counted by :class:`PodSlots` instead, fed by the
-operator's own list+watch of bound pods (``kube.PodSlotWatch``): a kopf index would take every
-pod of the cluster through kopf's per-object machinery at start-up (minutes at a few thousand
-pods), where this keeps one small record per GPU pod and nothing of the others.
-:class:`GpuIndex` reads both back, and :meth:`GpuIndex.inventory` builds the planner's
-:class:`~slm_operator.planning.inventory.Inventory` without a single API call.
+What planning needs of GPU nodes and NVIDIA ResourceSlices (one or two per node) is kept by kopf
+indexes (in-memory, watch-fed caches); the functions ``*_entry`` here turn one watched object into
+its index entry (``None``: not indexed). What grows with the cluster is kept by the operator's own
+list+watches (``kube.ListWatch``) in the accumulators here instead: the device-plugin slots pods
+hold (:class:`PodSlots`), our group StatefulSets, every ResourceClaim and the ``dra-shares``
+replicas' pods (:class:`Entries`). NB: kopf
+takes every object of an indexed kind through one start-up barrier that each indexed object wakes
+for all the others (kopf 1.45 ``operator_indexed``): start-up cost grows with the square of the
+indexed objects (a minute and more at a few thousand); an own watch keeps one small record per
+object and starts in seconds. :class:`GpuIndex` reads both back, and :meth:`GpuIndex.inventory`
+builds the planner's :class:`~slm_operator.planning.inventory.Inventory` without a single API call.
 
 The watch lags our own writes by a moment: :class:`PlacementLedger` remembers the groups just
 applied until the StatefulSet watch reports them, so two plans made a second apart never both
 take the same free GPUs.
 
-Side-effect free apart from the ledger's own memory: no kopf, no Kubernetes client.
+Side-effect free apart from the accumulators' and the ledger's own memory: no kopf, no Kubernetes
+client.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from slm_operator.constants import (
     ANNOTATION_START,
@@ -124,7 +127,116 @@ def group_entry(
     return {group.key: group} if group else None
 
 
-# --- Device-plugin slots held by pods: fed by the operator's own pod watch ---------------------------
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def group_of(obj: Mapping[str, Any]) -> Entry | None:
+    """:func:`group_entry` of a StatefulSet as the API returns it."""
+    meta = _meta(obj)
+    return group_entry(namespace=meta.get("namespace") or "", name=meta.get("name") or "",
+                       labels=meta.get("labels") or {}, annotations=meta.get("annotations") or {},
+                       spec=obj.get("spec") or {})
+
+
+def packed_pod_of(obj: Mapping[str, Any]) -> Entry | None:
+    """:func:`packed_pod_entry` of a pod as the API returns it."""
+    meta = _meta(obj)
+    return packed_pod_entry(uid=object_key(obj), namespace=meta.get("namespace") or "", name=meta.get("name") or "",
+                            labels=meta.get("labels") or {}, annotations=meta.get("annotations") or {}, meta=meta,
+                            status=obj.get("status") or {})
+
+
+def claim_of(obj: Mapping[str, Any]) -> Entry | None:
+    """:func:`claim_entry` of a ResourceClaim as the API returns it."""
+    meta = _meta(obj)
+    return claim_entry(uid=object_key(obj), namespace=meta.get("namespace") or "", name=meta.get("name") or "",
+                       status=obj.get("status") or {}, labels=meta.get("labels") or {})
+
+
+# --- Accumulators fed by the operator's own list+watches ---------------------------------------------
+
+class Watched(Protocol):
+    """What a list+watch feeds (``kube.ListWatch``): a full listing, then each watch event."""
+
+    def replace(self, objects: Iterable[Mapping[str, Any]]) -> None: ...
+
+    def apply(self, *, event_type: str, obj: Mapping[str, Any]) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    """The object's uid (its ``namespace/name`` where a fake or partial object has none)."""
+    meta = _meta(obj)
+    return str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")
+
+
+class _Synced:
+    """Not synced until the first listing is in: planning on a partial view would take capacity
+    that is in use."""
+
+    def __init__(self) -> None:
+        self._synced = threading.Event()
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the first listing; whether it is in."""
+        return self._synced.wait(timeout)
+
+
+class Entries(_Synced):
+    """The index entries (``entry``: one object → ``{key: value}``, ``None``: not kept) of every
+    object of one kind, as a kopf index would keep them, fed by a list+watch: :meth:`replace` with a
+    full listing, :meth:`apply` with each watch event. Thread-safe: the watch runs in its own
+    thread, handlers read from theirs.
+    """
+
+    def __init__(self, entry: Callable[[Mapping[str, Any]], Entry | None]) -> None:
+        super().__init__()
+        self._entry = entry
+        self._lock = threading.Lock()
+        self._entries: dict[str, Entry] = {}
+
+    def replace(self, objects: Iterable[Mapping[str, Any]]) -> None:
+        """A full listing replaces everything (objects deleted while no watch ran are gone with
+        it). ``objects`` may be a generator; it is consumed before the state changes."""
+        entries = {object_key(o): e for o in objects if (e := self._entry(o))}
+        with self._lock:
+            self._entries = entries
+        self._synced.set()
+
+    def apply(self, *, event_type: str, obj: Mapping[str, Any]) -> None:
+        """One watch event (ADDED, MODIFIED, DELETED) of ``obj``; other types change nothing."""
+        if event_type not in ("ADDED", "MODIFIED", "DELETED"):
+            return
+        key = object_key(obj)
+        entry = self._entry(obj) if event_type != "DELETED" else None
+        with self._lock:
+            if entry:
+                self._entries[key] = entry
+            else:
+                self._entries.pop(key, None)
+
+    def items(self) -> list[tuple[Any, Any]]:
+        """Every kept ``(key, value)`` (a snapshot)."""
+        with self._lock:
+            return [item for entry in self._entries.values() for item in entry.items()]
+
+    def values(self) -> list[Any]:
+        """Every kept value (a snapshot)."""
+        with self._lock:
+            return [value for entry in self._entries.values() for value in entry.values()]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+# --- Device-plugin slots held by pods: fed by the operator's own pod watch --------------------------
 
 @dataclasses.dataclass(frozen=True)
 class SlotUse:
@@ -134,12 +246,6 @@ class SlotUse:
     node: str
     slots: tuple[tuple[str, int], ...]
     group: str | None = None
-
-
-def pod_key(pod: Mapping[str, Any]) -> str:
-    """The pod's uid (its ``namespace/name`` where a fake or partial object has none)."""
-    meta = pod.get("metadata") or {}
-    return str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")
 
 
 def slot_use(pod: Mapping[str, Any]) -> SlotUse | None:
@@ -158,39 +264,38 @@ def slot_use(pod: Mapping[str, Any]) -> SlotUse | None:
     return SlotUse(node=node, slots=slots, group=group)
 
 
-class PodSlots:
+class PodSlots(_Synced):
     """The device-plugin slots every GPU pod of the cluster holds, per node, and how many of each of
     our groups' pods are bound where: all the inventory needs of pods, one :class:`SlotUse` per GPU
     pod (pods without GPUs are not kept at all).
 
     Fed by a list+watch: :meth:`replace` with a full listing, :meth:`apply` with each watch event.
-    Not synced until the first listing is in: planning on a partial count would take slots that
-    are in use. Thread-safe: the watch runs in its own thread, handlers read from theirs.
+    Thread-safe: the watch runs in its own thread, handlers read from theirs.
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._lock = threading.Lock()
         self._pods: dict[str, SlotUse] = {}
         self._used: dict[tuple[str, str], int] = {}
         self._groups: dict[str, dict[str, int]] = {}  # group → node → bound pods
-        self._synced = threading.Event()
 
-    def replace(self, pods: Iterable[Mapping[str, Any]]) -> None:
+    def replace(self, objects: Iterable[Mapping[str, Any]]) -> None:
         """A full listing: what it holds replaces everything (pods deleted while no watch ran are
-        gone with it). ``pods`` may be a generator; it is consumed before the state changes."""
-        uses = {pod_key(p): use for p in pods if (use := slot_use(p)) is not None}
+        gone with it). ``objects`` may be a generator; it is consumed before the state changes."""
+        uses = {object_key(p): use for p in objects if (use := slot_use(p)) is not None}
         with self._lock:
             self._pods, self._used, self._groups = {}, {}, {}
             for key, use in uses.items():
                 self._add(key, use)
         self._synced.set()
 
-    def apply(self, *, event_type: str, pod: Mapping[str, Any]) -> None:
-        """One watch event (ADDED, MODIFIED, DELETED) of ``pod``; other types change nothing."""
+    def apply(self, *, event_type: str, obj: Mapping[str, Any]) -> None:
+        """One watch event (ADDED, MODIFIED, DELETED) of a pod; other types change nothing."""
         if event_type not in ("ADDED", "MODIFIED", "DELETED"):
             return
-        key = pod_key(pod)
-        use = slot_use(pod) if event_type != "DELETED" else None
+        key = object_key(obj)
+        use = slot_use(obj) if event_type != "DELETED" else None
         with self._lock:
             old = self._pods.get(key)
             if old == use:
@@ -223,14 +328,6 @@ class PodSlots:
                 del on[use.node]
             if not on:
                 del self._groups[use.group]
-
-    @property
-    def synced(self) -> bool:
-        return self._synced.is_set()
-
-    def wait_synced(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the first listing; whether it is in."""
-        return self._synced.wait(timeout)
 
     def used_slots(self) -> dict[tuple[str, str], int]:
         """``(node, resource name)`` → slots held."""
@@ -322,15 +419,21 @@ class StartGrants:
 # --- Reading the indexes back ------------------------------------------------------------------------
 
 class GpuIndex:
-    """The five indexes (``gpu_nodes``, ``gpu_slices``, ``gpu_claims``, ``slm_groups``,
-    ``packed_pods``) as kopf passes them to handlers (mappings of keys to collections of values),
-    and the slots the pod watch counts."""
+    """The kopf indexes ``gpu_nodes`` and ``gpu_slices`` as kopf passes them to handlers (mappings
+    of keys to collections of values), and what the own watches keep: the slots pods hold
+    (``pods``), our group StatefulSets (``groups``, :func:`group_of`), the allocated ResourceClaims
+    (``claims``, :func:`claim_of`) and the ``dra-shares`` replicas' pods (``packed``,
+    :func:`packed_pod_of`)."""
 
-    NAMES = ("gpu_nodes", "gpu_slices", "gpu_claims", "slm_groups", "packed_pods")
+    NAMES = ("gpu_nodes", "gpu_slices")
 
-    def __init__(self, indexes: Mapping[str, Any], *, pods: PodSlots) -> None:
+    def __init__(self, indexes: Mapping[str, Any], *, pods: PodSlots, groups: Entries, claims: Entries,
+                 packed: Entries) -> None:
         self._indexes = indexes
         self._pods = pods
+        self._groups = groups
+        self._claims = claims
+        self._packed = packed
 
     def _values(self, name: str) -> list[Any]:
         index = self._indexes[name]
@@ -349,8 +452,8 @@ class GpuIndex:
         ``exclude_service`` (``namespace/name``) leaves out that service's own groups: it is the one
         being planned, and they count as its existing groups instead.
         """
-        claims = self._values("gpu_claims")
-        groups = ledger.merged_with({g.key: g for g in self._values("slm_groups")})
+        claims = self._claims.values()
+        groups = ledger.merged_with({g.key: g for g in self._groups.values()})
         bound, node_of = self._pods.bound_groups()
         allocated_per_group: dict[str, int] = {}
         for claim in claims:
@@ -364,11 +467,11 @@ class GpuIndex:
 
     def starting_pods(self) -> list[StartingPod]:
         """Every ``dra-shares`` pod, with the GPUs its allocated claims hold."""
-        devices_of = {c["name"]: tuple(key for _, key in allocated_devices(c)) for c in self._values("gpu_claims")}
+        devices_of = {c["name"]: tuple(key for _, key in allocated_devices(c)) for c in self._claims.values()}
         return [StartingPod(namespace=p["namespace"], name=p["name"], created=p["created"],
                             devices=tuple(d for claim in p["claims"] for d in devices_of.get(claim, ())),
                             granted=p["granted"], ready=p["ready"], deleting=p["deleting"])
-                for p in self._values("packed_pods")]
+                for p in self._packed.values()]
 
 
 def busiest_free_product(inventory: Inventory) -> str | None:

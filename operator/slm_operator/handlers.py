@@ -1,4 +1,4 @@
-"""kopf wiring: settings, the GPU indexes, the pod watch and the SLMService handlers. Nothing else.
+"""kopf wiring: settings, the GPU indexes, the own watches and the SLMService handlers. Nothing else.
 
 The work is in ``reconcile`` (what a handler does), ``gpu_index`` (what an index keeps),
 ``reporter`` (how the status is written) and the pure cores below them; see
@@ -9,6 +9,7 @@ configuration from the environment (a bad setting raises ConfigError, which ``__
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,12 +28,13 @@ from slm_operator.constants import (
 )
 from slm_operator.errors import ApplyRejected, ProfilePending, ProfilingFailed
 from slm_operator.gpu_index import (
+    Entries,
     GpuIndex,
     PodSlots,
-    claim_entry,
-    group_entry,
+    claim_of,
+    group_of,
     node_entry,
-    packed_pod_entry,
+    packed_pod_of,
     slice_entry,
 )
 from slm_operator.profile_source import cancel_local_runs
@@ -47,7 +49,6 @@ from slm_operator.status import waiting
 
 RESOURCE = (GROUP, API_VERSION, PLURAL)
 OURS = {LABEL_MANAGED_BY: MANAGED_BY}
-PACKED = {LABEL_PACKED: "true"}
 STATE = OperatorState(config=OperatorConfig.from_env())
 _WATCHED = {ns for ns in STATE.config.watch_namespace.split(",") if ns}
 #: A local (simulated) profile takes seconds to minutes; a profiler Job on a GPU takes minutes.
@@ -59,18 +60,24 @@ REJECTED_RETRY_FACTOR = 10
 WATCH_SERVER_TIMEOUT_SECONDS = 300
 #: The stop function of the /metrics endpoint while it serves.
 _serving: list[Callable[[], None]] = []
-#: The device-plugin slots pods hold, kept by our own pod watch (not a kopf index: see gpu_index).
+#: What the operator's own list+watches keep (not kopf indexes: see gpu_index): the device-plugin
+#: slots pods hold, our group StatefulSets, every allocated ResourceClaim, the dra-shares pods.
 POD_SLOTS = PodSlots()
-#: The pod watch while it runs.
-_pod_watch: list[kube.PodSlotWatch] = []
-#: Seconds the start-up waits for the first pod listing before kopf retries the start-up handler.
-POD_LIST_WAIT_SECONDS = 60
+GROUPS = Entries(group_of)
+CLAIMS = Entries(claim_of)
+PACKED_PODS = Entries(packed_pod_of)
+#: The own watches while they run.
+_watches: list[kube.ListWatch] = []
+#: kopf's live indexes, as the start-up hands them (for reactions to the own watches' events).
+_kopf_indexes: dict[str, Any] = {}
+#: Seconds the start-up waits for the own watches' first listings before kopf retries it.
+LIST_WAIT_SECONDS = 60
 
 
 def _ours(*, namespace: str | None, **_: Any) -> bool:
     """SLMServices of the watched namespaces (all when none is set).
 
-    NB: kopf itself always watches cluster-wide (and so does the pod watch), because the GPU
+    NB: kopf itself always watches cluster-wide (and so do the own watches), because the GPU
     inventory (nodes, GPU pods and claims of every namespace) must be complete even when only some
     namespaces are served.
     """
@@ -120,25 +127,76 @@ def configure(*, settings: kopf.OperatorSettings, **indexes: Any) -> None:
     settings.networking.request_timeout = 60
     # NB: server-side label selectors: every pod and StatefulSet kopf receives costs it a full
     # per-object pass at start-up (worse than linear in their number), and only ours are handled.
-    # Device-plugin slots of all pods are counted by our own pod watch (POD_SLOTS) instead.
-    settings.watching.label_selectors["pods"] = ",".join(f"{k}={v}" for k, v in PACKED.items())
+    # Pods, our groups and all claims are kept by our own watches instead (kopf watches no pod).
     settings.watching.label_selectors["apps", "statefulsets"] = ",".join(f"{k}={v}" for k, v in OURS.items())
     # NB: kopf hands startup handlers its live indexes; scrapes build the gauges from them.
-    index = GpuIndex({name: indexes[name] for name in GpuIndex.NAMES}, pods=POD_SLOTS)
+    _kopf_indexes.update({name: indexes[name] for name in GpuIndex.NAMES})
+    index = _gpu_index(_kopf_indexes)
     metrics.watch_inventory(lambda: index.inventory(ledger=STATE.ledger))
-    metrics.watch_services(indexes["slm_services"])
+    metrics.watch_services(SERVICES.items)
     if STATE.config.metrics_port and not _serving:
         _serving.append(metrics.serve(port=STATE.config.metrics_port))
 
 
+def _service_entry(obj: Mapping[str, Any]) -> dict[Any, Any] | None:
+    """A served SLMService's metrics entry; ``None`` for one of an unwatched namespace.
+
+    NB: kept by an own watch, not a kopf index: kopf would hold every service at its start-up
+    barrier (see gpu_index); a deleted service leaves the store, and its series go with it."""
+    meta = obj.get("metadata") or {}
+    if not _ours(namespace=meta.get("namespace")):
+        return None
+    return metrics.service_entry(namespace=meta.get("namespace") or "", name=meta.get("name") or "",
+                                 status=obj.get("status"))
+
+
+#: The served SLMServices' status, for the per-service metrics (gone with the service).
+SERVICES = Entries(_service_entry)
+
+
+def _gpu_index(indexes: Mapping[str, Any]) -> GpuIndex:
+    return GpuIndex(indexes, pods=POD_SLOTS, groups=GROUPS, claims=CLAIMS, packed=PACKED_PODS)
+
+
+def _start_gate(event_type: str, obj: Mapping[str, Any]) -> None:
+    """A ``dra-shares`` pod or claim changed (or was listed): the start gate may let a replica start.
+
+    NB: a reaction to our own watches, not a kopf event handler: it runs once the watch's store has
+    the event, as kopf ran its handlers once its indexes had it. Not before every own watch is
+    listed: a pod whose claim is not known yet would not count as starting on its GPU. It runs in
+    the watch's thread, as kopf's handlers run in executor threads (``state.start_lock``)."""
+    if event_type != "LISTED" and ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_PACKED) != "true":
+        return
+    if _kopf_indexes and all(store.synced for store, _, _ in _OWN_WATCHES):
+        grant_starts(state=STATE, index=_gpu_index(_kopf_indexes), watched=_watched)
+
+
+#: The own watches: what each keeps, of which kind, and what reacts to its events.
+_OWN_WATCHES: tuple[tuple[PodSlots | Entries, kube.WatchedKind,
+                          Callable[[str, Mapping[str, Any]], None] | None], ...] = (
+    (POD_SLOTS, kube.POD_SLOT_PODS, None),
+    (GROUPS, kube.GROUP_STATEFULSETS, None),
+    (CLAIMS, kube.RESOURCE_CLAIMS, _start_gate),
+    (PACKED_PODS, kube.PACKED_PODS, _start_gate),
+    (SERVICES, kube.SLM_SERVICES, None),
+)
+
+
 @kopf.on.startup()
-def watch_gpu_pods(**_: Any) -> None:
-    """Start the pod watch and wait for its first listing: kopf starts no handler before, as it
-    would not before its indexes are filled (a plan on a partial count takes slots in use)."""
-    if not _pod_watch:
-        _pod_watch.append(kube.watch_pod_slots(POD_SLOTS))
-    if not POD_SLOTS.wait_synced(POD_LIST_WAIT_SECONDS):
-        raise kopf.TemporaryError(f"the pods are not listed after {POD_LIST_WAIT_SECONDS} s; waiting", delay=1)
+def start_watches(**_: Any) -> None:
+    """Start the own watches and wait for their first listings: kopf starts no handler before, as
+    it would not before its indexes are filled (a plan on a partial view takes capacity in use)."""
+    if not _watches:
+        _watches.extend(kube.start_watch(store=store, kind=kind, on_event=on_event)
+                        for store, kind, on_event in _OWN_WATCHES)
+    deadline = time.monotonic() + LIST_WAIT_SECONDS
+    unlisted = [kind.name for store, kind, _ in _OWN_WATCHES
+                if not store.wait_synced(max(0.0, deadline - time.monotonic()))]
+    if unlisted:
+        raise kopf.TemporaryError(f"not listed after {LIST_WAIT_SECONDS} s: {', '.join(unlisted)}; waiting", delay=1)
+    # NB: replicas that waited for their start while no operator ran (the listings' own reactions
+    # came before every watch was listed).
+    _start_gate("LISTED", {})
 
 
 @kopf.on.cleanup()
@@ -146,8 +204,8 @@ def stop_profilers(**_: Any) -> None:
     cancel_local_runs()
     while _serving:
         _serving.pop()()
-    while _pod_watch:
-        _pod_watch.pop().stop()
+    while _watches:
+        _watches.pop().stop()
 
 
 # --- Indexes: the GPU inventory (gpu_index says what each keeps) and our services, kept by watches ---
@@ -161,33 +219,6 @@ def gpu_nodes(*, name: str, labels: Mapping[str, str], spec: Mapping[str, Any], 
 @kopf.index("resource.k8s.io", "v1", "resourceslices")
 def gpu_slices(*, name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, Any] | None:
     return slice_entry(name=name, spec=spec)
-
-
-@kopf.index("resource.k8s.io", "v1", "resourceclaims")
-def gpu_claims(*, uid: str, namespace: str | None, name: str, labels: Mapping[str, str],
-               status: Mapping[str, Any], **_: Any) -> dict[str, Any] | None:
-    return claim_entry(uid=uid, namespace=namespace or "", name=name, status=status, labels=labels)
-
-
-@kopf.index("pods", labels=PACKED)
-def packed_pods(*, uid: str, namespace: str | None, name: str, labels: Mapping[str, str],
-                annotations: Mapping[str, str], meta: Mapping[str, Any], status: Mapping[str, Any],
-                **_: Any) -> dict[str, Any] | None:
-    return packed_pod_entry(uid=uid, namespace=namespace or "", name=name, labels=labels, annotations=annotations,
-                            meta=meta, status=status)
-
-
-# NB: an index, not an event handler: kopf drops a deleted service's entry (and its series go with
-# it), and indexing logs nothing per event.
-@kopf.index(*RESOURCE, when=_ours)
-def slm_services(*, namespace: str | None, name: str, status: Mapping[str, Any], **_: Any) -> dict[Any, Any]:
-    return metrics.service_entry(namespace=namespace or "", name=name, status=status)
-
-
-@kopf.index("apps", "v1", "statefulsets", labels=OURS)
-def slm_groups(*, namespace: str | None, name: str, labels: Mapping[str, str], annotations: Mapping[str, str],
-               spec: Mapping[str, Any], **_: Any) -> dict[str, Any] | None:
-    return group_entry(namespace=namespace or "", name=name, labels=labels, annotations=annotations, spec=spec)
 
 
 # --- The SLMService handlers ------------------------------------------------------------------------
@@ -210,14 +241,17 @@ def slm_groups(*, namespace: str | None, name: str, labels: Mapping[str, str], a
 def reconcile(*, body: kopf.Body, spec: Mapping[str, Any], name: str, namespace: str | None, uid: str,
               meta: Mapping[str, Any], status: Mapping[str, Any], **indexes: Any) -> None:
     try:
-        reconcile_service(state=STATE, index=GpuIndex(indexes, pods=POD_SLOTS), body=body, spec=spec, name=name,
+        reconcile_service(state=STATE, index=_gpu_index(indexes), body=body, spec=spec, name=name,
                           namespace=namespace or "", uid=uid, meta=meta, status=status)
     except ProfilePending as exc:
         raise kopf.TemporaryError(f"profiling: {exc.progress}", delay=PROFILE_POLL_SECONDS) from None
 
 
 # NB: `when=_ours`: a group of an unwatched namespace belongs to another operator's service (whose
-# status this one may not write); the slm_groups index above stays unfiltered for the inventory.
+# status this one may not write); the GROUPS watch stays unfiltered for the inventory. An event
+# handler is no index: kopf 1.45 makes its per-object start-up toggles (``operator_indexed``) for
+# indexed kinds only; workers of this kind still wait at start-up until those are in, which costs
+# their number times the indexed objects', not the square of their own.
 @kopf.on.event("apps", "v1", "statefulsets", labels=OURS, when=_ours)
 def group_readiness_changed(*, labels: Mapping[str, str], namespace: str | None, name: str, type: str,
                             status: Mapping[str, Any], **_: Any) -> None:
@@ -231,21 +265,12 @@ def group_readiness_changed(*, labels: Mapping[str, str], namespace: str | None,
 @kopf.on.event("nodes", labels={LABEL_GPU_PRODUCT: kopf.PRESENT})
 def gpu_node_changed(*, type: str, name: str, **indexes: Any) -> None:
     if type == "DELETED":
-        reconcile_services_on(state=STATE, index=GpuIndex(indexes, pods=POD_SLOTS), node=name, watched=_watched)
+        reconcile_services_on(state=STATE, index=_gpu_index(indexes), node=name, watched=_watched)
 
 
 # --- dra-shares: one starting replica per GPU, across services (planning.start_gate) ---------------
-
-# NB: every namespace's pods, like the inventory: replicas of services another operator serves
-# share the GPUs too. kopf updates the indexes before it calls the handlers of the same event.
-@kopf.on.event("pods", labels=PACKED)
-def packed_pod_changed(**indexes: Any) -> None:
-    grant_starts(state=STATE, index=GpuIndex(indexes, pods=POD_SLOTS), watched=_watched)
-
-
-@kopf.on.event("resource.k8s.io", "v1", "resourceclaims", labels=PACKED)
-def packed_claim_changed(**indexes: Any) -> None:
-    grant_starts(state=STATE, index=GpuIndex(indexes, pods=POD_SLOTS), watched=_watched)
+# NB: every namespace's pods and claims, like the inventory: replicas of services another operator
+# serves share the GPUs too. Run by the own watches of both (``_start_gate``), not by kopf.
 
 
 def _watched(namespace: str) -> bool:

@@ -17,6 +17,7 @@ alone unless we set them ourselves.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import functools
 import json
@@ -36,9 +37,18 @@ from kubernetes.dynamic.exceptions import ApiException as DynamicApiException
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from slm_operator import metrics
-from slm_operator.constants import API_VERSION, GROUP, KIND, OPERATOR_NAME, PLURAL
+from slm_operator.constants import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_MANAGED_BY,
+    LABEL_PACKED,
+    MANAGED_BY,
+    OPERATOR_NAME,
+    PLURAL,
+)
 from slm_operator.errors import ApplyDeferred, ApplyRejected
-from slm_operator.gpu_index import PodSlots
+from slm_operator.gpu_index import Watched
 
 FIELD_MANAGER = OPERATOR_NAME
 #: Answers to an apply that retrying cannot change: the object is invalid (the message names the field).
@@ -288,93 +298,123 @@ def get_service(*, name: str, namespace: str) -> dict[str, Any] | None:
 
 
 
-# --- The pod watch behind the GPU inventory's slot counts ---------------------------------------------
+# --- Own list+watches behind the GPU inventory (instead of kopf indexes: see gpu_index) ---------------
 
 #: Pods that hold devices: bound to a node and not finished (the kube-scheduler's own filter for
 #: assigned pods). NB: server-side, so Pending and finished pods never cross the wire; a pod that
 #: finishes leaves the selection, which the watch reports as DELETED.
 POD_SLOT_FIELD_SELECTOR = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
-#: Pods per list page: bounded memory for the raw answer whatever the cluster's size.
-POD_LIST_PAGE = 500
+#: Objects per list page: bounded memory for the raw answer whatever the cluster's size.
+LIST_PAGE = 500
 #: A watch request ends after this long (the server closes it), and is resumed from where it was.
-POD_WATCH_SECONDS = 300
+WATCH_SECONDS = 300
 #: Backoff after a failed list or watch: doubling from the first to the last, with jitter.
-POD_WATCH_BACKOFF = (1.0, 30.0)
+WATCH_BACKOFF = (1.0, 30.0)
+#: A watch that ends sooner than this without a single event counts as a failure (backoff).
+WATCH_QUICK_END_SECONDS = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchedKind:
+    """One kind a :class:`ListWatch` lists and watches, across all namespaces, filtered server-side:
+    ``api`` (a client API class) and its ``method`` (the ``list_*_for_all_namespaces`` one, or
+    ``list_cluster_custom_object`` with ``args``: group, version, plural)."""
+
+    name: str
+    api: Callable[[client.ApiClient], Any]
+    method: str
+    label_selector: str = ""
+    field_selector: str = ""
+    args: tuple[str, ...] = ()
+
+    def _request(self, **kwargs: Any) -> Any:
+        selectors = {k: v for k, v in (("label_selector", self.label_selector),
+                                       ("field_selector", self.field_selector)) if v}
+        try:
+            with _call("watch" if kwargs.get("watch") else "list"):
+                return getattr(self.api(api_client()), self.method)(*self.args, _preload_content=False, **selectors,
+                                                                    **kwargs)
+        except ApiException as exc:
+            if exc.status == 410:
+                raise ResourceVersionGone(str(exc.reason)) from exc
+            raise
+
+    def list_page(self, continue_token: str | None) -> dict[str, Any]:
+        """One page of the selected objects of every namespace, as the API's JSON."""
+        kwargs: dict[str, Any] = {"_continue": continue_token} if continue_token else {}
+        response = self._request(limit=LIST_PAGE, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        page: dict[str, Any] = json.loads(response.data)
+        return page
+
+    def watch(self, resource_version: str) -> Iterator[dict[str, Any]]:
+        """The watch events (``{"type", "object"}``) of the same objects from ``resource_version`` on,
+        with bookmarks, until the server ends the request."""
+        response = self._request(
+            watch=True, allow_watch_bookmarks=True, resource_version=resource_version, timeout_seconds=WATCH_SECONDS,
+            # NB: the read timeout outlasts the server's own end of the request; with bookmarks
+            # (about one a minute) a silent connection this long is a dead one.
+            _request_timeout=(REQUEST_TIMEOUT[0], WATCH_SECONDS + 30))
+        try:
+            buffered = b""
+            for chunk in response.stream(amt=64 * 1024, decode_content=True):
+                buffered += chunk
+                *lines, buffered = buffered.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+            if buffered.strip():
+                yield json.loads(buffered)
+        finally:
+            response.release_conn()
+
+
+#: Bound, unfinished pods of every namespace: the device-plugin slots they hold.
+POD_SLOT_PODS = WatchedKind(name="pods", api=client.CoreV1Api, method="list_pod_for_all_namespaces",
+                            field_selector=POD_SLOT_FIELD_SELECTOR)
+#: Our group StatefulSets of every namespace (the inventory counts other operators' groups too).
+GROUP_STATEFULSETS = WatchedKind(name="statefulsets", api=client.AppsV1Api,
+                                 method="list_stateful_set_for_all_namespaces",
+                                 label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY}")
+#: The ``dra-shares`` replicas' pods of every namespace (the start gate counts other operators' too).
+PACKED_PODS = WatchedKind(name="dra-shares pods", api=client.CoreV1Api, method="list_pod_for_all_namespaces",
+                          label_selector=f"{LABEL_PACKED}=true")
+#: Every SLMService (the served ones' status feeds the per-service metrics).
+SLM_SERVICES = WatchedKind(name="slmservices", api=client.CustomObjectsApi, method="list_cluster_custom_object",
+                           args=(GROUP, API_VERSION, PLURAL))
+#: Every ResourceClaim of every namespace: an allocated one holds devices, whoever made it.
+RESOURCE_CLAIMS = WatchedKind(name="resourceclaims", api=client.ResourceV1Api,
+                              method="list_resource_claim_for_all_namespaces")
 
 
 class ResourceVersionGone(Exception):
     """HTTP 410: the resourceVersion (or continue token) is older than the API server keeps; list again."""
 
 
-def _list_pods_page(continue_token: str | None) -> dict[str, Any]:
-    """One page of the bound, unfinished pods of every namespace, as the API's JSON."""
-    kwargs: dict[str, Any] = {"_continue": continue_token} if continue_token else {}
-    try:
-        with _call("list"):
-            response = client.CoreV1Api(api_client()).list_pod_for_all_namespaces(
-                field_selector=POD_SLOT_FIELD_SELECTOR, limit=POD_LIST_PAGE, _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT, **kwargs)
-    except ApiException as exc:
-        if exc.status == 410:
-            raise ResourceVersionGone(str(exc.reason)) from exc
-        raise
-    page: dict[str, Any] = json.loads(response.data)
-    return page
-
-
-def _watch_pods(resource_version: str) -> Iterator[dict[str, Any]]:
-    """The watch events (``{"type", "object"}``) of the same pods from ``resource_version`` on, with
-    bookmarks, until the server ends the request."""
-    try:
-        with _call("watch"):
-            response = client.CoreV1Api(api_client()).list_pod_for_all_namespaces(
-                field_selector=POD_SLOT_FIELD_SELECTOR, watch=True, allow_watch_bookmarks=True,
-                resource_version=resource_version, timeout_seconds=POD_WATCH_SECONDS, _preload_content=False,
-                # NB: the read timeout outlasts the server's own end of the request; with bookmarks
-                # (about one a minute) a silent connection this long is a dead one.
-                _request_timeout=(REQUEST_TIMEOUT[0], POD_WATCH_SECONDS + 30))
-    except ApiException as exc:
-        if exc.status == 410:
-            raise ResourceVersionGone(str(exc.reason)) from exc
-        raise
-    try:
-        buffered = b""
-        for chunk in response.stream(amt=64 * 1024, decode_content=True):
-            buffered += chunk
-            *lines, buffered = buffered.split(b"\n")
-            for line in lines:
-                if line.strip():
-                    yield json.loads(line)
-        if buffered.strip():
-            yield json.loads(buffered)
-    finally:
-        response.release_conn()
-
-
-#: A watch that ends sooner than this without a single event counts as a failure (backoff).
-POD_WATCH_QUICK_END_SECONDS = 1.0
-
-
-class PodSlotWatch:
-    """List+watch of the bound, unfinished pods of the cluster into a :class:`PodSlots`.
+class ListWatch:
+    """List+watch of one kind into a store (a :class:`~slm_operator.gpu_index.Watched` accumulator).
 
     Lists in pages, then watches from the list's resourceVersion, resuming every watch from the
-    last event or bookmark seen; on 410 Gone lists again (the listing replaces the counts); on any
-    other failure waits (exponential backoff with jitter) and resumes or, without a
-    resourceVersion, lists again. ``list_page``, ``watch`` and ``sleep`` are the I/O, replaceable
-    for tests.
+    last event or bookmark seen; on 410 Gone lists again (the listing replaces the store's
+    content); on any other failure waits (exponential backoff with jitter) and resumes or, without
+    a resourceVersion, lists again. ``on_event`` is called with each event's type and object once
+    the store has it, and with ``("LISTED", {})`` after each listing; what it raises is logged, not
+    a watch failure.
+    ``list_page``, ``watch`` and ``sleep`` are the I/O, replaceable for tests.
     """
 
     def __init__(
-        self, *, slots: PodSlots, list_page: Callable[[str | None], Mapping[str, Any]] = _list_pods_page,
-        watch: Callable[[str], Iterator[Mapping[str, Any]]] = _watch_pods,
-        sleep: Callable[[float], None] = time.sleep, backoff: tuple[float, float] = POD_WATCH_BACKOFF,
-        quick_end_s: float = POD_WATCH_QUICK_END_SECONDS,
+        self, *, store: Watched, name: str, list_page: Callable[[str | None], Mapping[str, Any]],
+        watch: Callable[[str], Iterator[Mapping[str, Any]]],
+        on_event: Callable[[str, Mapping[str, Any]], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep, backoff: tuple[float, float] = WATCH_BACKOFF,
+        quick_end_s: float = WATCH_QUICK_END_SECONDS,
     ) -> None:
-        self.slots = slots
+        self.store = store
+        self.name = name
         self._quick_end_s = quick_end_s
         self._list_page = list_page
         self._watch = watch
+        self._on_event = on_event
         self._sleep = sleep
         self._backoff = backoff
         self.resource_version: str | None = None
@@ -386,7 +426,7 @@ class PodSlotWatch:
         self._stop.set()
 
     def run(self) -> None:
-        """Keep ``slots`` current until :meth:`stop`."""
+        """Keep ``store`` current until :meth:`stop`."""
         delay = self._backoff[0]
         while not self._stop.is_set():
             listing = self.resource_version is None
@@ -400,21 +440,23 @@ class PodSlotWatch:
                     delay = self._backoff[0]
                     continue
                 # NB: a server (or proxy) that ends every watch at once would make this loop spin.
-                logger.info("pod watch ended at once without an event; again in %.0f s", delay)
+                logger.info("%s watch ended at once without an event; again in %.0f s", self.name, delay)
             except ResourceVersionGone as exc:
-                logger.info("pod watch: resourceVersion %s gone (%s); listing again", self.resource_version, exc)
+                logger.info("%s watch: resourceVersion %s gone (%s); listing again", self.name,
+                            self.resource_version, exc)
                 self.resource_version = None
                 if not listing:
                     continue  # NB: a watch too far behind: list again at once; a listing that expired waits
             except Exception as exc:  # NB: the API server away, a dropped connection: wait, resume
-                logger.warning("pod watch failed (%s: %s); again in %.0f s", type(exc).__name__, exc, delay)
+                logger.warning("%s watch failed (%s: %s); again in %.0f s", self.name, type(exc).__name__, exc,
+                               delay)
             self._sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self._backoff[1])
 
     def _relist(self) -> None:
         pages: list[str] = []
 
-        def pods() -> Iterator[Mapping[str, Any]]:
+        def objects() -> Iterator[Mapping[str, Any]]:
             token: str | None = None
             while True:
                 page = self._list_page(token)
@@ -426,11 +468,13 @@ class PodSlotWatch:
                 if not token:
                     return
 
-        self.slots.replace(pods())
+        self.store.replace(objects())
         # NB: a paged list is one consistent snapshot at the first page's resourceVersion.
         self.resource_version = pages[0] or None
         self.relists += 1
-        logger.info("pod watch: %d GPU pods listed at resourceVersion %s", len(self.slots), self.resource_version)
+        logger.info("%s watch: %d kept after listing at resourceVersion %s", self.name, len(self.store),
+                    self.resource_version)
+        self._notify("LISTED", {})
 
     def _follow(self) -> int:
         """Apply the watch's events until it ends; how many came."""
@@ -446,13 +490,26 @@ class PodSlotWatch:
                     raise ResourceVersionGone(str(obj.get("message")))
                 raise RuntimeError(f"watch error: {obj.get('code')} {obj.get('message')}")
             if kind != "BOOKMARK":
-                self.slots.apply(event_type=str(kind), pod=obj)
+                self.store.apply(event_type=str(kind), obj=obj)
+                self._notify(str(kind), obj)
             self.resource_version = (obj.get("metadata") or {}).get("resourceVersion") or self.resource_version
         return seen
 
+    def _notify(self, kind: str, obj: Mapping[str, Any]) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(kind, obj)
+        except Exception:  # NB: the reaction's failure (an API write) is not the watch's: it goes on
+            meta = obj.get("metadata") or {}
+            logger.exception("%s watch: reacting to %s of %s/%s failed", self.name, kind, meta.get("namespace"),
+                             meta.get("name"))
 
-def watch_pod_slots(slots: PodSlots) -> PodSlotWatch:
-    """Start a :class:`PodSlotWatch` of ``slots`` in a daemon thread."""
-    watcher = PodSlotWatch(slots=slots)
-    threading.Thread(target=watcher.run, name="pod-slot-watch", daemon=True).start()
+
+def start_watch(
+    *, store: Watched, kind: WatchedKind, on_event: Callable[[str, Mapping[str, Any]], None] | None = None,
+) -> ListWatch:
+    """Start a :class:`ListWatch` of ``kind`` into ``store`` in a daemon thread."""
+    watcher = ListWatch(store=store, name=kind.name, list_page=kind.list_page, watch=kind.watch, on_event=on_event)
+    threading.Thread(target=watcher.run, name=f"{kind.name}-watch", daemon=True).start()
     return watcher

@@ -5,10 +5,11 @@ What is measured where:
 * ``reconcile`` times each reconcile (:func:`observe_reconcile`); ``profile_source`` counts profile
   runs, cache lookups and measurement durations (:func:`record_profile`, :func:`record_cache_lookup`);
   ``kube`` counts API requests and error answers (:func:`api_call`).
-* ``handlers`` indexes every served SLMService's status (:func:`service_entry`) and, at start-up,
-  hands that index (:func:`watch_services`) and a function that builds the planner's GPU inventory
-  (:func:`watch_inventory`) to the collectors here; both are read when Prometheus scrapes, so a
-  gauge never outlives its service and the inventory is the one a plan made now would see.
+* ``handlers`` keeps every served SLMService's status (:func:`service_entry`, by its own watch) and,
+  at start-up, hands a function that reads them (:func:`watch_services`) and a function that builds
+  the planner's GPU inventory (:func:`watch_inventory`) to the collectors here; both are read when
+  Prometheus scrapes, so a gauge never outlives its service and the inventory is the one a plan
+  made now would see.
 * ``serve`` starts the ``/metrics`` endpoint (``SLM_METRICS_PORT``).
 
 Label cardinality is bounded: no per-pod or per-node label anywhere. ``product`` × ``sharing`` (or
@@ -193,14 +194,14 @@ def service_sample(status: Mapping[str, Any] | None) -> ServiceSample:
     )
 
 
-#: The services as a kopf index keeps them: ``(namespace, name)`` -> the samples of that key.
-ServiceIndex = Mapping[tuple[str, str], Iterable[ServiceSample]]
+#: The served services' samples as a watch keeps them: ``((namespace, name), sample)`` pairs.
+ServiceSamples = Callable[[], Iterable[tuple[tuple[str, str], ServiceSample]]]
 
 
 def service_entry(
     *, namespace: str, name: str, status: Mapping[str, Any] | None
 ) -> dict[tuple[str, str], ServiceSample]:
-    """One served SLMService's index entry (``handlers.slm_services``)."""
+    """One served SLMService's entry (``handlers.SERVICES``)."""
     return {(namespace, name): service_sample(status)}
 
 
@@ -274,11 +275,10 @@ _SERVICES: Final = _Services()
 REGISTRY.register(_SERVICES)
 
 
-def watch_services(index: ServiceIndex | None) -> None:
-    """Scrapes read the per-service gauges from ``index`` (kopf's, fed by :func:`service_entry`):
-    a deleted service leaves the index, and its series go with it."""
-    _SERVICES.source = None if index is None else (
-        lambda: [(key, sample) for key in index for sample in index[key]])
+def watch_services(samples: ServiceSamples | None) -> None:
+    """Scrapes read the per-service gauges from ``samples`` (a watch's, fed by :func:`service_entry`):
+    a deleted service leaves the watch's store, and its series go with it."""
+    _SERVICES.source = None if samples is None else (lambda: list(samples()))
 
 
 # --- The GPU inventory the planner sees -----------------------------------------------------------

@@ -31,6 +31,15 @@ class StatusWriter:
 
     def write(self, update: StatusUpdate) -> None:
         patch = desired_patch(current=self.current, update=update, generation=self.generation, now=now_iso())
+        if patch and update.phase != self.current.get("phase"):
+            # NB: a phase change is rare and posts an Event: decide it from a fresh read. This run may
+            # have started from an event older than another run's write (a timer and a handler's
+            # retry a moment apart), and would post that run's Event again.
+            fresh = kube.get_service(name=self.name, namespace=self.namespace)
+            if fresh is not None:
+                self.current = dict(fresh.get("status") or {})
+                patch = desired_patch(current=self.current, update=update, generation=self.generation,
+                                      now=now_iso())
         if patch:
             old_phase = self.current.get("phase")
             kube.patch_service_status(name=self.name, namespace=self.namespace, status=patch)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from slm_operator import kube
-from slm_operator.gpu_index import PodSlots
+from slm_operator.gpu_index import Entries, PodSlots, claim_of, group_of, packed_pod_of
 
 pytestmark = pytest.mark.integration
 
@@ -65,13 +65,13 @@ def _gpu_pod(namespace: str, name: str, node: str) -> dict:
 def _eventually(check, *, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, "the pod watch did not see it in time"
+        assert time.monotonic() < deadline, "the watch did not see it in time"
         time.sleep(0.2)
 
 
 def test_the_pod_watch_counts_gpu_slots_of_bound_pods_as_they_come_and_go(admin_kube, namespace):
     slots = PodSlots()
-    watcher = admin_kube.watch_pod_slots(slots)
+    watcher = admin_kube.start_watch(store=slots, kind=admin_kube.POD_SLOT_PODS)
     try:
         assert slots.wait_synced(60), "the first listing"
         node = _gpu_node(admin_kube)
@@ -85,3 +85,35 @@ def test_the_pod_watch_counts_gpu_slots_of_bound_pods_as_they_come_and_go(admin_
     finally:
         watcher.stop()
 
+
+
+def _group_statefulset(namespace: str, name: str, *, ours: bool = True) -> dict:
+    labels = {"slm.pareto.dev/service": "watched", "slm.pareto.dev/group": "0"}
+    if ours:
+        labels["app.kubernetes.io/managed-by"] = "slm-operator"
+    pod_labels = {"app": name}
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"replicas": 0, "serviceName": name, "selector": {"matchLabels": pod_labels},
+                     "template": {"metadata": {"labels": pod_labels},
+                                  "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}}}}
+
+
+def test_the_group_claim_and_packed_pod_watches_list_and_follow_the_real_api(admin_kube, namespace):
+    # NB: no SLMService watch here (this cluster has no CRD); test_metrics runs it in the operator.
+    groups, claims, packed = Entries(group_of), Entries(claim_of), Entries(packed_pod_of)
+    watchers = [admin_kube.start_watch(store=groups, kind=admin_kube.GROUP_STATEFULSETS),
+                admin_kube.start_watch(store=claims, kind=admin_kube.RESOURCE_CLAIMS),
+                admin_kube.start_watch(store=packed, kind=admin_kube.PACKED_PODS)]
+    try:
+        assert all(s.wait_synced(60) for s in (groups, claims, packed)), "the first listings"
+        keys = lambda: {g.key for g in groups.values()}  # noqa: E731
+        assert admin_kube.create(_group_statefulset(namespace, "theirs", ours=False)) is kube.Outcome.APPLIED
+        assert admin_kube.create(_group_statefulset(namespace, "watched-g0")) is kube.Outcome.APPLIED
+        _eventually(lambda: f"{namespace}/watched-g0" in keys())
+        assert f"{namespace}/theirs" not in keys(), "created first, yet not seen: the server's label selector"
+        admin_kube.delete(api_version="apps/v1", kind="StatefulSet", name="watched-g0", namespace=namespace)
+        _eventually(lambda: f"{namespace}/watched-g0" not in keys())
+    finally:
+        for watcher in watchers:
+            watcher.stop()

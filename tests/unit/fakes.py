@@ -8,13 +8,36 @@ tests/integration.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pytest
 
 from slm_operator import kube, reporter
 from slm_operator.errors import ApplyRejected
-from slm_operator.gpu_index import GpuIndex, PodSlots, node_entry
+from slm_operator.gpu_index import Entries, Entry, GpuIndex, PodSlots, claim_of, group_of, node_entry, packed_pod_of
+
+
+def listed(of: Callable[[Mapping[str, Any]], Entry | None], objects: Iterable[Mapping[str, Any]] = ()) -> Entries:
+    """An own watch's store (``gpu_index.Entries``) after its first listing of ``objects``."""
+    store = Entries(of)
+    store.replace(objects)
+    return store
+
+
+def resource_claim(*, namespace: str, name: str, results: list[dict[str, Any]], labels: Mapping[str, str] = {},
+                   uid: str | None = None) -> dict[str, Any]:
+    """A ResourceClaim allocated the device ``results``, as the API returns it."""
+    return {"metadata": {"uid": uid or f"{namespace}/{name}", "namespace": namespace, "name": name,
+                         "labels": dict(labels)},
+            "status": {"allocation": {"devices": {"results": results}}}}
+
+
+def own_watches(*, pods: PodSlots | None = None, claims: Iterable[Mapping[str, Any]] = (),
+                groups: Iterable[Mapping[str, Any]] = (), packed: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """``GpuIndex``'s keyword arguments for what the own watches keep, listed."""
+    return {"pods": pods or PodSlots(), "claims": listed(claim_of, claims), "groups": listed(group_of, groups),
+            "packed": listed(packed_pod_of, packed)}
 
 
 def kopf_index(entries: list[dict | None]) -> dict[str, list]:
@@ -124,5 +147,4 @@ def gpu_index(*nodes: dict[str, Any], pods: list[dict[str, Any]] = ()) -> GpuInd
     # NB: factories.gpu_pod has no metadata: give each pod a uid of its own.
     slots.replace([pod | {"metadata": {"uid": f"pod-{i}"} | dict(pod.get("metadata") or {})}
                    for i, pod in enumerate(pods)])
-    return GpuIndex({"gpu_nodes": kopf_index(entries), "gpu_slices": {}, "gpu_claims": {}, "slm_groups": {}},
-                    pods=slots)
+    return GpuIndex({"gpu_nodes": kopf_index(entries), "gpu_slices": {}}, **own_watches(pods=slots))

@@ -3,12 +3,14 @@
 from typing import Any
 
 from slm_operator.gpu_index import (
+    Entries,
     GpuIndex,
     PlacementLedger,
     PodSlots,
     SlotUse,
     busiest_free_product,
     claim_entry,
+    claim_of,
     group_entry,
     node_entry,
     slice_entry,
@@ -17,7 +19,7 @@ from slm_operator.gpu_index import (
 from slm_operator.planning.groups import GroupState
 from slm_operator.planning.inventory import build_inventory
 from tests.unit.factories import H100, dra_slice, node
-from tests.unit.fakes import kopf_index
+from tests.unit.fakes import kopf_index, own_watches, resource_claim
 
 OURS = {"app.kubernetes.io/managed-by": "slm-operator", "slm.pareto.dev/service": "opt", "slm.pareto.dev/group": "1"}
 
@@ -77,28 +79,28 @@ def test_pod_slots_follow_adds_changes_and_deletes_per_node_and_group():
     assert slots.synced and len(slots) == 1, "pods without a slot are not kept"
     assert slots.used_slots() == {("a", "nvidia.com/gpu"): 2}
     ours = pod("r0", node="b", labels=OURS, resource="nvidia.com/gpu.shared")
-    slots.apply(event_type="ADDED", pod=ours)
-    slots.apply(event_type="ADDED", pod=pod("r1", node="b", labels=OURS, resource="nvidia.com/gpu.shared"))
+    slots.apply(event_type="ADDED", obj=ours)
+    slots.apply(event_type="ADDED", obj=pod("r1", node="b", labels=OURS, resource="nvidia.com/gpu.shared"))
     assert slots.used_slots() == {("a", "nvidia.com/gpu"): 2, ("b", "nvidia.com/gpu.shared"): 2}
     assert slots.bound_groups() == ({"ns/opt-g1": 2}, {"ns/opt-g1": "b"})
-    slots.apply(event_type="MODIFIED", pod=ours)  # a status change: counted once, not twice
+    slots.apply(event_type="MODIFIED", obj=ours)  # a status change: counted once, not twice
     assert slots.used_slots()[("b", "nvidia.com/gpu.shared")] == 2
-    slots.apply(event_type="MODIFIED", pod=pod("r0", node="b", labels=OURS, phase="Succeeded"))
-    slots.apply(event_type="DELETED", pod=pod("theirs", node="a", gpus=2))
+    slots.apply(event_type="MODIFIED", obj=pod("r0", node="b", labels=OURS, phase="Succeeded"))
+    slots.apply(event_type="DELETED", obj=pod("theirs", node="a", gpus=2))
     assert slots.used_slots() == {("b", "nvidia.com/gpu.shared"): 1}
     assert slots.bound_groups() == ({"ns/opt-g1": 1}, {"ns/opt-g1": "b"})
-    slots.apply(event_type="DELETED", pod=pod("r1", node="b"))  # the last pod of a group and node
-    slots.apply(event_type="DELETED", pod=pod("never-seen"))
-    slots.apply(event_type="BOOKMARK", pod={"metadata": {"resourceVersion": "9"}})
+    slots.apply(event_type="DELETED", obj=pod("r1", node="b"))  # the last pod of a group and node
+    slots.apply(event_type="DELETED", obj=pod("never-seen"))
+    slots.apply(event_type="BOOKMARK", obj={"metadata": {"resourceVersion": "9"}})
     assert slots.used_slots() == {} and slots.bound_groups() == ({}, {}) and len(slots) == 0
 
 
 def test_a_pod_bound_later_counts_from_then_on():
     slots = PodSlots()
     slots.replace([])
-    slots.apply(event_type="ADDED", pod=pod("p", node=None, labels=OURS))
+    slots.apply(event_type="ADDED", obj=pod("p", node=None, labels=OURS))
     assert slots.used_slots() == {}
-    slots.apply(event_type="MODIFIED", pod=pod("p", node="c", labels=OURS))
+    slots.apply(event_type="MODIFIED", obj=pod("p", node="c", labels=OURS))
     assert slots.used_slots() == {("c", "nvidia.com/gpu"): 1} and slots.bound_groups()[0] == {"ns/opt-g1": 1}
 
 
@@ -158,13 +160,13 @@ def test_inventory_from_the_indexes_reserves_what_groups_still_need():
     indexes = {
         "gpu_nodes": kopf_index([node_entry(name="m", labels=mps["metadata"]["labels"], spec={},
                                             status=mps["status"])]),
-        "gpu_slices": {}, "gpu_claims": {}, "slm_groups": {},
+        "gpu_slices": {},
     }
     slots = PodSlots()
     slots.replace([pod("p0", node="m", labels=OURS | {"slm.pareto.dev/group": "0"})])
     ledger = PlacementLedger()
     ledger.record(group("opt", 0, replicas=3))  # applied a moment ago; one pod is bound, two are owed to m
-    index = GpuIndex(indexes, pods=slots)
+    index = GpuIndex(indexes, **own_watches(pods=slots))
     assert index.inventory(ledger=ledger).pools[0].free == 1  # 4 slots - 1 used - 2 owed
     # The service being planned does not reserve against itself: its groups are its existing ones.
     assert index.inventory(ledger=ledger, exclude_service="ns/opt").pools[0].free == 3
@@ -185,17 +187,16 @@ def test_dra_shares_replicas_without_an_allocated_claim_are_pending_demand():
     request = ShareRequest(memory_mib=11131, shares=30)
     device = {"name": "gpu-0", "allowMultipleAllocations": True,
               "capacity": {"memory": {"value": "81559Mi"}, "shares": {"value": "120"}}}
-    allocated = claim_entry(uid="c0", namespace="ns", name="opt-g0-0-gpu-x", labels=OURS | {
-        "slm.pareto.dev/group": "0", "slm.pareto.dev/packed": "true"}, status={"allocation": {"devices": {"results": [
+    allocated = resource_claim(namespace="ns", name="opt-g0-0-gpu-x", labels=OURS | {
+        "slm.pareto.dev/group": "0", "slm.pareto.dev/packed": "true"}, results=[
             {"driver": "gpu.nvidia.com", "pool": "s", "device": "gpu-0",
-             "consumedCapacity": {"memory": "11131Mi", "shares": "30"}}]}}})
+             "consumedCapacity": {"memory": "11131Mi", "shares": "30"}}])
     index = GpuIndex({
         "gpu_nodes": kopf_index([node_entry(name="s", labels=shared["metadata"]["labels"], spec={},
                                             status=shared["status"])]),
         "gpu_slices": kopf_index([slice_entry(name="s", spec={
             "driver": "gpu.nvidia.com", "nodeName": "s", "pool": {"name": "s"}, "devices": [device]})]),
-        "gpu_claims": kopf_index([allocated]), "slm_groups": {},
-    }, pods=PodSlots())
+    }, **own_watches(claims=[allocated]))
     ledger = PlacementLedger()
     ledger.record(GroupState(namespace="ns", name="opt-g0", service="opt", index=0, product=H100,
                              mechanism="dra-shares", replicas=3, share_request=request))
@@ -203,3 +204,20 @@ def test_dra_shares_replicas_without_an_allocated_claim_are_pending_demand():
     assert inventory.pending_shares == {H100: (request, request)}, "3 replicas, 1 claim allocated"
     (pool,) = inventory.pools
     assert (pool.sharing, pool.devices[0].used_shares, pool.devices[0].allocations) == ("dra-shares", 30, 1)
+
+
+def test_entries_keep_what_the_entry_function_keeps_per_object_and_a_listing_replaces_them():
+    results = [{"driver": "gpu.nvidia.com", "pool": "a", "device": "gpu-0"}]
+    claims = Entries(claim_of)
+    assert not claims.synced
+    claims.replace(iter([resource_claim(namespace="ns", name="c0", results=results),
+                         {"metadata": {"uid": "u1", "namespace": "ns", "name": "pending"}, "status": {}}]))
+    assert claims.synced and [c["name"] for c in claims.values()] == ["ns/c0"], "an unallocated claim holds nothing"
+    claims.apply(event_type="MODIFIED", obj=resource_claim(namespace="ns", name="pending", uid="u1", results=results))
+    claims.apply(event_type="BOOKMARK", obj={"metadata": {"resourceVersion": "9"}})
+    claims.apply(event_type="DELETED", obj={"metadata": {"uid": "never-seen"}})
+    assert sorted(c["name"] for c in claims.values()) == ["ns/c0", "ns/pending"]
+    claims.apply(event_type="MODIFIED", obj={"metadata": {"uid": "u1", "namespace": "ns", "name": "pending"}})
+    assert [c["name"] for c in claims.values()] == ["ns/c0"], "deallocated: no longer kept"
+    claims.replace([resource_claim(namespace="ns", name="c1", results=results)])
+    assert [c["name"] for c in claims.values()] == ["ns/c1"] and len(claims) == 1, "c0 went while no watch ran"

@@ -20,11 +20,12 @@ from slm_operator import handlers, kube, metrics
 from slm_operator.config import OperatorConfig
 from slm_operator.constants import PROFILE_CONFIGMAP_PREFIX, PROFILE_KEY
 from slm_operator.errors import ProfilePending
+from slm_operator.gpu_index import Entries
 from slm_operator.planning.inventory import build_inventory
 from slm_operator.profile_source import obtain_profile
 from slm_operator.reconcile import OperatorState
 from tests.unit.factories import H100, H100_MIB, dra_slice, gpu_pod, node, profile, spec
-from tests.unit.fakes import FakeApi, gpu_index, kopf_index
+from tests.unit.fakes import FakeApi, gpu_index
 from tests.unit.test_reconcile import STATIC, reconcile, service
 
 #: Labels that would grow with the cluster's pods or nodes: none of our metrics may have them.
@@ -69,7 +70,7 @@ def test_every_metric_is_listed_prefixed_and_documented() -> None:
 
 
 def test_labels_are_bounded(api: FakeApi) -> None:
-    metrics.watch_services(kopf_index([metrics.service_entry(namespace="ns", name="labels", status=READY)]))
+    metrics.watch_services(metrics.service_entry(namespace="ns", name="labels", status=READY).items)
     metrics.watch_inventory(lambda: build_inventory(nodes=[node("n", sharing="mps", replicas=4)]))
     try:
         for name, family in exposed_families().items():
@@ -192,13 +193,18 @@ def test_api_calls_count_requests_and_error_answers_by_verb_and_code(monkeypatch
 # --- per-service gauges ----------------------------------------------------------------------------
 
 
-def test_service_gauges_are_read_from_the_index_of_served_services() -> None:
-    """What kopf's index of SLMServices holds is what a scrape shows; a deleted service's series go."""
-    entries = {"opt": handlers.slm_services(namespace="ns", name="opt", status=READY),
-               "new": handlers.slm_services(namespace="ns", name="new", status={"phase": "Pending"}),
-               "old": handlers.slm_services(namespace="other", name="old", status=READY | {"phase": "Degraded"})}
-    index = kopf_index(list(entries.values()))
-    metrics.watch_services(index)
+def served(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"uid": f"{namespace}/{name}", "namespace": namespace, "name": name}, "status": status}
+
+
+def test_service_gauges_are_read_from_the_watch_of_served_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the watch of SLMServices keeps is what a scrape shows; a deleted service's series go, an
+    unwatched namespace's service has none."""
+    monkeypatch.setattr(handlers, "_WATCHED", {"ns", "other"})
+    services = Entries(handlers._service_entry)
+    services.replace([served("ns", "opt", READY), served("ns", "new", {"phase": "Pending"}),
+                      served("other", "old", READY | {"phase": "Degraded"}), served("unwatched", "x", READY)])
+    metrics.watch_services(services.items)
     try:
         phases = {p: value("slm_operator_service_phase", namespace="ns", slm_service="opt", phase=p)
                   for p in metrics.PHASES}
@@ -213,7 +219,7 @@ def test_service_gauges_are_read_from_the_index_of_served_services() -> None:
         # Two services of two GPUs each at k=2 (Ready and Degraded): four GPUs placed.
         assert value("slm_operator_placed_gpus", product=H100, mechanism="mps", replicas_per_gpu="2") == 4
 
-        del index[("other", "old")]  # what kopf does when the watch reports the deletion
+        services.apply(event_type="DELETED", obj=served("other", "old", {}))
         gone = {"namespace": "other", "slm_service": "old", "phase": "Degraded"}
         assert metrics.REGISTRY.get_sample_value("slm_operator_service_phase", gone) is None
         assert value("slm_operator_placed_gpus", product=H100, mechanism="mps", replicas_per_gpu="2") == 2
@@ -288,7 +294,7 @@ def test_startup_settings_post_no_event_per_log_line(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(handlers, "STATE", OperatorState(config=OperatorConfig(metrics_port=0)))
     settings = kopf.OperatorSettings()
-    handlers.configure(settings=settings, **{name: {} for name in (*handlers.GpuIndex.NAMES, "slm_services")})
+    handlers.configure(settings=settings, **{name: {} for name in handlers.GpuIndex.NAMES})
     try:
         assert settings.posting.enabled and settings.posting.loggers is False
         # every watch and every request of kopf's own has a timeout

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from slm_operator.config import OperatorConfig
-from slm_operator.gpu_index import GpuIndex, PodSlots, node_entry, slice_entry
+from slm_operator.gpu_index import GpuIndex, node_entry, slice_entry
 from slm_operator.reconcile import OperatorState, fold_readiness, reconcile_services_on
 from tests.unit.factories import H100, dra_slice, gpu_pod, node
-from tests.unit.fakes import FakeApi, gpu_index, kopf_index
+from tests.unit.fakes import FakeApi, gpu_index, kopf_index, own_watches
 from tests.unit.test_reconcile import STATIC, conditions, reconcile, service, state
 
 A100 = "NVIDIA-A100-SXM4-80GB"
@@ -109,9 +109,8 @@ def test_a_product_change_moves_the_group_and_its_claim(api: FakeApi) -> None:
     index, st = GpuIndex({
         "gpu_nodes": kopf_index([node_entry(name=n["metadata"]["name"], labels=n["metadata"]["labels"], spec={},
                                             status=n["status"]) for n in nodes]),
-        "gpu_claims": {}, "slm_groups": {},
         "gpu_slices": kopf_index([slice_entry(name=n, spec=dra_slice(n, count=2)["spec"]) for n in ("m", "a")]),
-    }, pods=PodSlots()), state()
+    }, **own_watches()), state()
     body = ready_service(api, st, index, sharing="dra")
     old_claim = next(name for (kind, _, name) in api.objects if kind == "ResourceClaim")
 

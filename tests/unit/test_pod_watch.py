@@ -1,15 +1,15 @@
-"""The pod watch behind the inventory's slot counts (kube.PodSlotWatch), against scripted API answers."""
+"""The own list+watch behind the inventory (kube.ListWatch, kube.WatchedKind), against scripted API answers."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
 
 from slm_operator import kube
-from slm_operator.gpu_index import PodSlots
+from slm_operator.gpu_index import Entries, PodSlots, Watched, claim_of, group_of
 
 
 def pod(uid: str, *, node: str = "a", gpus: int = 1, rv: str = "1") -> dict[str, Any]:
@@ -36,7 +36,7 @@ class Script:
         self.list_calls: list[str | None] = []
         self.watch_calls: list[str] = []
         self.sleeps: list[float] = []
-        self.watcher: kube.PodSlotWatch | None = None
+        self.watcher: kube.ListWatch | None = None
 
     def list_page(self, token: str | None) -> Mapping[str, Any]:
         self.list_calls.append(token)
@@ -62,9 +62,11 @@ class Script:
                 raise item
             yield item
 
-    def run(self, slots: PodSlots, *, quick_end_s: float = 0.0) -> kube.PodSlotWatch:
-        self.watcher = kube.PodSlotWatch(slots=slots, list_page=self.list_page, watch=self.watch,
-                                         sleep=self.sleeps.append, backoff=(1.0, 4.0), quick_end_s=quick_end_s)
+    def run(self, store: Watched, *, quick_end_s: float = 0.0,
+            on_event: Callable[[str, Mapping[str, Any]], None] | None = None) -> kube.ListWatch:
+        self.watcher = kube.ListWatch(store=store, name="test", list_page=self.list_page, watch=self.watch,
+                                      on_event=on_event, sleep=self.sleeps.append, backoff=(1.0, 4.0),
+                                      quick_end_s=quick_end_s)
         self.watcher.run()
         return self.watcher
 
@@ -182,7 +184,7 @@ class FakeResponse:
         self.released = True
 
 
-def test_the_watch_request_asks_for_bound_unfinished_pods_with_bookmarks_and_splits_lines(
+def test_the_watch_request_asks_for_the_selected_objects_with_bookmarks_and_splits_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     lines = b"".join(json.dumps(e).encode() + b"\n" for e in (
@@ -198,11 +200,91 @@ def test_the_watch_request_asks_for_bound_unfinished_pods_with_bookmarks_and_spl
             asked.update(kwargs)
             return response
 
-    monkeypatch.setattr(kube.client, "CoreV1Api", Api)
     monkeypatch.setattr(kube, "api_client", lambda: None)
-    events = list(kube._watch_pods("5"))
+    kind = kube.WatchedKind(name="pods", api=Api, method="list_pod_for_all_namespaces",
+                            field_selector=kube.POD_SLOT_PODS.field_selector)
+    events = list(kind.watch("5"))
     assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"] and events[0]["object"] == pod("a")
     assert response.released
     assert asked["watch"] and asked["allow_watch_bookmarks"] and asked["resource_version"] == "5"
     assert asked["field_selector"] == "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
     assert asked["timeout_seconds"] < asked["_request_timeout"][1], "the client waits longer than the server"
+    assert "label_selector" not in asked, "an empty selector is not sent"
+
+
+def test_a_list_page_asks_for_the_selection_in_pages_and_a_410_means_list_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[dict[str, Any]] = []
+
+    class Answer:
+        data = json.dumps(page([], rv="7")).encode()
+
+    class Api:
+        def __init__(self, _: Any) -> None:
+            pass
+
+        def list_stateful_set_for_all_namespaces(self, **kwargs: Any) -> Answer:
+            asked.append(kwargs)
+            if kwargs.get("_continue") == "expired":
+                raise kube.ApiException(status=410, reason="Gone")
+            return Answer()
+
+    monkeypatch.setattr(kube, "api_client", lambda: None)
+    kind = kube.WatchedKind(name="statefulsets", api=Api, method="list_stateful_set_for_all_namespaces",
+                            label_selector=kube.GROUP_STATEFULSETS.label_selector)
+    assert kind.list_page(None) == page([], rv="7")
+    assert asked[0]["label_selector"] == "app.kubernetes.io/managed-by=slm-operator"
+    assert asked[0]["limit"] == kube.LIST_PAGE and "_continue" not in asked[0] and "field_selector" not in asked[0]
+    with pytest.raises(kube.ResourceVersionGone):
+        kind.list_page("expired")
+
+
+def sts(name: str, *, rv: str = "1", index: str = "0") -> dict[str, Any]:
+    labels = {"app.kubernetes.io/managed-by": "slm-operator", "slm.pareto.dev/service": "opt",
+              "slm.pareto.dev/group": index}
+    return {"metadata": {"uid": name, "namespace": "ns", "name": name, "resourceVersion": rv, "labels": labels},
+            "spec": {"replicas": 2}}
+
+
+def test_the_same_watch_keeps_group_statefulsets_as_index_entries() -> None:
+    unlabelled = sts("hand-made") | {"metadata": {"uid": "hand-made", "namespace": "ns", "name": "hand-made"}}
+    script = Script(lists=[{None: page([sts("opt-g0"), sts("opt-g2", index="2"), unlabelled], rv="3")}],
+                    watches=[[event("ADDED", sts("opt-g1", rv="4", index="1")),
+                              event("DELETED", sts("opt-g0", rv="5"))]])
+    groups = Entries(group_of)
+    assert not groups.synced and not groups.wait_synced(0.0)
+    script.run(groups)
+    assert sorted(g.key for g in groups.values()) == ["ns/opt-g1", "ns/opt-g2"], "no service label: no group"
+    assert len(groups) == 2
+    assert groups.synced and [g.replicas for g in groups.values()] == [2, 2]
+
+
+def claim(uid: str, *, allocated: bool = True, packed: bool = False, rv: str = "1") -> dict[str, Any]:
+    labels = {"slm.pareto.dev/packed": "true"} if packed else {}
+    status = {"allocation": {"devices": {"results": [{"driver": "gpu.nvidia.com", "pool": "a", "device": "gpu-0"}]}}}
+    return {"metadata": {"uid": uid, "namespace": "ns", "name": uid, "resourceVersion": rv, "labels": labels},
+            "status": status if allocated else {}}
+
+
+def test_claims_are_kept_once_allocated_and_the_reaction_sees_each_event_and_listing_after_the_store() -> None:
+    claims = Entries(claim_of)
+    reactions: list[tuple[str, str, list[str]]] = []
+
+    def react(kind: str, obj: Mapping[str, Any]) -> None:
+        name = (obj.get("metadata") or {}).get("name", "")
+        reactions.append((kind, name, sorted(c["name"] for c in claims.values())))
+        if name == "boom":
+            raise RuntimeError("the reaction failed")
+
+    script = Script(lists=[{None: page([claim("c0"), claim("pending", allocated=False)], rv="3")}],
+                    watches=[[event("MODIFIED", claim("pending", packed=True, rv="4")),
+                              event("ADDED", claim("boom", rv="5")),
+                              event("BOOKMARK", {"metadata": {"resourceVersion": "8"}}),
+                              event("DELETED", claim("c0", rv="9"))]])
+    watcher = script.run(claims, on_event=react)
+    assert reactions == [("LISTED", "", ["ns/c0"]),
+                         ("MODIFIED", "pending", ["ns/c0", "ns/pending"]),
+                         ("ADDED", "boom", ["ns/boom", "ns/c0", "ns/pending"]),
+                         ("DELETED", "c0", ["ns/boom", "ns/pending"])], "once per listing, not for a bookmark"
+    assert script.sleeps == [] and watcher.resource_version == "9", "a failed reaction is no watch failure"

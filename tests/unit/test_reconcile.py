@@ -14,10 +14,10 @@ import pytest
 from slm_operator import kube
 from slm_operator.config import OperatorConfig
 from slm_operator.errors import ApplyDeferred
-from slm_operator.gpu_index import GpuIndex, PodSlots, claim_entry, node_entry, packed_pod_entry, slice_entry
+from slm_operator.gpu_index import GpuIndex, node_entry, slice_entry
 from slm_operator.reconcile import OperatorState, fold_readiness, grant_starts, reconcile_service
 from tests.unit.factories import H100, node
-from tests.unit.fakes import FakeApi, gpu_index, kopf_index
+from tests.unit.fakes import FakeApi, gpu_index, kopf_index, own_watches, resource_claim
 
 STATIC = {"mode": "static", "static": {"batchSize": 64, "replicasPerGPU": 2, "memoryPerReplicaGiB": 10,
                                        "tokensPerSecondPerGPU": 20000}}
@@ -319,10 +319,8 @@ def shared_index(*, claims: list[dict[str, Any]] = (), pods: list[dict[str, Any]
                               for i in range(2)]}
     nodes = [node_entry(name=n["metadata"]["name"], labels=n["metadata"]["labels"], spec={}, status=n["status"])
              for n in (node("m", count=2, sharing="mps", replicas=4), shared)]
-    return GpuIndex({"gpu_nodes": kopf_index(nodes),
-                     "gpu_slices": kopf_index([slice_entry(name="s", spec=slice_spec)]),
-                     "gpu_claims": kopf_index(list(claims)), "slm_groups": {},
-                     "packed_pods": kopf_index(list(pods))}, pods=PodSlots())
+    slices = kopf_index([slice_entry(name="s", spec=slice_spec)])
+    return GpuIndex({"gpu_nodes": kopf_index(nodes), "gpu_slices": slices}, **own_watches(claims=claims, packed=pods))
 
 
 def test_dra_shares_applies_a_claim_template_before_its_statefulset_and_switches_cleanly(api: FakeApi) -> None:
@@ -361,14 +359,14 @@ def test_start_permission_goes_to_one_waiting_pod_per_gpu(api: FakeApi, monkeypa
         return kube.Outcome.APPLIED
     monkeypatch.setattr(kube, "annotate", annotate)
 
-    def pod(ns: str, name: str, created: str) -> dict[str, Any] | None:
-        return packed_pod_entry(uid=f"{ns}/{name}", namespace=ns, name=name, labels={"slm.pareto.dev/packed": "true"},
-                                annotations={}, meta={"creationTimestamp": created},
-                                status={"resourceClaimStatuses": [{"name": "gpu", "resourceClaimName": f"{name}-c"}]})
+    def pod(ns: str, name: str, created: str) -> dict[str, Any]:
+        return {"metadata": {"uid": f"{ns}/{name}", "namespace": ns, "name": name, "creationTimestamp": created,
+                             "labels": {"slm.pareto.dev/packed": "true"}},
+                "status": {"resourceClaimStatuses": [{"name": "gpu", "resourceClaimName": f"{name}-c"}]}}
 
-    def allocated(ns: str, name: str, device: str) -> dict[str, Any] | None:
-        return claim_entry(uid=f"{ns}/{name}-c", namespace=ns, name=f"{name}-c", status={"allocation": {"devices": {
-            "results": [{"driver": "gpu.nvidia.com", "pool": "s", "device": device}]}}})
+    def allocated(ns: str, name: str, device: str) -> dict[str, Any]:
+        return resource_claim(namespace=ns, name=f"{name}-c",
+                              results=[{"driver": "gpu.nvidia.com", "pool": "s", "device": device}])
 
     index = shared_index(claims=[allocated("a", "x-0", "gpu-0"), allocated("b", "y-0", "gpu-0"),
                                  allocated("b", "y-1", "gpu-1")],
