@@ -8,6 +8,7 @@ the operator through :class:`hack.localcluster.operator.OperatorProcess`.
 from __future__ import annotations
 
 import collections
+import datetime
 import http.client
 import json
 import math
@@ -51,7 +52,7 @@ OPERATOR_WRITTEN = {(PLURAL, ""), (PLURAL, "status"), ("statefulsets", ""), ("se
 HEADLINE = ("nodes", "services", "packingRatio", "gpusUsed", "memoryLowerBoundGpus", "baselineGpus",
             "applyToChildrenP50Seconds", "applyToChildrenP99Seconds", "operatorRssMiB", "operatorPeakRssMiB",
             "steadyStateWritesPerMinute", "steadyStateOperatorResourceWritesPerMinute",
-            "steadyStateOperatorRequestsPerMinute", "phases")
+            "steadyStateOperatorRequestsPerMinute", "phases", "servicesStuck", "restartFirstReconcileSeconds")
 
 Metrics = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -399,9 +400,44 @@ def snapshot(*, api: Api, nodes_doc: dict[str, Any]) -> dict[str, Any]:
     reasons = collections.Counter(
         f"{c['type']}={c['reason']}" for s in services for c in (s.get("status") or {}).get("conditions") or ()
         if c.get("status") != "True" and c["type"] in ("Planned", "Available"))
+    stuck = stuck_services(services)
     return {"phases": dict(phases.most_common()), "notTrueConditions": dict(reasons.most_common(10)),
+            "servicesStuck": len(stuck), "stuckServices": stuck[:10],
             "packing": packing(services=services, pods=pods, claims=claims,
                                nodes={n["name"]: n for n in nodes_doc["nodes"]})}
+
+
+#: What a settled service may be waiting for: GPU capacity, said in the Planned condition.
+WAITING_REASONS = ("InsufficientSlots", "NoSharedGPUs", "NoMatchingGPUs")
+
+
+def stuck_services(services: list[dict[str, Any]]) -> list[str]:
+    """Settled services neither serving (Ready, Degraded) nor Pending for GPU capacity with a
+    message: ``namespace/name phase reason`` of each (a Deploying one has a pod no node takes)."""
+    stuck = []
+    for service in services:
+        status = service.get("status") or {}
+        phase = status.get("phase") or "(none)"
+        planned = next((c for c in status.get("conditions") or () if c.get("type") == "Planned"), {})
+        if phase in ("Ready", "Degraded") or (phase == "Pending" and planned.get("reason") in WAITING_REASONS
+                                               and status.get("message")):
+            continue
+        meta = service["metadata"]
+        stuck.append(f"{meta['namespace']}/{meta['name']} {phase} {planned.get('reason') or ''}".strip())
+    return sorted(stuck)
+
+
+def first_reconcile_seconds(*, log_path: pathlib.Path, offset: int, started_at: float) -> float | None:
+    """Seconds from ``started_at`` (wall clock) to the first line at or after byte ``offset`` of the
+    operator's log where a reconcile handler ran (succeeded or failed); ``None`` without one."""
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        for raw in log:
+            line = raw.decode(errors="replace")
+            if "Handler 'reconcile" in line or "slm_operator.reconcile: planned " in line:
+                stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                return round(stamp.timestamp() - started_at, 1)
+    return None
 
 
 # ---------------------------------------------------------------------------------- the machine

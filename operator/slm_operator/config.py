@@ -58,8 +58,11 @@ class OperatorConfig:
     profiler_extra_args: tuple[str, ...] = ()
     work_dir: str = "/tmp/slm-operator"
     watch_namespace: str = ""
-    #: Seconds between retries while something outside the spec must change (a Secret, free GPUs).
+    #: Seconds between retries while something outside the spec must change (a Secret, a move).
     retry_seconds: int = 30
+    #: Seconds between reconciles of a service that waits only for GPU capacity: the safety net
+    #: under the event-driven wake-ups (``wakeups``), as a controller's resync period.
+    resync_seconds: float = 3600.0
     #: Port of the Prometheus endpoint ``/metrics`` (``slm_operator.metrics``); 0 serves none.
     metrics_port: int = METRICS_PORT
     #: The uid (and gid, fsGroup) vLLM pods run as: non-root, for the ``restricted`` Pod Security Standard.
@@ -119,6 +122,7 @@ class OperatorConfig:
             profiler_unschedulable_seconds=_seconds(
                 "SLM_PROFILER_UNSCHEDULABLE_SECONDS", env.get("SLM_PROFILER_UNSCHEDULABLE_SECONDS"),
                 defaults.profiler_unschedulable_seconds),
+            resync_seconds=_seconds("SLM_RESYNC_SECONDS", env.get("SLM_RESYNC_SECONDS"), defaults.resync_seconds),
             node_not_ready_seconds=_seconds("SLM_NODE_NOT_READY_SECONDS", env.get("SLM_NODE_NOT_READY_SECONDS"),
                                             defaults.node_not_ready_seconds),
             leader_election=_flag("SLM_LEADER_ELECTION", env.get("SLM_LEADER_ELECTION"), defaults.leader_election),

@@ -37,6 +37,7 @@ from slm_operator.gpu_index import (
     packed_pod_of,
     slice_entry,
 )
+from slm_operator.planning.inventory import pod_gpu_requests
 from slm_operator.profile_source import cancel_local_runs
 from slm_operator.reconcile import (
     OperatorState,
@@ -44,8 +45,10 @@ from slm_operator.reconcile import (
     grant_starts,
     reconcile_service,
     reconcile_services_on,
+    reconcile_woken,
 )
-from slm_operator.status import waiting
+from slm_operator.status import waiting, waiting_for_capacity
+from slm_operator.wakeups import CapacityWaker
 
 RESOURCE = (GROUP, API_VERSION, PLURAL)
 OURS = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -86,6 +89,10 @@ def _ours(*, namespace: str | None, **_: Any) -> bool:
 
 def _waiting(*, status: Mapping[str, Any], namespace: str | None, **_: Any) -> bool:
     return waiting(status or {}) and _ours(namespace=namespace)
+
+
+def _waiting_for_capacity(*, status: Mapping[str, Any], namespace: str | None, **_: Any) -> bool:
+    return waiting_for_capacity(status or {}) and _ours(namespace=namespace)
 
 
 def _profiling(*, status: Mapping[str, Any], namespace: str | None, **_: Any) -> bool:
@@ -158,6 +165,24 @@ def _gpu_index(indexes: Mapping[str, Any]) -> GpuIndex:
     return GpuIndex(indexes, pods=POD_SLOTS, groups=GROUPS, claims=CLAIMS, packed=PACKED_PODS)
 
 
+#: Wakes the services that wait for GPU capacity when the inventory's watches say it grew.
+WAKER = CapacityWaker(
+    waiters=STATE.waiters, lock=STATE.planning_lock,
+    inventory=lambda: _gpu_index(_kopf_indexes).inventory(ledger=STATE.ledger),
+    reconcile=lambda key: reconcile_woken(state=STATE, index=_gpu_index(_kopf_indexes), key=key))
+
+
+def _capacity_changed(event_type: str, obj: Mapping[str, Any]) -> None:
+    """A GPU pod's event (bound, ended, deleted), or a re-listing: the waker looks."""
+    if event_type == "LISTED" or pod_gpu_requests(obj):
+        WAKER.poke()
+
+
+def _claim_changed(event_type: str, obj: Mapping[str, Any]) -> None:
+    _start_gate(event_type, obj)
+    WAKER.poke()
+
+
 def _start_gate(event_type: str, obj: Mapping[str, Any]) -> None:
     """A ``dra-shares`` pod or claim changed (or was listed): the start gate may let a replica start.
 
@@ -174,9 +199,9 @@ def _start_gate(event_type: str, obj: Mapping[str, Any]) -> None:
 #: The own watches: what each keeps, of which kind, and what reacts to its events.
 _OWN_WATCHES: tuple[tuple[PodSlots | Entries, kube.WatchedKind,
                           Callable[[str, Mapping[str, Any]], None] | None], ...] = (
-    (POD_SLOTS, kube.POD_SLOT_PODS, None),
-    (GROUPS, kube.GROUP_STATEFULSETS, None),
-    (CLAIMS, kube.RESOURCE_CLAIMS, _start_gate),
+    (POD_SLOTS, kube.POD_SLOT_PODS, _capacity_changed),
+    (GROUPS, kube.GROUP_STATEFULSETS, lambda event_type, obj: WAKER.poke()),
+    (CLAIMS, kube.RESOURCE_CLAIMS, _claim_changed),
     (PACKED_PODS, kube.PACKED_PODS, _start_gate),
     (SERVICES, kube.SLM_SERVICES, None),
 )
@@ -197,6 +222,7 @@ def start_watches(**_: Any) -> None:
     # NB: replicas that waited for their start while no operator ran (the listings' own reactions
     # came before every watch was listed).
     _start_gate("LISTED", {})
+    WAKER.start()
 
 
 @kopf.on.cleanup()
@@ -206,6 +232,7 @@ def stop_profilers(**_: Any) -> None:
         _serving.pop()()
     while _watches:
         _watches.pop().stop()
+    WAKER.stop()
 
 
 # --- Indexes: the GPU inventory (gpu_index says what each keeps) and our services, kept by watches ---
@@ -232,6 +259,10 @@ def gpu_slices(*, name: str, spec: Mapping[str, Any], **_: Any) -> dict[str, Any
 # the change handlers.
 @kopf.timer(*RESOURCE, id="retry-pending", interval=STATE.config.retry_seconds,
             idle=STATE.config.retry_seconds, when=_waiting)
+# NB: a service that waits only for GPU capacity is woken by the inventory's watches (``WAKER``);
+# this timer is the safety net, hours apart (SLM_RESYNC_SECONDS), as a controller's resync period.
+@kopf.timer(*RESOURCE, id="resync-capacity", interval=STATE.config.resync_seconds,
+            idle=STATE.config.resync_seconds, when=_waiting_for_capacity)
 @kopf.timer(*RESOURCE, id="retry-rejected", interval=STATE.config.retry_seconds * REJECTED_RETRY_FACTOR,
             idle=STATE.config.retry_seconds * REJECTED_RETRY_FACTOR, when=_rejected)
 # NB: Profiling is polled by the timer too, not by the change handler's retries alone: a service the
@@ -260,12 +291,19 @@ def group_readiness_changed(*, labels: Mapping[str, str], namespace: str | None,
                    status=status)
 
 
-# NB: only deletions: a node NotReady turns its replicas NotReady, and the retry timer of a service
-# not Ready moves the group once the grace period is over (``planning.moves``).
+# NB: a node deleted moves its groups at once; a node NotReady turns its replicas NotReady, and the
+# retry timer of a service not Ready moves the group once the grace period is over
+# (``planning.moves``). Any other change may free or add GPUs: the waker looks.
 @kopf.on.event("nodes", labels={LABEL_GPU_PRODUCT: kopf.PRESENT})
 def gpu_node_changed(*, type: str, name: str, **indexes: Any) -> None:
+    WAKER.poke()
     if type == "DELETED":
         reconcile_services_on(state=STATE, index=_gpu_index(indexes), node=name, watched=_watched)
+
+
+@kopf.on.event("resource.k8s.io", "v1", "resourceslices")
+def gpu_slice_changed(**_: Any) -> None:
+    WAKER.poke()
 
 
 # --- dra-shares: one starting replica per GPU, across services (planning.start_gate) ---------------

@@ -58,7 +58,9 @@ from slm_operator.status import (
     retrying,
     routed,
     serving,
+    waiting_for_capacity,
 )
+from slm_operator.wakeups import CapacityWaiters
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class OperatorState:
     #: dra-shares start permissions: granted but not yet seen by the pod watch; one decision at a time.
     start_grants: StartGrants = dataclasses.field(default_factory=StartGrants)
     start_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    #: Services waiting for GPU capacity: woken by the inventory's watches, not polled (``wakeups``).
+    waiters: CapacityWaiters = dataclasses.field(default_factory=CapacityWaiters)
 
 
 def reconcile_service(
@@ -87,6 +91,9 @@ def reconcile_service(
     """Bring one SLMService's children and status to what its spec asks. Raises ProfilePending
     while a measurement runs (after writing its progress)."""
     started = time.monotonic()
+    key = f"{namespace}/{name}"
+    # NB: before planning: capacity that frees while this plans wakes it again (``wakeups``).
+    mark = state.waiters.mark()
     writer = StatusWriter(body=body, name=name, namespace=namespace, current=status or {},
                           generation=meta.get("generation"))
     outcome: str | None = "Error"
@@ -96,7 +103,12 @@ def reconcile_service(
         with state.locks.of(namespace, name):
             _reconcile(state=state, index=index, writer=writer, spec=spec, name=name, namespace=namespace, uid=uid)
         outcome = writer.current.get("phase")
+        if waiting_for_capacity(writer.current):
+            state.waiters.wait(key, product=(spec.get("gpu") or {}).get("product"), mark=mark)
+        else:
+            state.waiters.done(key)
     except ProfilePending:
+        state.waiters.done(key)
         outcome = "Profiling"
         raise
     finally:
@@ -275,6 +287,23 @@ def reconcile_services_on(
         except ProfilePending:
             pass  # NB: its profiling timer polls the measurement
         logger.info("GPU node %s is gone: reconciled %s/%s", node, namespace, name)
+
+
+def reconcile_woken(*, state: OperatorState, index: GpuIndex, key: str) -> None:
+    """Reconcile ``namespace/name``, a service that waits for GPU capacity of a product whose free
+    capacity grew (``wakeups.CapacityWaker``). One read, and a plan from the watches' inventory."""
+    namespace, _, name = key.partition("/")
+    body = kube.get_service(name=name, namespace=namespace)
+    meta = (body or {}).get("metadata") or {}
+    if body is None or meta.get("deletionTimestamp"):
+        state.waiters.done(key)
+        return
+    try:
+        reconcile_service(state=state, index=index, body=body, spec=body.get("spec") or {}, name=name,
+                          namespace=namespace, uid=meta.get("uid", ""), meta=meta, status=body.get("status") or {})
+    except ProfilePending:
+        pass  # NB: its profiling timer polls the measurement
+    logger.info("GPU capacity freed: reconciled %s", key)
 
 
 def grant_starts(*, state: OperatorState, index: GpuIndex, watched: Callable[[str], bool]) -> None:

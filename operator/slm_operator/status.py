@@ -313,15 +313,36 @@ def routed(*, name: str, routing: Routing, picker: EndpointPickerRef | None) -> 
 
 
 def waiting(status: Mapping[str, Any]) -> bool:
-    """True while something outside the spec must happen before the service is what it asks (free
-    GPUs, a Secret, the InferencePool CRD, replicas turning Ready, a group moving): the retry timer
+    """True while something outside the spec must happen before the service is what it asks (a
+    Secret, the InferencePool CRD, replicas turning Ready, a group moving): the retry timer
     reconciles it again. NB: Deploying too, so that a group whose node went NotReady (its replicas
-    with it) moves once the grace period is over, and a move's old group goes once the new is Ready."""
-    if status.get("phase") in ("Pending", "Degraded", "Deploying"):
+    with it) moves once the grace period is over, and a move's old group goes once the new is Ready.
+    Not while it only waits for GPU capacity (:func:`waiting_for_capacity`): the inventory's watches
+    wake it when capacity frees, no timer polls it."""
+    conditions = status.get("conditions") or ()
+    if any((c.get("type") == "Routed" and c.get("reason") == POOL_CRD_MISSING)
+           or (c.get("type") == "Progressing" and c.get("reason") in MOVE_REASONS) for c in conditions):
         return True
-    return any((c.get("type") == "Routed" and c.get("reason") == POOL_CRD_MISSING)
-               or (c.get("type") == "Progressing" and c.get("reason") in MOVE_REASONS)
-               for c in status.get("conditions") or ())
+    return status.get("phase") in ("Pending", "Degraded", "Deploying") and not waiting_for_capacity(status)
+
+
+#: Planner reasons only more GPU capacity changes (a slot or a device freed, a node added).
+CAPACITY_REASONS = ("InsufficientSlots", "NoSharedGPUs", "NoMatchingGPUs", "PartialPlacement")
+
+
+def waiting_for_capacity(status: Mapping[str, Any]) -> bool:
+    """True while the service waits for GPU capacity and for nothing else: Pending for one of the
+    :data:`CAPACITY_REASONS`, or Degraded by a partial placement whose placed replicas are all
+    Ready. Such a service is reconciled when the GPU inventory's free capacity grows (``wakeups``)."""
+    conditions = {c.get("type"): c for c in status.get("conditions") or ()}
+    if (conditions.get("Planned") or {}).get("reason") not in CAPACITY_REASONS:
+        return False
+    if (conditions.get("Routed") or {}).get("reason") == POOL_CRD_MISSING:
+        return False
+    progressing = (conditions.get("Progressing") or {}).get("reason")
+    if status.get("phase") == "Pending":
+        return progressing not in MOVE_REASONS
+    return status.get("phase") == "Degraded" and progressing == "Complete"
 
 
 #: Phases a readiness change never moves a service out of: the reconciler set them for a reason

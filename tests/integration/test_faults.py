@@ -17,6 +17,7 @@ The operator runs with a 2 s retry interval, so the timers that heal run within 
 from __future__ import annotations
 
 import pathlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -193,7 +194,13 @@ def test_twenty_services_at_once_on_four_gpus_take_four_and_the_rest_follow_as_g
         assert planned["reason"] == "InsufficientSlots", planned
         assert children(cluster, namespace, "statefulsets", name) == [], f"{name} has a group but no GPU"
 
+    # Settled, the waiting services are not polled: the operator makes no API request at all.
+    before = api_requests(fast_operator)
+    time.sleep(RETRY_SECONDS * 5)
+    assert api_requests(fast_operator) == before, "the operator polled while nothing changed"
+
     # Two services go: two of the waiting ones take their GPUs, and never more than four run.
+    logged = len(fast_operator.log_tail(lines=10**6).splitlines())
     for name in by_phase["Ready"][:2]:
         cluster.kubectl("delete", "slmservice", name, "-n", namespace, "--timeout=60s")
     waiting = set(by_phase["Pending"])
@@ -203,8 +210,18 @@ def test_twenty_services_at_once_on_four_gpus_take_four_and_the_rest_follow_as_g
         ready = [n for n in waiting if slms(cluster, namespace, n).get("status", {}).get("phase") == "Ready"]
         return ready if len(ready) == 2 else None
     wait_for(two_more, timeout=120, interval=0.5, message="two waiting services placed on the freed GPUs")
+    # ... woken by the freed GPUs' events, not by a timer (none polls a service that waits for GPUs).
+    woken = [line for line in fast_operator.log_tail(lines=10**6).splitlines()[logged:]
+             if "GPU capacity freed: reconciled" in line]
+    assert woken, "the waiting services were not woken by the freed GPUs"
     statefulsets = get_json(cluster, "statefulsets", "-n", namespace)["items"]
     assert len(statefulsets) == 4 and all(s["spec"]["replicas"] == 1 for s in statefulsets)
+
+
+def api_requests(operator: OperatorProcess) -> float:
+    """Every API request the operator made (its ``kube`` wrapper's counter), all verbs and codes."""
+    return sum(value for (name, _), value in scrape(operator).items()
+               if name == "slm_operator_api_requests_total")
 
 
 def measured_service(name: str, *, input_tokens: int, output_tokens: int) -> dict[str, Any]:

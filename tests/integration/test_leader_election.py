@@ -101,8 +101,13 @@ def test_two_replicas_elect_one_leader_book_no_gpu_twice_and_the_standby_takes_o
         freed = placed(cluster, namespace, names)[0]
         cluster.kubectl("delete", "slmservice", freed, "-n", namespace, "--wait=true")
         waiting = [n for n in names if n != freed]
-        wait_for(lambda: len(placed(cluster, namespace, waiting)) == free or None, timeout=90,
-                 message="the new leader to place a waiting service on the freed GPU")
+        try:
+            wait_for(lambda: len(placed(cluster, namespace, waiting)) == free or None, timeout=90,
+                     message="the new leader to place a waiting service on the freed GPU")
+        except AssertionError as exc:
+            seen = cluster.kubectl("get", "slms,statefulsets,pods", "-n", namespace, "-o", "wide", check=False)
+            raise AssertionError(f"{exc}\n{seen.stdout}{seen.stderr}\nop-b log:\n"
+                                 f"{replicas['op-b'].log_tail(lines=40)}") from None
         bound, pending = l4_gpus_requested(cluster)
         assert bound <= L4_GPUS and pending == 0, (bound, pending)
 

@@ -15,8 +15,8 @@ from slm_operator import kube
 from slm_operator.config import OperatorConfig
 from slm_operator.errors import ApplyDeferred
 from slm_operator.gpu_index import GpuIndex, node_entry, slice_entry
-from slm_operator.reconcile import OperatorState, fold_readiness, grant_starts, reconcile_service
-from tests.unit.factories import H100, node
+from slm_operator.reconcile import OperatorState, fold_readiness, grant_starts, reconcile_service, reconcile_woken
+from tests.unit.factories import H100, gpu_pod, node
 from tests.unit.fakes import FakeApi, gpu_index, kopf_index, own_watches, resource_claim
 
 STATIC = {"mode": "static", "static": {"batchSize": 64, "replicasPerGPU": 2, "memoryPerReplicaGiB": 10,
@@ -379,3 +379,29 @@ def test_start_permission_goes_to_one_waiting_pod_per_gpu(api: FakeApi, monkeypa
     # The watch has not shown the grants yet: the next event grants nobody else on those GPUs.
     grant_starts(state=st, index=index, watched=lambda ns: True)
     assert len(annotated) == 2
+
+
+def test_a_service_waiting_for_gpus_is_registered_and_a_wake_up_places_it(api: FakeApi) -> None:
+    st = state()
+    spec = {"model": "facebook/opt-1.3b", "gpu": {"product": H100, "sharing": "exclusive"}, "scale": {"gpus": 1},
+            "profiling": STATIC}
+    full = gpu_index(node("m", count=1), pods=[gpu_pod("m")])
+    body = service(api, spec, name="late")
+    status = reconcile(api, st, full, body)
+    assert status["phase"] == "Pending" and conditions(status)["Planned"] == ("False", "InsufficientSlots")
+    assert "ns/late" in st.waiters and st.waiters.due() == []
+
+    st.waiters.grew({H100})  # the waker saw a GPU freed
+    assert st.waiters.due() == ["ns/late"]
+    reconcile_woken(state=st, index=gpu_index(node("m", count=1)), key="ns/late")
+    assert api.objects[("SLMService", "ns", "late")]["status"]["phase"] == "Deploying"
+    assert "ns/late" not in st.waiters and ("apply", "StatefulSet", "late-g0") in api.writes
+
+    # A service deleted while it waited leaves the queue on its next wake-up, with no write.
+    gone = service(api, spec, name="gone")
+    reconcile(api, st, full, gone)
+    assert "ns/gone" in st.waiters
+    del api.objects[("SLMService", "ns", "gone")]
+    writes = len(api.writes)
+    reconcile_woken(state=st, index=gpu_index(node("m", count=1)), key="ns/gone")
+    assert "ns/gone" not in st.waiters and len(api.writes) == writes

@@ -306,3 +306,50 @@ def product_memory_gib(*, nodes: Iterable[Mapping[str, Any]], product: str) -> f
              if (labels := (node.get("metadata") or {}).get("labels") or {}).get(LABEL_GPU_PRODUCT) == product]
     known = [mib for mib in sizes if mib > 0]
     return round(min(known) / 1024, 3) if known else None
+
+
+# --- What is free, to tell when waiting services may fit now ----------------------------------------
+
+#: One comparable measure of free capacity: ``(product, pool sharing, measure)``.
+CapacityKey = tuple[str, str, str]
+
+
+def free_capacity(inventory: Inventory) -> dict[CapacityKey, int]:
+    """Per GPU product and pool sharing: what is free in all, less what is promised but not bound
+    (``net``), and the most free on one node (``node``; a group's pods all land on one node).
+    ``dra-shares`` measures free memory (MiB) and shares over the shared devices, less the pending
+    claims', and the most free memory on one device (``device``). Side-effect free.
+
+    NB: net of what is promised, so a pod binding (promised → used) changes nothing here: only
+    capacity that really freed or appeared (a pod or group gone, a node or device added) grows it.
+    """
+    free: dict[CapacityKey, int] = {}
+
+    def add(key: CapacityKey, value: int) -> None:
+        free[key] = free.get(key, 0) + value
+
+    for pool in inventory.pools:
+        if pool.sharing == "dra-shares":
+            for device in pool.devices:
+                left = device.memory_mib - device.used_memory_mib
+                add((pool.product, pool.sharing, "memory"), left)
+                device_key = (pool.product, pool.sharing, "device")
+                free[device_key] = max(free.get(device_key, 0), left)
+                if device.shares is not None:
+                    add((pool.product, pool.sharing, "shares"), device.shares - device.used_shares)
+            continue
+        add((pool.product, pool.sharing, "net"), pool.free)
+        node_key = (pool.product, pool.sharing, "node")
+        free[node_key] = max(free.get(node_key, 0), pool.free)
+    for (product, sharing), count in inventory.reserved.items():
+        add((product, sharing, "net"), -count)
+    for product, requests in inventory.pending_shares.items():
+        add((product, "dra-shares", "memory"), -sum(r.memory_mib for r in requests))
+        add((product, "dra-shares", "shares"), -sum(r.shares or 1 for r in requests))
+    return free
+
+
+def grown_products(before: Mapping[CapacityKey, int], after: Mapping[CapacityKey, int]) -> set[str]:
+    """The GPU products of which some measure of :func:`free_capacity` grew from ``before`` to
+    ``after`` (a measure absent is 0): where a service that waits for capacity may fit now."""
+    return {key[0] for key in after.keys() | before.keys() if after.get(key, 0) > before.get(key, 0)}

@@ -1,0 +1,176 @@
+"""Event-driven waiting for GPU capacity: who waits for which product, and the thread that wakes them.
+
+A service the planner could not place for want of capacity (``status.waiting_for_capacity``) is
+not polled. It registers in :class:`CapacityWaiters` with the product it waits for and a
+:meth:`~CapacityWaiters.mark` taken before it planned. Every event of the inventory's watches
+(pods, our groups, claims, GPU nodes, ResourceSlices) pokes the :class:`CapacityWaker`; after a
+short debounce it rebuilds the inventory (no API call), and where
+``planning.inventory.free_capacity`` grew it bumps that product's epoch and reconciles the services
+that planned before the bump, oldest waiter first. A steady cluster has no events, so no work.
+
+NB: the mark is taken before planning and the bump after the inventory had the change, so a
+change that lands while a service plans is never lost: either the plan saw it, or the service
+registers with a mark older than the bump and is reconciled (at once, if it registers late).
+
+Side-effect free apart from its own memory and thread: no kopf, no Kubernetes client (the
+reconcile of a woken service is a callable it is given).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from slm_operator.planning.inventory import CapacityKey, Inventory, free_capacity, grown_products
+
+logger = logging.getLogger(__name__)
+
+#: ``namespace/name`` of an SLMService.
+ServiceKey = str
+#: The waiter's product (``None``: any, the planner picks one) → the epoch it planned at.
+Mark = Mapping[str | None, int]
+
+
+@dataclasses.dataclass
+class _Waiter:
+    product: str | None
+    mark: int
+    since: float
+
+
+class CapacityWaiters:
+    """The services waiting for GPU capacity, per product, with the epoch each last planned at.
+
+    An epoch per product counts the times its free capacity grew; ``None`` (a service without
+    ``spec.gpu.product``) counts growth of any product. Thread-safe.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._epochs: dict[str | None, int] = {None: 0}
+        self._waiters: dict[ServiceKey, _Waiter] = {}
+        self._clock = clock
+        #: Called when a service registers with a mark older than its product's epoch.
+        self.on_stale: Callable[[], None] = lambda: None
+
+    def mark(self) -> dict[str | None, int]:
+        """The epochs now: take it before planning, hand it to :meth:`wait` after."""
+        with self._lock:
+            return dict(self._epochs)
+
+    def wait(self, key: ServiceKey, *, product: str | None, mark: Mark) -> None:
+        """``key`` planned at ``mark`` and waits for capacity of ``product``. It keeps its place in
+        the queue (the time it first waited) while it keeps waiting."""
+        with self._lock:
+            seen = mark.get(product, 0)
+            waiter = self._waiters.get(key)
+            since = waiter.since if waiter is not None else self._clock()
+            self._waiters[key] = _Waiter(product=product, mark=seen, since=since)
+            stale = seen < self._epochs.get(product, 0)
+        if stale:
+            self.on_stale()
+
+    def done(self, key: ServiceKey) -> None:
+        """``key`` waits for capacity no more (placed, deleted, or waiting for something else)."""
+        with self._lock:
+            self._waiters.pop(key, None)
+
+    def grew(self, products: set[str]) -> None:
+        """The free capacity of ``products`` grew."""
+        if not products:
+            return
+        with self._lock:
+            for product in products:
+                self._epochs[product] = self._epochs.get(product, 0) + 1
+            self._epochs[None] += 1
+
+    def due(self) -> list[ServiceKey]:
+        """The waiters that planned before their product's capacity last grew, oldest first."""
+        with self._lock:
+            due = [(w.since, key) for key, w in self._waiters.items() if w.mark < self._epochs.get(w.product, 0)]
+        return [key for _, key in sorted(due)]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._waiters)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._waiters
+
+
+class CapacityWaker:
+    """A daemon thread that turns inventory events into reconciles of the due waiters.
+
+    :meth:`poke` is cheap and may be called from any watch thread on every event. The thread waits
+    ``debounce_seconds`` after a poke (a burst of events is one round), rebuilds the inventory with
+    ``inventory`` (under ``lock``: the planner's, so no plan is half-way), and hands every due
+    waiter to ``reconcile``, one after another. A failing reconcile is logged; the next round or
+    the service's own handlers retry it.
+    """
+
+    def __init__(
+        self, *, waiters: CapacityWaiters, inventory: Callable[[], Inventory], reconcile: Callable[[ServiceKey], None],
+        lock: threading.Lock, debounce_seconds: float = 0.3,
+    ) -> None:
+        self._waiters = waiters
+        self._inventory = inventory
+        self._reconcile = reconcile
+        self._lock = lock
+        self._debounce = debounce_seconds
+        self._poked = threading.Event()
+        self._stopped = threading.Event()
+        self._last: dict[CapacityKey, int] | None = None
+        self._thread: threading.Thread | None = None
+        self.rounds = 0
+        waiters.on_stale = self.poke
+
+    def poke(self) -> None:
+        """Something the inventory is built from changed."""
+        self._poked.set()
+
+    def start(self) -> CapacityWaker:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="capacity-waker", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._poked.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def run_once(self) -> list[ServiceKey]:
+        """One round: compare the free capacity with the last round's, wake the due; whom it woke."""
+        with self._lock:
+            now = free_capacity(self._inventory())
+        # NB: the first round counts every product as grown: services may have registered on a
+        # view older than the one it starts from.
+        grown = {key[0] for key in now} if self._last is None else grown_products(self._last, now)
+        self._last = now
+        self._waiters.grew(grown)
+        due = self._waiters.due()
+        for key in due:
+            if self._stopped.is_set():
+                break
+            try:
+                self._reconcile(key)
+            except Exception:  # NB: the service's own handlers and the next round retry it
+                logger.exception("reconciling %s after GPU capacity freed failed", key)
+        self.rounds += 1
+        return due
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._poked.wait()
+            if self._stopped.wait(self._debounce):
+                return
+            self._poked.clear()
+            try:
+                self.run_once()
+            except Exception:  # NB: the thread must outlive one bad round (a half-built inventory)
+                logger.exception("capacity wake-up round failed")
