@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import http.server
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # NB: `kill -USR1 <pid>` writes every thread's stack to stderr (the log): what a stuck
+    # operator waits for, without stopping it or installing a debugger in its image.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     import kopf  # NB: imported here so `--help` works without a cluster or kopf's start-up cost
 

@@ -8,6 +8,7 @@ configuration from the environment (a bad setting raises ConfigError, which ``__
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +39,7 @@ from slm_operator.gpu_index import (
     slice_entry,
 )
 from slm_operator.planning.inventory import pod_gpu_requests
+from slm_operator.planning.moves import seconds_until_lost
 from slm_operator.profile_source import cancel_local_runs
 from slm_operator.reconcile import (
     OperatorState,
@@ -48,7 +50,7 @@ from slm_operator.reconcile import (
     reconcile_woken,
 )
 from slm_operator.status import waiting, waiting_for_capacity
-from slm_operator.wakeups import CapacityWaker
+from slm_operator.wakeups import CapacityWaker, NodeGraceTimers
 
 RESOURCE = (GROUP, API_VERSION, PLURAL)
 OURS = {LABEL_MANAGED_BY: MANAGED_BY}
@@ -172,6 +174,10 @@ WAKER = CapacityWaker(
     reconcile=lambda key: reconcile_woken(state=STATE, index=_gpu_index(_kopf_indexes), key=key))
 
 
+#: A reconcile of the services on each GPU node NotReady, due when its grace period is over.
+NOT_READY = NodeGraceTimers()
+
+
 def _capacity_changed(event_type: str, obj: Mapping[str, Any]) -> None:
     """A GPU pod's event (bound, ended, deleted), or a re-listing: the waker looks."""
     if event_type == "LISTED" or pod_gpu_requests(obj):
@@ -233,6 +239,7 @@ def stop_profilers(**_: Any) -> None:
     while _watches:
         _watches.pop().stop()
     WAKER.stop()
+    NOT_READY.stop()
 
 
 # --- Indexes: the GPU inventory (gpu_index says what each keeps) and our services, kept by watches ---
@@ -291,14 +298,24 @@ def group_readiness_changed(*, labels: Mapping[str, str], namespace: str | None,
                    status=status)
 
 
-# NB: a node deleted moves its groups at once; a node NotReady turns its replicas NotReady, and the
-# retry timer of a service not Ready moves the group once the grace period is over
-# (``planning.moves``). Any other change may free or add GPUs: the waker looks.
+# NB: a node deleted moves its groups at once; a node NotReady moves them once it has been so for
+# SLM_NODE_NOT_READY_SECONDS (``planning.moves``): its status events start the count, no timer polls
+# Ready services. Any change may free or add GPUs: the waker looks.
 @kopf.on.event("nodes", labels={LABEL_GPU_PRODUCT: kopf.PRESENT})
-def gpu_node_changed(*, type: str, name: str, **indexes: Any) -> None:
+def gpu_node_changed(*, type: str, name: str, status: Mapping[str, Any], **indexes: Any) -> None:
     WAKER.poke()
     if type == "DELETED":
+        NOT_READY.cancel(name)
         reconcile_services_on(state=STATE, index=_gpu_index(indexes), node=name, watched=_watched)
+        return
+    delay = seconds_until_lost(status=status or {}, now=datetime.datetime.now(datetime.timezone.utc),
+                               grace_seconds=STATE.config.node_not_ready_seconds)
+    if delay is None:
+        NOT_READY.cancel(name)
+    else:
+        # NB: a second late, so the planner, which judges by the same clock, sees the node lost.
+        NOT_READY.schedule(name, delay=delay + 1, call=lambda: reconcile_services_on(
+            state=STATE, index=_gpu_index(_kopf_indexes), node=name, watched=_watched))
 
 
 @kopf.on.event("resource.k8s.io", "v1", "resourceslices")

@@ -267,9 +267,10 @@ def _fold_readiness(*, state: OperatorState, labels: Mapping[str, str], namespac
 def reconcile_services_on(
     *, state: OperatorState, index: GpuIndex, node: str, watched: Callable[[str], bool]
 ) -> None:
-    """A GPU node is gone: reconcile now every service of a ``watched`` namespace with a replica on
-    it, so its group moves (``planning.moves``) at once instead of after the pod garbage collector
-    (40 s) and the StatefulSet controller. Errors are left to the services' own handlers and timers."""
+    """A GPU node is gone, or NotReady past the grace period: reconcile now every service of a
+    ``watched`` namespace with a replica on it, so its group moves (``planning.moves``) at once:
+    not after the pod garbage collector (40 s) and the StatefulSet controller, and not only if its
+    replicas turn NotReady. Errors are left to the services' own handlers and timers."""
     pods = kube.list_objects(api_version="v1", kind="Pod", label_selector=MANAGED_BY_SELECTOR)
     services = sorted({(pod["metadata"]["namespace"], pod["metadata"]["labels"][LABEL_SERVICE]) for pod in pods
                        if (pod.get("spec") or {}).get("nodeName") == node
@@ -286,7 +287,7 @@ def reconcile_services_on(
                               status=body.get("status") or {})
         except ProfilePending:
             pass  # NB: its profiling timer polls the measurement
-        logger.info("GPU node %s is gone: reconciled %s/%s", node, namespace, name)
+        logger.info("GPU node %s is gone or NotReady: reconciled %s/%s", node, namespace, name)
 
 
 def reconcile_woken(*, state: OperatorState, index: GpuIndex, key: str) -> None:

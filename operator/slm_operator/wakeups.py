@@ -12,12 +12,16 @@ NB: the mark is taken before planning and the bump after the inventory had the c
 change that lands while a service plans is never lost: either the plan saw it, or the service
 registers with a mark older than the bump and is reconciled (at once, if it registers late).
 
-Side-effect free apart from its own memory and thread: no kopf, no Kubernetes client (the
+:class:`NodeGraceTimers` does the same for a node turned NotReady: one call per node once its grace
+period is over.
+
+Side-effect free apart from its own memory and threads: no kopf, no Kubernetes client (the
 reconcile of a woken service is a callable it is given).
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import threading
@@ -133,8 +137,12 @@ class CapacityWaker:
         self._poked.set()
 
     def start(self) -> CapacityWaker:
+        """Start the thread in a copy of the caller's context. NB: the caller's context variables go
+        with it: kopf keeps its settings in one, and posting an Event (a woken service that changes
+        phase) needs them, so start it from a kopf handler."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="capacity-waker", daemon=True)
+            context = contextvars.copy_context()
+            self._thread = threading.Thread(target=context.run, args=(self._run,), name="capacity-waker", daemon=True)
             self._thread.start()
         return self
 
@@ -174,3 +182,54 @@ class CapacityWaker:
                 self.run_once()
             except Exception:  # NB: the thread must outlive one bad round (a half-built inventory)
                 logger.exception("capacity wake-up round failed")
+
+
+class NodeGraceTimers:
+    """One pending call per node, run once the node has been NotReady for the grace period: the
+    services with a replica there are reconciled then, and their groups move (``planning.moves``).
+
+    NB: event-driven, like the capacity wake-ups: a node's status events say when it turned
+    NotReady; no timer polls services that are Ready. A node Ready again (or deleted) cancels its
+    call. Each call runs in a thread of its own, in a copy of the scheduler's context (kopf's).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._timers: dict[str, threading.Timer] = {}
+
+    def schedule(self, node: str, *, delay: float, call: Callable[[], None]) -> bool:
+        """Run ``call`` in ``delay`` seconds unless one is already pending for ``node``; whether it
+        was scheduled now."""
+        with self._lock:
+            if node in self._timers:
+                return False
+            context = contextvars.copy_context()
+
+            def fire() -> None:
+                with self._lock:
+                    self._timers.pop(node, None)
+                try:
+                    context.run(call)
+                except Exception:  # NB: the services' own handlers retry what failed here
+                    logger.exception("reconciling the services on NotReady node %s failed", node)
+            timer = threading.Timer(delay, fire)
+            timer.daemon = True
+            self._timers[node] = timer
+            timer.start()
+            return True
+
+    def cancel(self, node: str) -> None:
+        with self._lock:
+            timer = self._timers.pop(node, None)
+        if timer is not None:
+            timer.cancel()
+
+    def pending(self) -> list[str]:
+        with self._lock:
+            return sorted(self._timers)
+
+    def stop(self) -> None:
+        with self._lock:
+            timers, self._timers = list(self._timers.values()), {}
+        for timer in timers:
+            timer.cancel()

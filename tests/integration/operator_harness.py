@@ -7,6 +7,9 @@ SLMServices and wait for their phase.
 
 from __future__ import annotations
 
+import contextlib
+import pathlib
+from collections.abc import Iterator
 from typing import Any
 
 from hack.localcluster import operator as harness
@@ -21,6 +24,7 @@ __all__ = [
     "apply_yaml",
     "get_json",
     "install_chart",
+    "operator_with",
     "serviceaccount_kubeconfig",
     "slms",
     "wait_phase",
@@ -67,3 +71,19 @@ def wait_phase(cluster: Cluster, namespace: str, name: str, phases: tuple[str, .
         tail = operator.log_tail() if operator else ""
         raise AssertionError(f"{exc}\nstatus: {slms(cluster, namespace, name).get('status')}\n"
                              f"operator log:\n{tail}") from None
+
+
+@contextlib.contextmanager
+def operator_with(
+    operator: OperatorProcess, *, work_dir: pathlib.Path, env: dict[str, str]
+) -> Iterator[OperatorProcess]:
+    """The session's ``operator`` stopped and one with ``env`` in its place while the block runs; the
+    session's one started again after. NB: one operator at a time: two would both plan the same GPUs."""
+    operator.stop()
+    replaced = OperatorProcess(kubeconfig=operator.kubeconfig, work_dir=work_dir, extra_env=env)
+    replaced.start()
+    try:
+        yield replaced
+    finally:
+        replaced.stop()
+        operator.start()

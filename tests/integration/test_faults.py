@@ -24,7 +24,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.operator_harness import OperatorProcess, apply_yaml, get_json, slms, wait_for, wait_phase
+from tests.integration.operator_harness import (
+    OperatorProcess,
+    apply_yaml,
+    get_json,
+    operator_with,
+    slms,
+    wait_for,
+    wait_phase,
+)
 from tests.integration.test_metrics import sample, scrape
 from tests.integration.test_operator_lifecycle import children, ready_pods, static_service
 
@@ -37,15 +45,8 @@ RETRY_SECONDS = 2
 def fast_operator(operator: OperatorProcess, tmp_path: pathlib.Path) -> Iterator[OperatorProcess]:
     """The operator with a 2 s retry interval (the rejected-apply timer: every 20 s), in place of the
     session's one for this test."""
-    operator.stop()  # NB: one operator at a time: two would both plan the same GPUs
-    fast = OperatorProcess(kubeconfig=operator.kubeconfig, work_dir=tmp_path,
-                           extra_env={"SLM_RETRY_SECONDS": str(RETRY_SECONDS)})
-    fast.start()
-    try:
+    with operator_with(operator, work_dir=tmp_path, env={"SLM_RETRY_SECONDS": str(RETRY_SECONDS)}) as fast:
         yield fast
-    finally:
-        fast.stop()
-        operator.start()
 
 
 def progressing(obj: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +195,11 @@ def test_twenty_services_at_once_on_four_gpus_take_four_and_the_rest_follow_as_g
         assert planned["reason"] == "InsufficientSlots", planned
         assert children(cluster, namespace, "statefulsets", name) == [], f"{name} has a group but no GPU"
 
-    # Settled, the waiting services are not polled: the operator makes no API request at all.
+    # Settled, the waiting services are not polled: the operator makes no API request at all (once
+    # earlier tests' services, in namespaces still terminating, are gone: some of them are polled).
+    wait_for(lambda: {s["metadata"]["namespace"] for s in get_json(cluster, "slms", "-A")["items"]} == {namespace},
+             timeout=120, interval=1, message="no earlier test's SLMService left")
+    time.sleep(1)  # NB: the last of their events handled
     before = api_requests(fast_operator)
     time.sleep(RETRY_SECONDS * 5)
     assert api_requests(fast_operator) == before, "the operator polled while nothing changed"

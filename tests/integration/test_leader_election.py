@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import time
 
 import pytest
 
@@ -106,8 +109,11 @@ def test_two_replicas_elect_one_leader_book_no_gpu_twice_and_the_standby_takes_o
                      message="the new leader to place a waiting service on the freed GPU")
         except AssertionError as exc:
             seen = cluster.kubectl("get", "slms,statefulsets,pods", "-n", namespace, "-o", "wide", check=False)
+            if replicas["op-b"].pid:  # NB: its threads' stacks, into its log (``__main__``)
+                os.kill(replicas["op-b"].pid, signal.SIGUSR1)
+                time.sleep(1)
             raise AssertionError(f"{exc}\n{seen.stdout}{seen.stderr}\nop-b log:\n"
-                                 f"{replicas['op-b'].log_tail(lines=40)}") from None
+                                 f"{replicas['op-b'].log_tail(lines=400)}") from None
         bound, pending = l4_gpus_requested(cluster)
         assert bound <= L4_GPUS and pending == 0, (bound, pending)
 

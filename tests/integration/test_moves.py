@@ -7,8 +7,14 @@ from typing import Any
 
 import pytest
 
-from hack.localcluster.config import GpuSpec, NodeSpec, node_manifest
-from tests.integration.operator_harness import apply_yaml, slms, wait_phase
+from hack.localcluster.config import (
+    ClusterConfig,
+    GpuSpec,
+    NodeSpec,
+    dra_manifests,
+    node_manifest,
+)
+from tests.integration.operator_harness import apply_yaml, operator_with, slms, wait_phase
 from tests.integration.test_operator_lifecycle import children, static_service
 from tests.kubetest import wait_for
 
@@ -71,10 +77,14 @@ def test_a_sharing_change_keeps_the_old_group_serving_until_the_new_one_is_ready
 PRODUCT = "NVIDIA-H100-MOVE-TEST"
 
 
+def _node_spec(name: str, *, product: str = PRODUCT, sharing: str = "mps") -> NodeSpec:
+    return NodeSpec(name=name, cpu="64", memory="512Gi", pods="110", ephemeral_storage="100Gi", labels={},
+                    gpu=GpuSpec(product=product, memory_mib=81559, count=1, sharing=sharing,
+                                replicas=4 if sharing == "mps" else 1))
+
+
 def _node(name: str, index: int) -> dict[str, Any]:
-    spec = NodeSpec(name=name, cpu="64", memory="512Gi", pods="110", ephemeral_storage="100Gi", labels={},
-                    gpu=GpuSpec(product=PRODUCT, memory_mib=81559, count=1, sharing="mps", replicas=4))
-    return node_manifest(node=spec, index=index)
+    return node_manifest(node=_node_spec(name), index=index)
 
 
 def test_a_deleted_node_under_a_group_is_re_placed_on_another(cluster, operator, namespace):
@@ -122,3 +132,69 @@ def test_a_dra_group_moving_to_mps_takes_its_claim_with_it(cluster, operator, na
     assert {p["spec"]["nodeName"] for p in _settled(cluster, namespace, "dm", 2)} == {"gpu-h100-0"}
     wait_for(lambda: children(cluster, namespace, "resourceclaims", "dm") == [], timeout=60, interval=0.5,
              message=f"claim {claim} of the old group gone")
+
+
+NOT_READY_ANNOTATION = "local.slm.pareto.dev/not-ready"  # NB: hack/localcluster/kwok-stages.yaml
+NOT_READY_PRODUCTS = {"mps": "NVIDIA-H100-NOTREADY-MPS", "dra": "NVIDIA-H100-NOTREADY-DRA"}
+
+
+def test_a_node_not_ready_under_a_group_moves_it_after_the_grace_period_device_plugin_and_dra(
+        cluster, operator, namespace, tmp_path):
+    """A node reports Ready=False, as a kubelet whose container runtime is down does (the local
+    cluster's KWOK stage ``node-not-ready``, on annotation ``local.slm.pareto.dev/not-ready``); its
+    replicas stay Ready as far as the API says. Past SLM_NODE_NOT_READY_SECONDS the node's status
+    event alone moves the group to the other node of its product; for DRA with a claim of its own."""
+    api = cluster.admin_api()
+    nodes = {sharing: [_node_spec(f"gpu-nr-{sharing}-{i}", product=product, sharing=sharing) for i in range(2)]
+             for sharing, product in NOT_READY_PRODUCTS.items()}
+    specs = [spec for pair in nodes.values() for spec in pair]
+    slices = [o for o in dra_manifests(config=ClusterConfig(nodes=tuple(specs))) if o["kind"] == "ResourceSlice"]
+    env = {"SLM_NODE_NOT_READY_SECONDS": "5", "SLM_RETRY_SECONDS": "2"}
+    with operator_with(operator, work_dir=tmp_path, env=env) as fast:
+        try:
+            for i, spec in enumerate(specs):
+                api.create(node_manifest(node=spec, index=210 + i))
+            for obj in slices:
+                api.create(obj)
+            wait_for(lambda: all(_ready(cluster.get_json("node", s.name)) for s in specs), timeout=60, interval=0.5,
+                     message="the test's nodes Ready")
+            first: dict[str, str] = {}
+            for sharing, product in NOT_READY_PRODUCTS.items():
+                svc = static_service(f"nr-{sharing}", gpus=1, sharing=sharing)
+                svc["spec"]["gpu"]["product"] = product
+                apply_yaml(cluster, namespace, svc)
+            for sharing in NOT_READY_PRODUCTS:
+                wait_phase(cluster, namespace, f"nr-{sharing}", ("Ready",), operator=fast)
+                (first[sharing],) = {p["spec"]["nodeName"] for p in _settled(cluster, namespace, f"nr-{sharing}", 2)}
+            claims = {c["metadata"]["name"] for c in children(cluster, namespace, "resourceclaims", "nr-dra")}
+            assert claims, "the DRA group has no claim"
+
+            for node_name in first.values():
+                cluster.kubectl("annotate", "node", node_name, f"{NOT_READY_ANNOTATION}=true")
+            wait_for(lambda: not any(_ready(cluster.get_json("node", n)) for n in first.values()), timeout=60,
+                     interval=0.5, message="the annotated nodes NotReady")
+
+            for sharing, lost in first.items():
+                name = f"nr-{sharing}"
+                (other,) = {s.name for s in nodes[sharing]} - {lost}
+
+                def moved(name=name, other=other) -> dict[str, Any] | None:
+                    obj = slms(cluster, namespace, name)
+                    groups = obj["status"]["placement"]["groups"]
+                    return obj if obj["status"]["phase"] == "Ready" and [
+                        (g["name"], g.get("node")) for g in groups] == [(f"{name}-g1", other)] else None
+                wait_for(moved, timeout=120, interval=0.5, message=f"{name} moved off the NotReady node to {other}")
+                # Nothing of the old group is left: its StatefulSet and pods are gone.
+                assert [s["metadata"]["name"] for s in children(cluster, namespace, "statefulsets", name)] == [
+                    f"{name}-g1"]
+                pods = _settled(cluster, namespace, name, 2)
+                assert {p["spec"]["nodeName"] for p in pods} == {other}
+            moved_claims = {c["metadata"]["name"] for c in children(cluster, namespace, "resourceclaims", "nr-dra")}
+            assert moved_claims - claims, "the moved DRA group has no claim of its own"
+        finally:
+            cluster.kubectl("delete", "slmservice", "--all", "-n", namespace, "--wait=false", check=False)
+            for obj in slices:
+                cluster.kubectl("delete", "resourceslice", obj["metadata"]["name"], "--ignore-not-found",
+                                "--wait=false", check=False)
+            for spec in specs:
+                cluster.kubectl("delete", "node", spec.name, "--ignore-not-found", "--wait=false", check=False)

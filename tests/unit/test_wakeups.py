@@ -7,15 +7,18 @@ hand (``run_once``) and, once, in its own thread.
 
 from __future__ import annotations
 
+import contextvars
+import datetime
 import threading
 
 import pytest
 
 from slm_operator.gpu_index import PlacementLedger
 from slm_operator.planning.inventory import GpuPool, Inventory, free_capacity, grown_products
+from slm_operator.planning.moves import seconds_until_lost
 from slm_operator.planning.shares import SharedDevice, ShareRequest
 from slm_operator.status import MOVE_WAITING, POOL_CRD_MISSING, waiting, waiting_for_capacity
-from slm_operator.wakeups import CapacityWaiters, CapacityWaker
+from slm_operator.wakeups import CapacityWaiters, CapacityWaker, NodeGraceTimers
 from tests.unit.factories import H100, gpu_pod, node
 from tests.unit.fakes import gpu_index
 
@@ -144,14 +147,20 @@ def test_the_waker_reconciles_due_waiters_only_when_capacity_grew():
     assert waker.run_once() == ["ns/a", "ns/b"]
 
 
-def test_the_waker_thread_runs_a_round_after_a_poke():
+WHOSE: contextvars.ContextVar[str] = contextvars.ContextVar("whose", default="nobody's")
+
+
+def test_the_waker_thread_runs_a_round_after_a_poke_in_its_starters_context():
     waiters = CapacityWaiters()
     cluster = Cluster(waiters, free=0)
     woken = threading.Event()
+    seen: list[str] = []
 
     def reconcile(key: str) -> None:
+        seen.append(WHOSE.get())  # kopf's settings live in a context variable: Events need them
         cluster.reconcile(key)
         woken.set()
+    WHOSE.set("kopf's")
     waker = CapacityWaker(waiters=waiters, inventory=cluster.inventory, reconcile=reconcile,
                           lock=threading.Lock(), debounce_seconds=0.01).start()
     try:
@@ -166,7 +175,7 @@ def test_the_waker_thread_runs_a_round_after_a_poke():
         cluster.free = 1
         waker.poke()
         assert woken.wait(5), "the waker did not reconcile the waiter after a poke"
-        assert cluster.reconciled == ["ns/a"]
+        assert cluster.reconciled == ["ns/a"] and seen == ["kopf's"]
     finally:
         waker.stop()
 
@@ -194,3 +203,35 @@ def test_only_a_wait_for_capacity_alone_leaves_the_retry_timer(status, for_capac
     assert waiting_for_capacity(status) is for_capacity
     # The retry timer polls every other wait; a ready service is polled by neither.
     assert waiting(status) is (status["phase"] != "Ready" and not for_capacity)
+
+
+NOW = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.timezone.utc)
+
+
+@pytest.mark.parametrize(("ready", "left"), [
+    (None, None),
+    ({"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-02T11:00:00Z"}, None),
+    ({"type": "Ready", "status": "False", "lastTransitionTime": "2026-12-02T11:59:00Z"}, 240.0),
+    ({"type": "Ready", "status": "Unknown", "lastTransitionTime": "2026-12-02T11:00:00Z"}, 0.0),
+    ({"type": "Ready", "status": "False"}, 300.0),  # no transition time: the count starts now
+])
+def test_a_node_not_ready_is_lost_when_its_grace_period_is_over(ready, left):
+    status = {"conditions": [ready]} if ready else {}
+    assert seconds_until_lost(status=status, now=NOW, grace_seconds=300) == left
+
+
+def test_one_grace_timer_per_node_cancelled_when_it_is_ready_again():
+    timers, fired = NodeGraceTimers(), []
+    done = threading.Event()
+    WHOSE.set("kopf's")
+
+    def call(node: str) -> None:
+        fired.append((node, WHOSE.get()))
+        done.set()
+    assert timers.schedule("a", delay=0.05, call=lambda: call("a"))
+    assert not timers.schedule("a", delay=0.05, call=lambda: call("a again"))  # one pending per node
+    assert timers.schedule("b", delay=60, call=lambda: call("b"))
+    timers.cancel("b")  # Ready again before its grace was over
+    assert done.wait(5) and fired == [("a", "kopf's")]
+    assert timers.pending() == []
+    timers.stop()

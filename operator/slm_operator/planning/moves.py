@@ -94,6 +94,17 @@ def lost_nodes(
     return lost
 
 
+def seconds_until_lost(*, status: Mapping[str, Any], now: datetime.datetime, grace_seconds: float) -> float | None:
+    """A node's ``status``: seconds until its groups count as lost (0: they do now), ``None`` while it
+    is Ready (or says nothing of it). As :func:`lost_nodes` judges: by the Ready condition's
+    lastTransitionTime; a NotReady node without one counts from ``now``."""
+    ready = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), None)
+    if ready is None or ready.get("status") == "True":
+        return None
+    since = _parse_time(ready.get("lastTransitionTime")) or now
+    return max(0.0, grace_seconds - (now - since).total_seconds())
+
+
 def staying_groups(
     *, groups: Sequence[GroupState], product: str, lost: Mapping[str, LostNode]
 ) -> list[GroupState]:
