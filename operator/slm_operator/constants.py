@@ -42,6 +42,8 @@ MODEL_SERVER_COMPONENT: Final = "model-server"
 ANNOTATION_MECHANISM: Final = f"{GROUP}/sharing"
 #: On a group's StatefulSet: the GPU product (node label spelling) it was planned for.
 ANNOTATION_PRODUCT: Final = f"{GROUP}/gpu-product"
+#: On a device-plugin group's StatefulSet: the node the planner put it on (its pods are pinned there).
+ANNOTATION_NODE: Final = f"{GROUP}/node"
 #: On a group's StatefulSet made to replace others (a move, see ``planning.moves``): the indexes of
 #: the groups it replaces (``0,1``); they are deleted once it is Ready.
 ANNOTATION_REPLACES: Final = f"{GROUP}/replaces"

@@ -126,21 +126,26 @@ def apply_children(
         wanted_templates.add(claim_template_name(name=name, plan=plan))
         kube.apply(build_claim_template(name=name, namespace=namespace, plan=plan, owner=owner,
                                         index=rollout.apply[0].index))
+    # NB: a group keeps the node it was pinned to (its StatefulSet unchanged, no restart); new ones
+    # take the plan's nodes in order. One the plan has no node for is the scheduler's pick.
+    pinned = {g.index: g.pinned_node for g in existing}
+    fresh_nodes = iter(plan.group_nodes)
     for group in rollout.apply:
         index = group.index
+        node = pinned[index] if index in pinned else next(fresh_nodes, None)
         claim = claim_name(name=name, index=index, plan=plan) if dra else None
         if claim:
             wanted_claims.add(claim)
             kube.apply(build_resource_claim(name=name, namespace=namespace, index=index, plan=plan, owner=owner))
         kube.apply(build_group_statefulset(name=name, namespace=namespace, index=index, spec=spec, plan=plan,
                                            image=image, owner=owner, engine_defaults=engine_defaults,
-                                           replaces=group.replaces))
+                                           replaces=group.replaces, node=node))
         ledger.record(GroupState(
             namespace=namespace, name=group_name(service=name, index=index), service=name, index=index,
             product=plan.gpu_product, mechanism=plan.mechanism,
             replicas=plan.total_replicas if plan.shares_mode else plan.replicas_per_gpu, claim=claim,
             claim_template=claim_template_name(name=name, plan=plan) if plan.shares_mode else None,
-            share_request=plan.share_request, replaces=group.replaces))
+            share_request=plan.share_request, replaces=group.replaces, pinned_node=node))
     # Scale in whole GPU groups, and remove the groups moved away from (planning.moves); claims no
     # group references any more go with them. (dra-shares scales in by the StatefulSet's replicas:
     # the claims of removed pods are deleted with them.)

@@ -65,7 +65,8 @@ def node_entry(
         return None
     return {name: {
         "metadata": {"name": name, "labels": dict(labels)},
-        "spec": {"unschedulable": spec.get("unschedulable", False)},
+        "spec": {"unschedulable": spec.get("unschedulable", False),
+                 "taints": [dict(t) for t in spec.get("taints") or ()]},
         "status": {"allocatable": dict(status.get("allocatable") or {}),
                    "conditions": [dict(c) for c in status.get("conditions") or () if c.get("type") == "Ready"]},
     }}

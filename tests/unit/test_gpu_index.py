@@ -40,10 +40,11 @@ def group(name: str = "opt", index: int = 0, *, mechanism: str = "mps", replicas
 
 def test_node_entry_keeps_only_what_planning_reads_and_skips_unlabelled_nodes():
     raw = node("a", sharing="mps", replicas=4)
-    entry = node_entry(name="a", labels=raw["metadata"]["labels"], spec={"unschedulable": True, "taints": []},
+    taint = {"key": "team", "value": "a", "effect": "NoSchedule"}
+    entry = node_entry(name="a", labels=raw["metadata"]["labels"], spec={"unschedulable": True, "taints": [taint]},
                        status=raw["status"] | {"images": ["big"]})
     assert entry == {"a": {"metadata": {"name": "a", "labels": raw["metadata"]["labels"]},
-                           "spec": {"unschedulable": True},
+                           "spec": {"unschedulable": True, "taints": [taint]},
                            "status": {"allocatable": raw["status"]["allocatable"],
                                       "conditions": [{"type": "Ready", "status": "True"}]}}}
     assert node_entry(name="cpu", labels={"kubernetes.io/os": "linux"}, spec={}, status={}) is None

@@ -405,3 +405,18 @@ def test_a_service_waiting_for_gpus_is_registered_and_a_wake_up_places_it(api: F
     writes = len(api.writes)
     reconcile_woken(state=st, index=gpu_index(node("m", count=1)), key="ns/gone")
     assert "ns/gone" not in st.waiters and len(api.writes) == writes
+
+
+def test_groups_planned_back_to_back_are_pinned_each_to_a_node_with_room_for_all_its_pods(api: FakeApi) -> None:
+    # Two nodes of 3 MPS slots, groups of 2: the second service must not count the slot left beside
+    # the first group as room for a group (the scheduler could put both first pods on one node).
+    st = state()
+    index = gpu_index(node("m", count=1, sharing="mps", replicas=3), node("n", count=1, sharing="mps", replicas=3))
+    nodes = []
+    for name in ("a", "b", "c"):
+        status = reconcile(api, st, index, service(api, {"model": "facebook/opt-1.3b", "scale": {"gpus": 1},
+                                                         "gpu": {"product": H100, "sharing": "mps"},
+                                                         "profiling": STATIC}, name=name))
+        sts = api.objects.get(("StatefulSet", "ns", f"{name}-g0"))
+        nodes.append(sts["metadata"]["annotations"].get("slm.pareto.dev/node") if sts else status["phase"])
+    assert sorted(nodes[:2]) == ["m", "n"] and nodes[2] == "Pending"

@@ -29,6 +29,7 @@ from slm_operator.constants import (
     ANNOTATION_CLAIM_MEMORY,
     ANNOTATION_CLAIM_SHARES,
     ANNOTATION_MECHANISM,
+    ANNOTATION_NODE,
     ANNOTATION_PRODUCT,
     ANNOTATION_REPLACES,
     ANNOTATION_START,
@@ -317,9 +318,11 @@ def build_group_statefulset(
     owner: Mapping[str, Any],
     engine_defaults: EngineDefaults = ENGINE_DEFAULTS,
     replaces: Sequence[int] = (),
+    node: str | None = None,
 ) -> dict[str, Any]:
     """The k replicas of GPU group ``index``, started one after another and kept on one node.
-    ``replaces``: the indexes of the groups it is made to replace (``planning.moves``).
+    ``replaces``: the indexes of the groups it is made to replace (``planning.moves``); ``node``:
+    the node the planner put the group on (``Plan.group_nodes``), its pods are pinned there.
 
     The pods pass the ``restricted`` Pod Security Standard: a non-root user
     (``engine_defaults.run_as_user``), no privilege escalation, no capabilities, the runtime's
@@ -335,6 +338,8 @@ def build_group_statefulset(
     annotations = {ANNOTATION_MECHANISM: plan.mechanism, ANNOTATION_PRODUCT: plan.gpu_product}
     if replaces:
         annotations[ANNOTATION_REPLACES] = ",".join(str(i) for i in sorted(replaces))
+    if node:
+        annotations[ANNOTATION_NODE] = node
     if plan.shares_mode:
         assert plan.share_request is not None  # NB: every dra-shares plan has one
         container["resources"]["claims"] = [{"name": "gpu"}]
@@ -358,7 +363,7 @@ def build_group_statefulset(
         "containers": [container],
         "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
                     {"name": "cache", "emptyDir": {}}, *volumes],
-        "affinity": _affinity(name=name, index=index, plan=plan),
+        "affinity": _affinity(name=name, index=index, plan=plan, node=node),
         "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
         "terminationGracePeriodSeconds": 30,
         "enableServiceLinks": False,
@@ -466,8 +471,9 @@ def _vllm_env(spec: SLMServiceSpec) -> list[dict[str, Any]]:
     return env
 
 
-def _affinity(*, name: str, index: int, plan: Plan) -> dict[str, Any]:
-    """Nodes of the plan's product and sharing kind; the group's pods together on one node."""
+def _affinity(*, name: str, index: int, plan: Plan, node: str | None = None) -> dict[str, Any]:
+    """Nodes of the plan's product and sharing kind (``node``: that node only, by name); the group's
+    pods together on one node."""
     # GPU feature discovery may label shared nodes "<product>-SHARED"; both are this product.
     node_terms = [{"key": LABEL_GPU_PRODUCT, "operator": "In",
                    "values": [plan.gpu_product, f"{plan.gpu_product}{SHARED_PRODUCT_SUFFIX}"]}]
@@ -477,8 +483,11 @@ def _affinity(*, name: str, index: int, plan: Plan) -> dict[str, Any]:
         node_terms.append({"key": LABEL_GPU_SHARING, "operator": "In", "values": [plan.mechanism]})
     elif plan.mechanism == "exclusive":
         node_terms.append({"key": LABEL_GPU_SHARING, "operator": "NotIn", "values": ["mps", "time-slicing"]})
-    node_affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {
-        "nodeSelectorTerms": [{"matchExpressions": node_terms}]}}
+    term: dict[str, Any] = {"matchExpressions": node_terms}
+    if node:
+        # NB: by name (a field), not by the hostname label, which need not equal the node's name.
+        term["matchFields"] = [{"key": "metadata.name", "operator": "In", "values": [node]}]
+    node_affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
     if plan.shares_mode:
         # Replicas spread over GPUs as their claims fit; fill nodes already holding shared replicas
         # (of any service) before opening new ones, then those of this service.

@@ -21,6 +21,7 @@ from slm_operator.constants import (
     ANNOTATION_CLAIM_MEMORY,
     ANNOTATION_CLAIM_SHARES,
     ANNOTATION_MECHANISM,
+    ANNOTATION_NODE,
     ANNOTATION_PRODUCT,
     ANNOTATION_REPLACES,
     LABEL_GROUP,
@@ -59,6 +60,9 @@ class GroupState:
     share_request: ShareRequest | None = None
     #: The indexes of the groups this one was made to replace (a move), until they are gone.
     replaces: tuple[int, ...] = ()
+    #: Device-plugin groups: the node the planner pinned its pods to (``None``: the scheduler's pick,
+    #: as for groups made before pinning, DRA and ``dra-shares``).
+    pinned_node: str | None = None
 
     @property
     def key(self) -> str:
@@ -107,6 +111,7 @@ def group_from_statefulset(statefulset: Mapping[str, Any], *, node: str | None =
         claim_template=templates[0] if templates and templates[0] else None,
         share_request=ShareRequest(memory_mib=memory, shares=_int(shares) if shares else None) if memory else None,
         replaces=tuple(int(i) for i in (annotations.get(ANNOTATION_REPLACES) or "").split(",") if i.isdigit()),
+        pinned_node=annotations.get(ANNOTATION_NODE) or None,
     )
 
 

@@ -21,6 +21,7 @@ from slm_operator.constants import (
     DRA_CAPACITY_MEMORY,
     DRA_CAPACITY_SHARES,
     DRA_DRIVER,
+    GPU_RESOURCE,
     LABEL_ALLOCATION_POLICY,
     LABEL_GPU_COUNT,
     LABEL_GPU_MEMORY_MIB,
@@ -131,7 +132,9 @@ def unbound_demand(
                 anywhere[pool] = anywhere.get(pool, 0) + 1
             continue
         missing = max(0, group.replicas - bound_pods.get(group.key, 0))
-        node = nodes_of.get(group.key)
+        # NB: a pinned group's pods can only land on its node: what it still needs is owed there,
+        # before any of them is bound.
+        node = nodes_of.get(group.key) or group.pinned_node
         if not missing:
             continue
         if node:
@@ -281,7 +284,13 @@ def _device_plugin_sharing(strategy: str | None) -> PoolSharing:
 
 
 def _schedulable(node: Mapping[str, Any]) -> bool:
-    if (node.get("spec") or {}).get("unschedulable"):
+    """Cordoned, tainted against our pods (they tolerate only ``nvidia.com/gpu``), or not Ready: the
+    scheduler would not place a new replica there, and a group pinned there would never start."""
+    spec = node.get("spec") or {}
+    if spec.get("unschedulable"):
+        return False
+    if any(t.get("effect") in ("NoSchedule", "NoExecute") and t.get("key") != GPU_RESOURCE
+           for t in spec.get("taints") or ()):
         return False
     conditions = (node.get("status") or {}).get("conditions") or ()
     ready = [c for c in conditions if c.get("type") == "Ready"]

@@ -117,6 +117,11 @@ class Plan:
     #: group's claim must select a device that does not: on a shared one a claim asking no capacity
     #: would take only the driver's default share, not the whole GPU the group was planned with.
     whole_devices_only: bool = False
+    #: Device-plugin mechanisms (``mps``, ``time-slicing``, ``exclusive``): the node each new group
+    #: is pinned to, in the order new groups are made. NB: the planner's pick, not the scheduler's:
+    #: a group needs k slots of one node, and a scheduler binding the groups' first pods one at a
+    #: time can fill a node with more groups' first pods than their others fit beside.
+    group_nodes: tuple[str, ...] = ()
 
     @property
     def shares_mode(self) -> bool:
@@ -184,6 +189,10 @@ class _Option:
     #: Device-plugin sharing: slots per GPU, and what one group of k slots delivers.
     slots: int | None = None
     group_tokens_per_second: float | None = None
+    #: Groups of this mechanism the service runs already (counted in ``capacity``), and the
+    #: slots promised to unpinned groups of the pool (not free on any node in particular).
+    existing: int = 0
+    reserved: int = 0
 
 
 def make_plan(
@@ -343,6 +352,8 @@ def _plan_of(
         pinned_memory_limit_mib=memory_mib // k if dra else None,
         explanation=explanation,
         allocation_policy=policy,
+        group_nodes=() if dra else group_nodes(pools=chosen.pools, k=k, count=placeable - chosen.existing,
+                                               reserved=chosen.reserved),
         slots_per_gpu=chosen.slots,
     )
 
@@ -605,9 +616,23 @@ def _option(
         per_group = _group_tokens_per_second(profile=profile, k=k, pools=mine)
         desired = desired_gpus(spec=spec, per_gpu=per_group)
         return _Option(mechanism, mine, k, budget, existing_groups + fits, desired=desired,
-                       slots=max(p.slots_per_gpu for p in mine), group_tokens_per_second=per_group)
+                       slots=max(p.slots_per_gpu for p in mine), group_tokens_per_second=per_group,
+                       existing=existing_groups, reserved=reserved)
     desired = desired_gpus(spec=spec, per_gpu=tokens_per_second_per_gpu(profile=profile, replicas=k))
-    return _Option(mechanism, mine, k, budget, existing_groups + fits, desired=desired)
+    return _Option(mechanism, mine, k, budget, existing_groups + fits, desired=desired,
+                   existing=existing_groups, reserved=reserved)
+
+
+def group_nodes(*, pools: Sequence[GpuPool], k: int, count: int, reserved: int = 0) -> tuple[str, ...]:
+    """Nodes for ``count`` new device-plugin groups of ``k`` slots each: best fit, the node with the
+    fewest free slots that still holds a group first, so that nodes fill up and whole nodes stay
+    free for larger groups. ``reserved`` slots promised to unpinned groups are left on the nodes
+    with the most room. Side-effect free."""
+    if k < 1 or count < 1:
+        return ()
+    room = [node for pool in sorted(pools, key=lambda p: (p.free, p.node)) for node in [pool.node] * (pool.free // k)]
+    usable = room[:max(0, len(room) - math.ceil(reserved / k))]
+    return tuple(usable[:count])
 
 
 def _group_tokens_per_second(*, profile: Profile, k: int, pools: Sequence[GpuPool]) -> float:

@@ -11,6 +11,7 @@ from slm_operator.builders.children import (
     owner_reference,
 )
 from slm_operator.constants import LABEL_GROUP, LABEL_SERVICE, SERVING_PORT
+from slm_operator.planning.groups import group_from_statefulset
 from slm_operator.planning.inventory import build_inventory
 from slm_operator.planning.plan import make_plan
 from tests.unit.builders.podsecurity import restricted_violations
@@ -188,3 +189,22 @@ def test_network_policy_admits_the_namespace_and_the_listed_peers_on_the_serving
     only_namespace = build_network_policy(name="opt", namespace="ns", owner=OWNER,
                                           policy=spec(networkPolicy={}).network_policy)
     assert only_namespace["spec"]["ingress"][0]["from"] == [{"podSelector": {}}]
+
+
+def test_a_group_pinned_by_the_planner_runs_on_that_node_only_and_says_so():
+    plan = _plan([node("t", sharing="time-slicing", replicas=4)])
+    assert plan.group_nodes == ("t",)
+    sts = build_group_statefulset(name="opt", namespace="ns", index=0, spec=spec(), plan=plan, image="vllm:x",
+                                  owner=OWNER, node="t")
+    (term,) = sts["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    # By name, in the same term as the product and sharing (both must hold).
+    assert term["matchFields"] == [{"key": "metadata.name", "operator": "In", "values": ["t"]}]
+    assert any(e["key"] == "nvidia.com/gpu.product" for e in term["matchExpressions"])
+    assert group_from_statefulset(sts).pinned_node == "t"
+    # A group made before pinning (no node) keeps its spec as it was: no matchFields, no annotation.
+    unpinned = build_group_statefulset(name="opt", namespace="ns", index=0, spec=spec(), plan=plan, image="vllm:x",
+                                       owner=OWNER)
+    assert "matchFields" not in unpinned["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert group_from_statefulset(unpinned).pinned_node is None

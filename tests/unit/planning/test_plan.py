@@ -229,3 +229,44 @@ def test_product_memory_comes_from_the_node_label_smallest_first():
     assert product_memory_gib(nodes=nodes, product="NVIDIA-L4") == round(23034 / 1024, 3)
     assert product_memory_gib(nodes=nodes, product="X") is None
     assert product_memory_gib(nodes=nodes, product="absent") is None
+
+
+def test_new_device_plugin_groups_go_best_fit_to_nodes_with_room_for_a_whole_group():
+    from slm_operator.planning.inventory import GpuPool
+    from slm_operator.planning.plan import group_nodes
+
+    def pool(name, free):
+        return GpuPool(node=name, product=H100, memory_mib=H100_MIB, gpu_count=8, sharing="mps", slots_per_gpu=4,
+                       resource_name="nvidia.com/gpu", free=free)
+    pools = [pool("b", 8), pool("a", 3), pool("c", 2), pool("d", 1)]
+    # The fullest node that still holds a group first; a node with one slot holds no group of 2.
+    assert group_nodes(pools=pools, k=2, count=3) == ("c", "a", "b")
+    assert group_nodes(pools=pools, k=2, count=9) == ("c", "a", "b", "b", "b", "b")
+    # Slots promised to groups the scheduler places come off the roomiest node.
+    assert group_nodes(pools=pools, k=2, count=9, reserved=3) == ("c", "a", "b", "b")
+    assert group_nodes(pools=pools, k=2, count=0) == ()
+
+
+def test_a_pinned_group_owes_its_slots_on_its_node_before_a_pod_is_bound():
+    from slm_operator.planning.groups import GroupState
+    from slm_operator.planning.inventory import unbound_demand
+
+    pinned = GroupState(namespace="a", name="y-g0", service="y", index=0, product=H100, mechanism="mps", replicas=2,
+                        pinned_node="m")
+    demand = unbound_demand(groups=[pinned], bound_pods={}, allocated_claims=[])
+    assert demand.on_nodes == {"m": 2} and demand.anywhere == {}
+    # Two nodes of 3 slots, groups of 2: one group per node, each pinned where it fits whole.
+    inv = build_inventory(nodes=[node("m", count=1, sharing="mps", replicas=3),
+                                 node("n", count=1, sharing="mps", replicas=3)], demand=demand)
+    plan = make_plan(spec=spec(gpu={"product": H100, "sharing": "mps"}, scale={"gpus": 2}),
+                     profile=profile(replicas_to_saturate=2, memory_per_replica_gib=10.0), inventory=inv)
+    assert plan.replicas_per_gpu == 2 and plan.placeable_gpus == 1 and plan.group_nodes == ("n",)
+
+
+def test_a_node_tainted_against_the_replicas_is_not_planned_on():
+    tainted = node("t", sharing="mps", replicas=4)
+    tainted["spec"] = {"taints": [{"key": "team", "value": "a", "effect": "NoSchedule"}]}
+    gpu_only = node("g", sharing="mps", replicas=4)
+    gpu_only["spec"] = {"taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]}  # the replicas tolerate it
+    inv = build_inventory(nodes=[tainted, gpu_only])
+    assert [p.node for p in inv.pools] == ["g"]
