@@ -447,12 +447,9 @@ class GpuIndex:
         """One ``product`` GPU's memory as the nodes label it (``None`` where none says)."""
         return product_memory_gib(nodes=self.nodes(), product=product)
 
-    def inventory(self, *, ledger: PlacementLedger, exclude_service: str | None = None) -> Inventory:
-        """The planner's inventory: free slots and devices, minus what placed groups still need.
-
-        ``exclude_service`` (``namespace/name``) leaves out that service's own groups: it is the one
-        being planned, and they count as its existing groups instead.
-        """
+    def inventory(self, *, ledger: PlacementLedger) -> Inventory:
+        """The planner's inventory: free slots and devices, minus what placed groups still need
+        (the planned service's own groups too: their owed slots are not room for its new ones)."""
         claims = self._claims.values()
         groups = ledger.merged_with({g.key: g for g in self._groups.values()})
         bound, node_of = self._pods.bound_groups()
@@ -461,7 +458,7 @@ class GpuIndex:
             if claim.get("group"):
                 allocated_per_group[claim["group"]] = allocated_per_group.get(claim["group"], 0) + 1
         demand = unbound_demand(groups=groups.values(), bound_pods=bound, group_nodes=node_of,
-                                allocated_claims=[c["name"] for c in claims], exclude_service=exclude_service,
+                                allocated_claims=[c["name"] for c in claims],
                                 allocated_per_group=allocated_per_group)
         return build_inventory(nodes=self.nodes(), used_slots=self._pods.used_slots(),
                                resource_slices=self._values("gpu_slices"), resource_claims=claims, demand=demand)

@@ -173,7 +173,7 @@ def _reconcile(
                          existing_by_mechanism=counts)
 
     with state.planning_lock:
-        inventory = index.inventory(ledger=state.ledger, exclude_service=f"{namespace}/{name}")
+        inventory = index.inventory(ledger=state.ledger)
         try:
             plan = plan_beside(staying, inventory)
             # NB: groups with another k per GPU or DRA claim move too (planning.moves.reshaped): plan

@@ -314,16 +314,19 @@ def routed(*, name: str, routing: Routing, picker: EndpointPickerRef | None) -> 
 
 def waiting(status: Mapping[str, Any]) -> bool:
     """True while something outside the spec must happen before the service is what it asks (a
-    Secret, the InferencePool CRD, replicas turning Ready, a group moving): the retry timer
-    reconciles it again. NB: Deploying too, so that a group whose node went NotReady (its replicas
-    with it) moves once the grace period is over, and a move's old group goes once the new is Ready.
-    Not while it only waits for GPU capacity (:func:`waiting_for_capacity`): the inventory's watches
-    wake it when capacity frees, no timer polls it."""
+    Secret, the InferencePool CRD, an API write refused for now, a group moving: a move's old group
+    goes once the new one is Ready): the retry timer reconciles it again.
+
+    NB: not what events bring: replicas turning Ready (the StatefulSet watch folds readiness), a
+    node NotReady past its grace period (its status events, ``wakeups.NodeGraceTimers``), GPU
+    capacity freed (:func:`waiting_for_capacity`, the inventory's watches). A Deploying service is
+    not polled: at scale that was a full re-plan and re-apply of every starting service each
+    interval, all under the planning lock."""
     conditions = status.get("conditions") or ()
     if any((c.get("type") == "Routed" and c.get("reason") == POOL_CRD_MISSING)
            or (c.get("type") == "Progressing" and c.get("reason") in MOVE_REASONS) for c in conditions):
         return True
-    return status.get("phase") in ("Pending", "Degraded", "Deploying") and not waiting_for_capacity(status)
+    return status.get("phase") in ("Pending", "Degraded") and not waiting_for_capacity(status)
 
 
 #: Planner reasons only more GPU capacity changes (a slot or a device freed, a node added).

@@ -169,8 +169,8 @@ def test_inventory_from_the_indexes_reserves_what_groups_still_need():
     ledger.record(group("opt", 0, replicas=3))  # applied a moment ago; one pod is bound, two are owed to m
     index = GpuIndex(indexes, **own_watches(pods=slots))
     assert index.inventory(ledger=ledger).pools[0].free == 1  # 4 slots - 1 used - 2 owed
-    # The service being planned does not reserve against itself: its groups are its existing ones.
-    assert index.inventory(ledger=ledger, exclude_service="ns/opt").pools[0].free == 3
+    # What the service being planned still owes there is no room for its own new groups either.
+    assert index.inventory(ledger=ledger).pools[0].free == 1
     assert index.gpu_memory_gib(H100) is not None and index.gpu_memory_gib("NVIDIA-L4") is None
 
 
@@ -201,7 +201,7 @@ def test_dra_shares_replicas_without_an_allocated_claim_are_pending_demand():
     ledger = PlacementLedger()
     ledger.record(GroupState(namespace="ns", name="opt-g0", service="opt", index=0, product=H100,
                              mechanism="dra-shares", replicas=3, share_request=request))
-    inventory = index.inventory(ledger=ledger, exclude_service="ns/opt")
+    inventory = index.inventory(ledger=ledger)
     assert inventory.pending_shares == {H100: (request, request)}, "3 replicas, 1 claim allocated"
     (pool,) = inventory.pools
     assert (pool.sharing, pool.devices[0].used_shares, pool.devices[0].allocations) == ("dra-shares", 30, 1)

@@ -420,3 +420,19 @@ def test_groups_planned_back_to_back_are_pinned_each_to_a_node_with_room_for_all
         sts = api.objects.get(("StatefulSet", "ns", f"{name}-g0"))
         nodes.append(sts["metadata"]["annotations"].get("slm.pareto.dev/node") if sts else status["phase"])
     assert sorted(nodes[:2]) == ["m", "n"] and nodes[2] == "Pending"
+
+
+def test_a_service_scaled_out_before_its_first_group_starts_does_not_pin_two_groups_to_one_free_gpu(
+        api: FakeApi) -> None:
+    st = state()
+    index = gpu_index(node("m", count=2), node("n", count=1))
+    spec = {"model": "facebook/opt-1.3b", "gpu": {"product": H100, "sharing": "exclusive"}, "scale": {"gpus": 1},
+            "profiling": STATIC}
+    body = service(api, spec, name="grow")
+    reconcile(api, st, index, body)
+    pinned = api.objects[("StatefulSet", "ns", "grow-g0")]["metadata"]["annotations"]["slm.pareto.dev/node"]
+    assert pinned == "n"  # best fit: the node with one free GPU
+    body["spec"] = spec | {"scale": {"gpus": 2}}
+    body["metadata"]["generation"] = 2
+    reconcile(api, st, index, body)  # g0 has no pod bound yet: n's one GPU is owed to it
+    assert api.objects[("StatefulSet", "ns", "grow-g1")]["metadata"]["annotations"]["slm.pareto.dev/node"] == "m"

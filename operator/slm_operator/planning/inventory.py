@@ -100,15 +100,17 @@ def unbound_demand(
     bound_pods: Mapping[str, int],
     group_nodes: Mapping[str, str] | None = None,
     allocated_claims: Iterable[str],
-    exclude_service: str | None = None,
     allocated_per_group: Mapping[str, int] | None = None,
 ) -> Demand:
     """What planned groups still need, per node where known. Side-effect free.
 
     ``bound_pods`` counts, per group key, its pods that have a node, and ``group_nodes`` says which
-    node; ``exclude_service`` leaves out the groups of the service being planned (they count as its
-    existing groups instead). ``allocated_per_group`` counts, per ``dra-shares`` group key, its
-    replicas' claims that are allocated; the others are pending, the planned service's included.
+    node. ``allocated_per_group`` counts, per ``dra-shares`` group key, its replicas' claims that
+    are allocated; the others are pending.
+
+    NB: the groups of the service being planned count too. The planner counts them as placed, and
+    what they still need is not room for its new groups: left out, a group pinned to a node whose
+    last free slot its own first group is owed would not fit when its pods come.
     """
     allocated = set(allocated_claims)
     nodes_of = group_nodes or {}
@@ -117,14 +119,12 @@ def unbound_demand(
     shares: dict[str, list[ShareRequest]] = {}
     for group in groups:
         if group.mechanism == "dra-shares":
-            # NB: the planned service's own pending replicas are not left out: they count among its
-            # existing replicas, and the room they will take is not free for its new ones either.
             missing = max(0, group.replicas - (allocated_per_group or {}).get(group.key, 0))
             if missing and group.share_request is not None:
                 shares.setdefault(group.product, []).extend([group.share_request] * missing)
             continue
         pool_sharing = POOL_OF_MECHANISM.get(group.mechanism)
-        if group.service_key == exclude_service or pool_sharing is None:
+        if pool_sharing is None:
             continue
         pool = (group.product, pool_sharing)
         if group.mechanism == "dra":

@@ -202,10 +202,14 @@ def test_capacity_promised_to_unbound_groups_is_not_free():
 
     groups = [group("x", 0, "dra", 2, claim="x-g0-gpu-1"), group("x", 1, "dra", 2, claim="x-g1-gpu-1"),
               group("y", 0, "mps", 4), group("me", 0, "mps", 4)]
-    demand = unbound_demand(groups=groups, bound_pods={"a/y-g0": 1}, group_nodes={"a/y-g0": "m"},
-                            allocated_claims=["a/x-g0-gpu-1"], exclude_service="a/me")
+    demand = unbound_demand(groups=[g for g in groups if g.service != "me"], bound_pods={"a/y-g0": 1},
+                            group_nodes={"a/y-g0": "m"}, allocated_claims=["a/x-g0-gpu-1"])
     # y-g0 has a pod on node m: its 3 other pods will land there (pod affinity), not anywhere.
     assert demand.on_nodes == {"m": 3} and demand.anywhere == {(H100, "dra"): 1}
+    # The planned service's own unbound group owes its slots too (not room for its new groups).
+    with_me = unbound_demand(groups=groups, bound_pods={"a/y-g0": 1}, group_nodes={"a/y-g0": "m"},
+                             allocated_claims=["a/x-g0-gpu-1"])
+    assert with_me.anywhere == {(H100, "dra"): 1, (H100, "mps"): 4}
     on_m = build_inventory(nodes=[node("m", count=1, sharing="mps", replicas=4)], pods=[gpu_pod("m")], demand=demand)
     assert on_m.pools[0].free == 0
 

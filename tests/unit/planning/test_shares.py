@@ -99,7 +99,7 @@ def test_pending_replicas_of_every_service_are_demand_until_their_claims_are_all
                          mechanism="dra-shares", replicas=3, share_request=request),
               GroupState(namespace="b", name="emb-g0", service="emb", index=0, product=A100,
                          mechanism="dra-shares", replicas=1, share_request=request)]
-    demand = unbound_demand(groups=groups, bound_pods={}, allocated_claims=[], exclude_service="a/chat",
+    demand = unbound_demand(groups=groups, bound_pods={}, allocated_claims=[],
                             allocated_per_group={"a/chat-g0": 1, "b/emb-g0": 1})
     assert demand.shares == {A100: (request, request)}, "the planned service's pending replicas count too"
 
