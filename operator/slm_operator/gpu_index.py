@@ -119,12 +119,14 @@ def packed_pod_entry(
 
 
 def group_entry(
-    *, namespace: str, name: str, labels: Mapping[str, str], annotations: Mapping[str, str], spec: Mapping[str, Any]
+    *, namespace: str, name: str, labels: Mapping[str, str], annotations: Mapping[str, str], spec: Mapping[str, Any],
+    status: Mapping[str, Any] | None = None,
 ) -> Entry | None:
     """One of our group StatefulSets: what it was promised, so capacity not yet bound is not
-    planned twice."""
+    planned twice, and its ready replicas (what a re-listing folds into the service's status)."""
     group = group_from_statefulset({"metadata": {"namespace": namespace, "name": name, "labels": dict(labels),
-                                                 "annotations": dict(annotations)}, "spec": spec})
+                                                 "annotations": dict(annotations)}, "spec": spec,
+                                    "status": {"readyReplicas": (status or {}).get("readyReplicas")}})
     return {group.key: group} if group else None
 
 
@@ -137,7 +139,7 @@ def group_of(obj: Mapping[str, Any]) -> Entry | None:
     meta = _meta(obj)
     return group_entry(namespace=meta.get("namespace") or "", name=meta.get("name") or "",
                        labels=meta.get("labels") or {}, annotations=meta.get("annotations") or {},
-                       spec=obj.get("spec") or {})
+                       spec=obj.get("spec") or {}, status=obj.get("status"))
 
 
 def packed_pod_of(obj: Mapping[str, Any]) -> Entry | None:

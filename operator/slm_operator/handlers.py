@@ -8,6 +8,8 @@ configuration from the environment (a bad setting raises ConfigError, which ``__
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import datetime
 import logging
 import time
@@ -22,9 +24,8 @@ from slm_operator.constants import (
     API_VERSION,
     GROUP,
     LABEL_GPU_PRODUCT,
-    LABEL_MANAGED_BY,
     LABEL_PACKED,
-    MANAGED_BY,
+    LABEL_SERVICE,
     PLURAL,
 )
 from slm_operator.errors import ApplyRejected, ProfilePending, ProfilingFailed
@@ -52,8 +53,8 @@ from slm_operator.reconcile import (
 from slm_operator.status import waiting, waiting_for_capacity
 from slm_operator.wakeups import CapacityWaker, NodeGraceTimers
 
+logger = logging.getLogger(__name__)
 RESOURCE = (GROUP, API_VERSION, PLURAL)
-OURS = {LABEL_MANAGED_BY: MANAGED_BY}
 STATE = OperatorState(config=OperatorConfig.from_env())
 _WATCHED = {ns for ns in STATE.config.watch_namespace.split(",") if ns}
 #: A local (simulated) profile takes seconds to minutes; a profiler Job on a GPU takes minutes.
@@ -127,17 +128,17 @@ def configure(*, settings: kopf.OperatorSettings, **indexes: Any) -> None:
     # stay in the log, not in Events: one Event per phase change, not one per poll.
     settings.posting.loggers = False
     settings.posting.level = logging.WARNING
-    settings.execution.max_workers = 32
+    settings.execution.max_workers = 8
     # NB: timeouts on every watch and on kopf's own requests: a half-open connection (a restarted
     # API server behind a load balancer) would otherwise stall a watch, and the operator with it.
     settings.watching.server_timeout = WATCH_SERVER_TIMEOUT_SECONDS
     settings.watching.client_timeout = WATCH_SERVER_TIMEOUT_SECONDS + 30
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
-    # NB: server-side label selectors: every pod and StatefulSet kopf receives costs it a full
-    # per-object pass at start-up (worse than linear in their number), and only ours are handled.
-    # Pods, our groups and all claims are kept by our own watches instead (kopf watches no pod).
-    settings.watching.label_selectors["apps", "statefulsets"] = ",".join(f"{k}={v}" for k, v in OURS.items())
+    # NB: kopf watches no pod, StatefulSet or claim: every object kopf receives costs it a full
+    # per-object pass at start-up (worse than linear in their number), and its list is one
+    # unpaginated answer (1,000 groups: 16 MB of JSON, a hundred MiB as objects). Our own paged
+    # watches keep them; the readiness fold runs off the StatefulSet one (``_group_changed``).
     # NB: kopf hands startup handlers its live indexes; scrapes build the gauges from them.
     _kopf_indexes.update({name: indexes[name] for name in GpuIndex.NAMES})
     index = _gpu_index(_kopf_indexes)
@@ -169,11 +170,13 @@ def _gpu_index(indexes: Mapping[str, Any]) -> GpuIndex:
 
 #: Wakes the services that wait for GPU capacity when the inventory's watches say it grew.
 WAKER = CapacityWaker(
-    waiters=STATE.waiters, lock=STATE.planning_lock,
+    waiters=STATE.waiters,
     inventory=lambda: _gpu_index(_kopf_indexes).inventory(ledger=STATE.ledger),
     reconcile=lambda key: reconcile_woken(state=STATE, index=_gpu_index(_kopf_indexes), key=key))
 
 
+#: What the inventory last kept of each GPU node (``node_entry``), to poke the waker on changes only.
+_NODES_SEEN: dict[str, Any] = {}
 #: A reconcile of the services on each GPU node NotReady, due when its grace period is over.
 NOT_READY = NodeGraceTimers()
 
@@ -182,6 +185,48 @@ def _capacity_changed(event_type: str, obj: Mapping[str, Any]) -> None:
     """A GPU pod's event (bound, ended, deleted), or a re-listing: the waker looks."""
     if event_type == "LISTED" or pod_gpu_requests(obj):
         WAKER.poke()
+
+
+#: Readiness folds: off the StatefulSet watch's thread, a few at a time (each reads the service and
+#: its groups), in kopf's context (a phase change posts an Event).
+_FOLDS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="readiness")
+#: Whether the StatefulSet watch has listed once (its first listing seeds the readiness memo).
+_listed_once: list[bool] = []
+
+
+def _group_changed(event_type: str, obj: Mapping[str, Any]) -> None:
+    """One of our group StatefulSets changed (or all were listed again): fold its readiness into its
+    service's status, and let the waker look (a group gone frees its GPUs).
+
+    NB: a group of an unwatched namespace belongs to another operator's service (whose status this
+    one may not write); the watch stays unfiltered for the inventory. After a listing (a watch
+    resumed after a gap) every group is folded whose readiness the memo has not seen: the changes
+    of the gap came as no events. The first listing only fills the memo: at start-up every service
+    is reconciled (kopf's resume), which writes its readiness."""
+    WAKER.poke()
+    if event_type == "LISTED" and not _listed_once:
+        _listed_once.append(True)
+        for group in GROUPS.values():
+            STATE.readiness.changed(group.key, group.ready_replicas)
+        return
+    if event_type == "LISTED":
+        folds = [(group.namespace, group.name, {LABEL_SERVICE: group.service}, {"readyReplicas": group.ready_replicas})
+                 for group in GROUPS.values()]
+    else:
+        meta = obj.get("metadata") or {}
+        folds = [(meta.get("namespace") or "", meta.get("name") or "", meta.get("labels") or {},
+                  obj.get("status") or {})]
+    for namespace, name, labels, status in folds:
+        if _ours(namespace=namespace):
+            _FOLDS.submit(contextvars.copy_context().run, _fold, event_type, namespace, name, labels, status)
+
+
+def _fold(event_type: str, namespace: str, name: str, labels: Mapping[str, str], status: Mapping[str, Any]) -> None:
+    try:
+        fold_readiness(state=STATE, labels=labels, namespace=namespace, name=name, event_type=event_type,
+                       status=status)
+    except Exception:  # NB: forgotten by the memo: the group's next event (or listing) folds it again
+        logger.exception("folding the readiness of group %s/%s failed", namespace, name)
 
 
 def _claim_changed(event_type: str, obj: Mapping[str, Any]) -> None:
@@ -206,7 +251,7 @@ def _start_gate(event_type: str, obj: Mapping[str, Any]) -> None:
 _OWN_WATCHES: tuple[tuple[PodSlots | Entries, kube.WatchedKind,
                           Callable[[str, Mapping[str, Any]], None] | None], ...] = (
     (POD_SLOTS, kube.POD_SLOT_PODS, _capacity_changed),
-    (GROUPS, kube.GROUP_STATEFULSETS, lambda event_type, obj: WAKER.poke()),
+    (GROUPS, kube.GROUP_STATEFULSETS, _group_changed),
     (CLAIMS, kube.RESOURCE_CLAIMS, _claim_changed),
     (PACKED_PODS, kube.PACKED_PODS, _start_gate),
     (SERVICES, kube.SLM_SERVICES, None),
@@ -285,26 +330,20 @@ def reconcile(*, body: kopf.Body, spec: Mapping[str, Any], name: str, namespace:
         raise kopf.TemporaryError(f"profiling: {exc.progress}", delay=PROFILE_POLL_SECONDS) from None
 
 
-# NB: `when=_ours`: a group of an unwatched namespace belongs to another operator's service (whose
-# status this one may not write); the GROUPS watch stays unfiltered for the inventory. An event
-# handler is no index: kopf 1.45 makes its per-object start-up toggles (``operator_indexed``) for
-# indexed kinds only; workers of this kind still wait at start-up until those are in, which costs
-# their number times the indexed objects', not the square of their own.
-@kopf.on.event("apps", "v1", "statefulsets", labels=OURS, when=_ours)
-def group_readiness_changed(*, labels: Mapping[str, str], namespace: str | None, name: str, type: str,
-                            status: Mapping[str, Any], **_: Any) -> None:
-    # NB: an event handler, not a field handler: kopf stores nothing on the StatefulSet for it.
-    fold_readiness(state=STATE, labels=labels, namespace=namespace or "", name=name, event_type=type,
-                   status=status)
-
-
 # NB: a node deleted moves its groups at once; a node NotReady moves them once it has been so for
 # SLM_NODE_NOT_READY_SECONDS (``planning.moves``): its status events start the count, no timer polls
 # Ready services. Any change may free or add GPUs: the waker looks.
 @kopf.on.event("nodes", labels={LABEL_GPU_PRODUCT: kopf.PRESENT})
-def gpu_node_changed(*, type: str, name: str, status: Mapping[str, Any], **indexes: Any) -> None:
-    WAKER.poke()
+def gpu_node_changed(*, type: str, name: str, labels: Mapping[str, str], spec: Mapping[str, Any],
+                     status: Mapping[str, Any], **indexes: Any) -> None:
+    # NB: only when what the inventory keeps of it changed: every node heartbeats its status every
+    # minute or so (200 nodes: a few events a second), which changes nothing planning reads.
+    entry = None if type == "DELETED" else node_entry(name=name, labels=labels, spec=spec, status=status)
+    if _NODES_SEEN.get(name) != entry:
+        _NODES_SEEN[name] = entry
+        WAKER.poke()
     if type == "DELETED":
+        _NODES_SEEN.pop(name, None)
         NOT_READY.cancel(name)
         reconcile_services_on(state=STATE, index=_gpu_index(indexes), node=name, watched=_watched)
         return

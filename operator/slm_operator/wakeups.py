@@ -4,7 +4,7 @@ A service the planner could not place for want of capacity (``status.waiting_for
 not polled. It registers in :class:`CapacityWaiters` with the product it waits for and a
 :meth:`~CapacityWaiters.mark` taken before it planned. Every event of the inventory's watches
 (pods, our groups, claims, GPU nodes, ResourceSlices) pokes the :class:`CapacityWaker`; after a
-short debounce it rebuilds the inventory (no API call), and where
+debounce of a second it rebuilds the inventory (no API call), and where
 ``planning.inventory.free_capacity`` grew it bumps that product's epoch and reconciles the services
 that planned before the bump, oldest waiter first. A steady cluster has no events, so no work.
 
@@ -110,20 +110,24 @@ class CapacityWaker:
     """A daemon thread that turns inventory events into reconciles of the due waiters.
 
     :meth:`poke` is cheap and may be called from any watch thread on every event. The thread waits
-    ``debounce_seconds`` after a poke (a burst of events is one round), rebuilds the inventory with
-    ``inventory`` (under ``lock``: the planner's, so no plan is half-way), and hands every due
-    waiter to ``reconcile``, one after another. A failing reconcile is logged; the next round or
+    ``debounce_seconds`` after a poke (a burst of events is one round: a roll-out's pod events are a
+    few rounds a second, not one each), rebuilds the inventory with ``inventory``, and hands every
+    due waiter to ``reconcile``, one after another. A failing reconcile is logged; the next round or
     the service's own handlers retry it.
+
+    NB: the round does not take the planner's lock. It needs none: the inventory's stores are each
+    thread-safe, and the marks (taken before planning) and the epochs (bumped after the round saw
+    the change) order a round against a plan whichever runs first; holding the lock would only make
+    the plans of new services wait behind the rounds.
     """
 
     def __init__(
         self, *, waiters: CapacityWaiters, inventory: Callable[[], Inventory], reconcile: Callable[[ServiceKey], None],
-        lock: threading.Lock, debounce_seconds: float = 0.3,
+        debounce_seconds: float = 1.0,
     ) -> None:
         self._waiters = waiters
         self._inventory = inventory
         self._reconcile = reconcile
-        self._lock = lock
         self._debounce = debounce_seconds
         self._poked = threading.Event()
         self._stopped = threading.Event()
@@ -154,8 +158,7 @@ class CapacityWaker:
 
     def run_once(self) -> list[ServiceKey]:
         """One round: compare the free capacity with the last round's, wake the due; whom it woke."""
-        with self._lock:
-            now = free_capacity(self._inventory())
+        now = free_capacity(self._inventory())
         # NB: the first round counts every product as grown: services may have registered on a
         # view older than the one it starts from.
         grown = {key[0] for key in now} if self._last is None else grown_products(self._last, now)

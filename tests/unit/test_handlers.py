@@ -83,3 +83,38 @@ def test_the_start_gate_runs_for_dra_shares_pods_and_claims_and_listings_only(mo
     monkeypatch.setattr(handlers, "_kopf_indexes", {})
     handlers._start_gate("ADDED", {"metadata": {"name": "c", "labels": {"slm.pareto.dev/packed": "true"}}})
     assert len(gated) == 2, "not before the start-up handed kopf's indexes over"
+
+
+def _statefulset(namespace: str, name: str, service: str, ready: int) -> dict:
+    return {"metadata": {"namespace": namespace, "name": name, "labels": {
+        "app.kubernetes.io/managed-by": "slm-operator", "slm.pareto.dev/service": service,
+        "slm.pareto.dev/group": "0"}}, "spec": {"replicas": 2}, "status": {"readyReplicas": ready}}
+
+
+def test_readiness_is_folded_from_the_statefulset_watch_and_a_relisting_catches_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    folded: list[tuple[str, str, int]] = []
+    monkeypatch.setattr(handlers, "fold_readiness", lambda **kw: folded.append(
+        (kw["event_type"], kw["name"], kw["status"].get("readyReplicas"))))
+
+    class Inline:  # NB: the executor, run at once
+        def submit(self, fn, *args):
+            fn(*args)
+    monkeypatch.setattr(handlers, "_FOLDS", Inline())
+    monkeypatch.setattr(handlers, "_listed_once", [])
+    monkeypatch.setattr(handlers, "_WATCHED", {"ns"})
+    groups = Entries(group_of)
+    monkeypatch.setattr(handlers, "GROUPS", groups)
+    monkeypatch.setattr(handlers.STATE, "readiness", type(handlers.STATE.readiness)())
+    groups.replace([_statefulset("ns", "a-g0", "a", 1), _statefulset("other", "b-g0", "b", 0)])
+
+    handlers._group_changed("LISTED", {})
+    assert folded == [], "the first listing only fills the memo: kopf's resume reconciles every service"
+    handlers._group_changed("MODIFIED", _statefulset("ns", "a-g0", "a", 2))
+    handlers._group_changed("MODIFIED", _statefulset("other", "b-g0", "b", 2))  # another operator's namespace
+    assert folded == [("MODIFIED", "a-g0", 2)]
+    # The watch resumed after a gap in which a-g0 lost a replica: the listing folds it.
+    folded.clear()
+    groups.replace([_statefulset("ns", "a-g0", "a", 1)])
+    handlers._group_changed("LISTED", {})
+    assert folded == [("LISTED", "a-g0", 1)]

@@ -127,8 +127,7 @@ class Cluster:
 def test_the_waker_reconciles_due_waiters_only_when_capacity_grew():
     waiters = CapacityWaiters()
     cluster = Cluster(waiters, free=0)
-    waker = CapacityWaker(waiters=waiters, inventory=cluster.inventory, reconcile=cluster.reconcile,
-                          lock=threading.Lock())
+    waker = CapacityWaker(waiters=waiters, inventory=cluster.inventory, reconcile=cluster.reconcile)
     mark = waiters.mark()
     for key in ("ns/a", "ns/broken", "ns/b"):
         waiters.wait(key, product=H100, mark=mark)
@@ -162,7 +161,7 @@ def test_the_waker_thread_runs_a_round_after_a_poke_in_its_starters_context():
         woken.set()
     WHOSE.set("kopf's")
     waker = CapacityWaker(waiters=waiters, inventory=cluster.inventory, reconcile=reconcile,
-                          lock=threading.Lock(), debounce_seconds=0.01).start()
+                          debounce_seconds=0.01).start()
     try:
         waker.poke()  # the first round: a view, nobody waits yet
         mark = waiters.mark()
