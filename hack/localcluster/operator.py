@@ -80,7 +80,9 @@ class OperatorProcess:
     """
 
     #: Profiles come from the local runner on the simulated engine: no GPU, no Job.
-    DEFAULT_ENV: ClassVar[dict[str, str]] = {"SLM_PROFILER_RUNNER": "local", "SLM_PROFILER_ENGINE": "simulated"}
+    #: ``MALLOC_ARENA_MAX`` as the operator image sets it (Dockerfile).
+    DEFAULT_ENV: ClassVar[dict[str, str]] = {"SLM_PROFILER_RUNNER": "local", "SLM_PROFILER_ENGINE": "simulated",
+                                             "MALLOC_ARENA_MAX": "2"}
 
     def __init__(
         self,
