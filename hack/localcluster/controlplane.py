@@ -514,6 +514,31 @@ def _exists(api: Api, path: str) -> bool:
 # ------------------------------------------------------------------------------------------ down
 
 
+@contextlib.contextmanager
+def component_stopped(*, run_dir: str | Path, name: str) -> Iterator[None]:
+    """Stop one recorded component (``etcd``, ``kube-apiserver``, ...) of the cluster in ``run_dir``
+    while the block runs, then start it again with the same command line and record its new pid.
+    For fault tests: an API server outage, an etcd restart. Waits for nothing after the restart.
+    """
+    run = RunDir(run_dir)
+    with run.locked():
+        state = run.read_state() or {"processes": {}}
+        proc = state["processes"].get(name)
+        if proc is None or not processes.is_ours(pid=proc["pid"], executable=proc["executable"]):
+            raise ClusterError(f"{name} is not running in {run.path}")
+        # NB: the command line as it was started (flags, ports, certificates), from the kernel.
+        argv = Path(f"/proc/{proc['pid']}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+        processes.stop(pid=proc["pid"], executable=proc["executable"])
+    try:
+        yield
+    finally:
+        with run.locked():
+            child = processes.spawn(argv=argv, log_path=run.log(name))
+            state = run.read_state() or {"processes": {}}
+            state["processes"][name] = dict(proc) | {"pid": child.pid}
+            run.write_state(state)
+
+
 def down(*, run_dir: str | Path, say: Say = print) -> int:
     """Stop every recorded process and check its ports are closed. Idempotent; returns 0."""
     run = RunDir(run_dir)

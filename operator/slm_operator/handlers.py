@@ -168,11 +168,22 @@ def _gpu_index(indexes: Mapping[str, Any]) -> GpuIndex:
     return GpuIndex(indexes, pods=POD_SLOTS, groups=GROUPS, claims=CLAIMS, packed=PACKED_PODS)
 
 
+#: kopf's context as its resource handlers see it, taken at the first node it indexes. NB: posting an
+#: Event (a phase change) needs kopf's context variables, and its startup activities lack the event
+#: queue's: our threads (readiness folds, the waker) run their work in a copy of this one.
+_KOPF_CONTEXT: list[contextvars.Context] = []
+
+
+def _kopf_context() -> contextvars.Context:
+    return (_KOPF_CONTEXT[0] if _KOPF_CONTEXT else contextvars.copy_context()).copy()
+
+
 #: Wakes the services that wait for GPU capacity when the inventory's watches say it grew.
 WAKER = CapacityWaker(
     waiters=STATE.waiters,
     inventory=lambda: _gpu_index(_kopf_indexes).inventory(ledger=STATE.ledger),
-    reconcile=lambda key: reconcile_woken(state=STATE, index=_gpu_index(_kopf_indexes), key=key))
+    reconcile=lambda key: _kopf_context().run(reconcile_woken, state=STATE, index=_gpu_index(_kopf_indexes),
+                                              key=key))
 
 
 #: What the inventory last kept of each GPU node (``node_entry``), to poke the waker on changes only.
@@ -218,7 +229,7 @@ def _group_changed(event_type: str, obj: Mapping[str, Any]) -> None:
                   obj.get("status") or {})]
     for namespace, name, labels, status in folds:
         if _ours(namespace=namespace):
-            _FOLDS.submit(contextvars.copy_context().run, _fold, event_type, namespace, name, labels, status)
+            _FOLDS.submit(_kopf_context().run, _fold, event_type, namespace, name, labels, status)
 
 
 def _fold(event_type: str, namespace: str, name: str, labels: Mapping[str, str], status: Mapping[str, Any]) -> None:
@@ -292,6 +303,8 @@ def stop_profilers(**_: Any) -> None:
 @kopf.index("nodes")
 def gpu_nodes(*, name: str, labels: Mapping[str, str], spec: Mapping[str, Any], status: Mapping[str, Any],
               **_: Any) -> dict[str, Any] | None:
+    if not _KOPF_CONTEXT:
+        _KOPF_CONTEXT.append(contextvars.copy_context())
     return node_entry(name=name, labels=labels, spec=spec, status=status)
 
 
