@@ -405,6 +405,9 @@ class _Starter:
         self.state["processes"][name] = {
             "pid": child.pid,
             "executable": executable,
+            # NB: the whole command line, so that a component that exited can be started again
+            # (``component_stopped``, as a kubelet or systemd restarts a control-plane process).
+            "argv": [executable, *args],
             "port": self.ports[name],
             "ports": [p for key, p in self.ports.items() if key == name or key.startswith(f"{name}-")],
         }
@@ -519,6 +522,10 @@ def component_stopped(*, run_dir: str | Path, name: str) -> Iterator[None]:
     """Stop one recorded component (``etcd``, ``kube-apiserver``, ...) of the cluster in ``run_dir``
     while the block runs, then start it again with the same command line and record its new pid.
     For fault tests: an API server outage, an etcd restart. Waits for nothing after the restart.
+
+    NB: kube-scheduler and KWOK exit when the API server goes away for long; a real control plane's
+    supervisor (the kubelet of static pods, systemd) starts them again, and so does this, afterwards,
+    for every recorded component that is no longer running (from the command line it recorded).
     """
     run = RunDir(run_dir)
     with run.locked():
@@ -533,10 +540,29 @@ def component_stopped(*, run_dir: str | Path, name: str) -> Iterator[None]:
         yield
     finally:
         with run.locked():
-            child = processes.spawn(argv=argv, log_path=run.log(name))
             state = run.read_state() or {"processes": {}}
+            child = processes.spawn(argv=argv, log_path=run.log(name))
             state["processes"][name] = dict(proc) | {"pid": child.pid}
             run.write_state(state)
+            # NB: the others only once the API server answers again: they exit when it does not.
+            api, deadline = _api(run, state), time.monotonic() + 90
+            while time.monotonic() < deadline and not _answers_ready(api):
+                time.sleep(0.5)
+            for other in ORDER:
+                recorded = state["processes"].get(other)
+                if (other == name or recorded is None or "argv" not in recorded
+                        or processes.is_ours(pid=recorded["pid"], executable=recorded["executable"])):
+                    continue
+                child = processes.spawn(argv=recorded["argv"], log_path=run.log(other))
+                state["processes"][other] = dict(recorded) | {"pid": child.pid}
+            run.write_state(state)
+
+
+def _answers_ready(api: Api) -> bool:
+    try:
+        return api.get("/readyz") == "ok"
+    except Exception:  # NB: not up yet: refused, reset, 5xx
+        return False
 
 
 def down(*, run_dir: str | Path, say: Say = print) -> int:

@@ -12,6 +12,7 @@ import concurrent.futures
 import contextvars
 import datetime
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -201,6 +202,8 @@ def _capacity_changed(event_type: str, obj: Mapping[str, Any]) -> None:
 #: Readiness folds: off the StatefulSet watch's thread, a few at a time (each reads the service and
 #: its groups), in kopf's context (a phase change posts an Event).
 _FOLDS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="readiness")
+#: Set when the operator stops: folds waiting to try again give up.
+_folds_stopping = threading.Event()
 #: Whether the StatefulSet watch has listed once (its first listing seeds the readiness memo).
 _listed_once: list[bool] = []
 
@@ -232,12 +235,30 @@ def _group_changed(event_type: str, obj: Mapping[str, Any]) -> None:
             _FOLDS.submit(_kopf_context().run, _fold, event_type, namespace, name, labels, status)
 
 
+#: Seconds before a failed fold is tried again: doubling from the first to the last.
+FOLD_BACKOFF = (1.0, 30.0)
+
+
 def _fold(event_type: str, namespace: str, name: str, labels: Mapping[str, str], status: Mapping[str, Any]) -> None:
-    try:
-        fold_readiness(state=STATE, labels=labels, namespace=namespace, name=name, event_type=event_type,
-                       status=status)
-    except Exception:  # NB: forgotten by the memo: the group's next event (or listing) folds it again
-        logger.exception("folding the readiness of group %s/%s failed", namespace, name)
+    """Fold one group's readiness; on failure (an API outage) try again with backoff until it folds.
+
+    NB: tried again here, not left to the group's next event: a group whose replicas were all Ready
+    before the outage has no next event, and its service would say Deploying for good. Each try
+    reads the service and its groups afresh, so a late one writes nothing stale."""
+    delay = FOLD_BACKOFF[0]
+    while True:
+        try:
+            fold_readiness(state=STATE, labels=labels, namespace=namespace, name=name, event_type=event_type,
+                           status=status)
+            return
+        except Exception as exc:
+            if delay == FOLD_BACKOFF[0]:
+                logger.exception("folding the readiness of group %s/%s failed; trying again", namespace, name)
+            else:
+                logger.warning("folding the readiness of group %s/%s failed again: %s", namespace, name, exc)
+        if _folds_stopping.wait(delay):
+            return
+        delay = min(delay * 2, FOLD_BACKOFF[1])
 
 
 def _claim_changed(event_type: str, obj: Mapping[str, Any]) -> None:
@@ -296,6 +317,7 @@ def stop_profilers(**_: Any) -> None:
         _watches.pop().stop()
     WAKER.stop()
     NOT_READY.stop()
+    _folds_stopping.set()
 
 
 # --- Indexes: the GPU inventory (gpu_index says what each keeps) and our services, kept by watches ---

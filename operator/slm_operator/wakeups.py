@@ -121,6 +121,9 @@ class CapacityWaker:
     the plans of new services wait behind the rounds.
     """
 
+    #: A round in which a reconcile failed (an API outage) is followed by another this much later.
+    RETRY_SECONDS = 5.0
+
     def __init__(
         self, *, waiters: CapacityWaiters, inventory: Callable[[], Inventory], reconcile: Callable[[ServiceKey], None],
         debounce_seconds: float = 1.0,
@@ -165,13 +168,19 @@ class CapacityWaker:
         self._last = now
         self._waiters.grew(grown)
         due = self._waiters.due()
+        failed = False
         for key in due:
             if self._stopped.is_set():
                 break
             try:
                 self._reconcile(key)
-            except Exception:  # NB: the service's own handlers and the next round retry it
+            except Exception:  # NB: still due (its mark is old): a round RETRY_SECONDS later tries again
                 logger.exception("reconciling %s after GPU capacity freed failed", key)
+                failed = True
+        if failed and not self._stopped.is_set():
+            retry = threading.Timer(self.RETRY_SECONDS, self.poke)
+            retry.daemon = True
+            retry.start()
         self.rounds += 1
         return due
 

@@ -118,3 +118,16 @@ def test_readiness_is_folded_from_the_statefulset_watch_and_a_relisting_catches_
     groups.replace([_statefulset("ns", "a-g0", "a", 1)])
     handlers._group_changed("LISTED", {})
     assert folded == [("LISTED", "a-g0", 1)]
+
+
+def test_a_fold_that_fails_in_an_api_outage_is_tried_again_until_it_folds(monkeypatch: pytest.MonkeyPatch) -> None:
+    tries: list[int] = []
+
+    def fold(**_: Any) -> None:
+        tries.append(1)
+        if len(tries) < 3:
+            raise ConnectionRefusedError("the API server is down")
+    monkeypatch.setattr(handlers, "fold_readiness", fold)
+    monkeypatch.setattr(handlers, "FOLD_BACKOFF", (0.01, 0.02))
+    handlers._fold("MODIFIED", "ns", "a-g0", {"slm.pareto.dev/service": "a"}, {"readyReplicas": 2})
+    assert len(tries) == 3, "a group Ready before the outage has no next event: the fold itself must retry"
