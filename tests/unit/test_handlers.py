@@ -1,5 +1,6 @@
 """The kopf wiring: which SLMServices each retry timer looks at, and the own watches' start-up."""
 
+import threading
 from typing import Any
 
 import kopf
@@ -129,5 +130,6 @@ def test_a_fold_that_fails_in_an_api_outage_is_tried_again_until_it_folds(monkey
             raise ConnectionRefusedError("the API server is down")
     monkeypatch.setattr(handlers, "fold_readiness", fold)
     monkeypatch.setattr(handlers, "FOLD_BACKOFF", (0.01, 0.02))
+    monkeypatch.setattr(handlers, "_folds_stopping", threading.Event())  # NB: another test stopped "the operator"
     handlers._fold("MODIFIED", "ns", "a-g0", {"slm.pareto.dev/service": "a"}, {"readyReplicas": 2})
     assert len(tries) == 3, "a group Ready before the outage has no next event: the fold itself must retry"
