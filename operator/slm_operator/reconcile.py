@@ -277,34 +277,34 @@ def reconcile_services_on(
                        and LABEL_SERVICE in (pod["metadata"].get("labels") or {})
                        and watched(pod["metadata"]["namespace"])})
     for namespace, name in services:
-        body = kube.get_service(name=name, namespace=namespace)
-        if body is None:
-            continue
-        meta = body.get("metadata") or {}
-        try:
-            reconcile_service(state=state, index=index, body=body, spec=body.get("spec") or {}, name=name,
-                              namespace=namespace, uid=meta.get("uid", ""), meta=meta,
-                              status=body.get("status") or {})
-        except ProfilePending:
-            pass  # NB: its profiling timer polls the measurement
-        logger.info("GPU node %s is gone or NotReady: reconciled %s/%s", node, namespace, name)
+        if _reconcile_by_name(state=state, index=index, namespace=namespace, name=name):
+            logger.info("GPU node %s is gone or NotReady: reconciled %s/%s", node, namespace, name)
 
 
 def reconcile_woken(*, state: OperatorState, index: GpuIndex, key: str) -> None:
     """Reconcile ``namespace/name``, a service that waits for GPU capacity of a product whose free
     capacity grew (``wakeups.CapacityWaker``). One read, and a plan from the watches' inventory."""
     namespace, _, name = key.partition("/")
+    if _reconcile_by_name(state=state, index=index, namespace=namespace, name=name):
+        logger.info("GPU capacity freed: reconciled %s", key)
+    else:
+        state.waiters.done(key)
+
+
+def _reconcile_by_name(*, state: OperatorState, index: GpuIndex, namespace: str, name: str) -> bool:
+    """Read SLMService ``namespace/name`` and reconcile it outside kopf's handlers (an event of
+    something else made it due); ``False`` when it is gone or going. A measurement in progress is
+    left to its profiling timer."""
     body = kube.get_service(name=name, namespace=namespace)
     meta = (body or {}).get("metadata") or {}
     if body is None or meta.get("deletionTimestamp"):
-        state.waiters.done(key)
-        return
+        return False
     try:
         reconcile_service(state=state, index=index, body=body, spec=body.get("spec") or {}, name=name,
                           namespace=namespace, uid=meta.get("uid", ""), meta=meta, status=body.get("status") or {})
     except ProfilePending:
         pass  # NB: its profiling timer polls the measurement
-    logger.info("GPU capacity freed: reconciled %s", key)
+    return True
 
 
 def grant_starts(*, state: OperatorState, index: GpuIndex, watched: Callable[[str], bool]) -> None:
