@@ -445,6 +445,10 @@ class GpuIndex:
     def nodes(self) -> list[dict[str, Any]]:
         return self._values("gpu_nodes")
 
+    def pinned_to(self, node: str) -> list[GroupState]:
+        """Our groups pinned to ``node`` (``Plan.group_nodes``), whether or not a pod of theirs runs yet."""
+        return [g for g in self._groups.values() if g.pinned_node == node]
+
     def gpu_memory_gib(self, product: str) -> float | None:
         """One ``product`` GPU's memory as the nodes label it (``None`` where none says)."""
         return product_memory_gib(nodes=self.nodes(), product=product)

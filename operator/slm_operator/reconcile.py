@@ -272,11 +272,13 @@ def reconcile_services_on(
     not after the pod garbage collector (40 s) and the StatefulSet controller, and not only if its
     replicas turn NotReady. Errors are left to the services' own handlers and timers."""
     pods = kube.list_objects(api_version="v1", kind="Pod", label_selector=MANAGED_BY_SELECTOR)
-    services = sorted({(pod["metadata"]["namespace"], pod["metadata"]["labels"][LABEL_SERVICE]) for pod in pods
-                       if (pod.get("spec") or {}).get("nodeName") == node
-                       and LABEL_SERVICE in (pod["metadata"].get("labels") or {})
-                       and watched(pod["metadata"]["namespace"])})
-    for namespace, name in services:
+    services = {(pod["metadata"]["namespace"], pod["metadata"]["labels"][LABEL_SERVICE]) for pod in pods
+                if (pod.get("spec") or {}).get("nodeName") == node
+                and LABEL_SERVICE in (pod["metadata"].get("labels") or {})}
+    # NB: and the groups pinned there whose pods never got to run.
+    services |= {(g.namespace, g.service) for g in index.pinned_to(node)}
+    services = {(namespace, name) for namespace, name in services if watched(namespace)}
+    for namespace, name in sorted(services):
         if _reconcile_by_name(state=state, index=index, namespace=namespace, name=name):
             logger.info("GPU node %s is gone or NotReady: reconciled %s/%s", node, namespace, name)
 

@@ -236,3 +236,21 @@ def test_a_spec_changed_back_mid_move_keeps_the_old_group_and_drops_the_new_one(
     assert status["phase"] == "Ready" and status["placement"]["mechanism"] == "mps"
     assert sorted(statefulsets(api)) == ["opt-g0"] and ("delete", "StatefulSet", "opt-g1") in api.writes
     assert progressing(status)["reason"] == "Complete"
+
+
+def test_a_group_pinned_to_a_node_that_is_gone_before_its_pods_ran_is_replaced_at_once(api: FakeApi) -> None:
+    st = state()
+    body = service(api, {"model": "facebook/opt-1.3b", "gpu": {"product": H100, "sharing": "mps"},
+                         "scale": {"gpus": 1}, "profiling": STATIC})
+    reconcile(api, st, gpu_index(node("m", count=1, sharing="mps", replicas=4)), body)
+    pinned = statefulsets(api)["opt-g0"]
+    assert pinned["metadata"]["annotations"]["slm.pareto.dev/node"] == "m"  # no pod of it ran anywhere
+    # Node m is deleted, n joins: no pod names m, the watched StatefulSet's pin does.
+    n = node("n", count=1, sharing="mps", replicas=4)
+    index = GpuIndex({"gpu_nodes": kopf_index([node_entry(name="n", labels=n["metadata"]["labels"], spec={},
+                                                          status=n["status"])]),
+                      "gpu_slices": {}}, **own_watches(groups=[pinned]))
+    api.writes.clear()
+    reconcile_services_on(state=st, index=index, node="m", watched=lambda ns: True)
+    assert ("delete", "StatefulSet", "opt-g0") in api.writes
+    assert statefulsets(api)["opt-g1"]["metadata"]["annotations"]["slm.pareto.dev/node"] == "n"

@@ -65,6 +65,12 @@ class GroupState:
     pinned_node: str | None = None
 
     @property
+    def placed_node(self) -> str | None:
+        """Where its pods run or will run: the node of a bound pod, else the node it is pinned to
+        (a group whose pods wait for a node that is gone moves like one whose pods ran there)."""
+        return self.node or self.pinned_node
+
+    @property
     def key(self) -> str:
         """``<namespace>/<statefulset>``: how indexes and the ledger name a group."""
         return f"{self.namespace}/{self.name}"

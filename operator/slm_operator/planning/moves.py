@@ -79,30 +79,33 @@ def lost_nodes(
     NotReady for longer than ``grace_seconds`` (by their Ready condition's lastTransitionTime)."""
     by_name = {(n.get("metadata") or {}).get("name"): n for n in nodes}
     lost: dict[str, LostNode] = {}
-    for node in sorted({g.node for g in groups if g.node}):
+    for node in sorted({g.placed_node for g in groups if g.placed_node}):
         entry = by_name.get(node)
         if entry is None:
             lost[node] = LostNode(name=node, state="gone")
             continue
-        ready = next((c for c in (entry.get("status") or {}).get("conditions") or () if c.get("type") == "Ready"), None)
-        if ready is None or ready.get("status") == "True":
-            continue
-        since = _parse_time(ready.get("lastTransitionTime"))
-        seconds = (now - since).total_seconds() if since else 0.0
-        if since is not None and seconds >= grace_seconds:
+        seconds = _not_ready_seconds(entry.get("status") or {}, now=now)
+        if seconds is not None and seconds >= grace_seconds:
             lost[node] = LostNode(name=node, state="NotReady", seconds=seconds)
     return lost
 
 
 def seconds_until_lost(*, status: Mapping[str, Any], now: datetime.datetime, grace_seconds: float) -> float | None:
     """A node's ``status``: seconds until its groups count as lost (0: they do now), ``None`` while it
-    is Ready (or says nothing of it). As :func:`lost_nodes` judges: by the Ready condition's
-    lastTransitionTime; a NotReady node without one counts from ``now``."""
+    is Ready (or says nothing of it), as :func:`lost_nodes` judges it. A NotReady node that says
+    not since when counts from ``now``."""
+    seconds = _not_ready_seconds(status, now=now)
+    return None if seconds is None else max(0.0, grace_seconds - seconds)
+
+
+def _not_ready_seconds(status: Mapping[str, Any], *, now: datetime.datetime) -> float | None:
+    """How long a node has been NotReady, by its Ready condition's lastTransitionTime (0 when it says
+    not since when); ``None`` while it is Ready or has no Ready condition."""
     ready = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), None)
     if ready is None or ready.get("status") == "True":
         return None
-    since = _parse_time(ready.get("lastTransitionTime")) or now
-    return max(0.0, grace_seconds - (now - since).total_seconds())
+    since = _parse_time(ready.get("lastTransitionTime"))
+    return (now - since).total_seconds() if since else 0.0
 
 
 def staying_groups(
@@ -221,9 +224,9 @@ def _same(recorded: str, wanted: str) -> bool:
 def _lost(group: GroupState, lost: Mapping[str, LostNode]) -> LostNode | None:
     # NB: a dra-shares StatefulSet spreads its replicas over GPUs of several nodes; its first pod's
     # node says nothing of the others.
-    if group.mechanism == "dra-shares" or not group.node:
+    if group.mechanism == "dra-shares" or not group.placed_node:
         return None
-    return lost.get(group.node)
+    return lost.get(group.placed_node)
 
 
 def _planned(*, group: int, like: GroupState, plan: Plan) -> GroupState:

@@ -143,3 +143,12 @@ def test_a_dra_group_whose_claim_the_plan_names_otherwise_is_replaced_not_restar
     rollout = plan_rollout(plan=dra, existing=[old], lost={}, claims={0: "opt-g0-gpu-bbbbbbbb"})
     assert [(g.index, g.replaces) for g in rollout.apply] == [(1, (0,))] and rollout.delete == ()
     assert "from dra on node m to dra (another claim): 0/2 replicas" in rollout.moving[0]
+
+
+def test_a_group_pinned_to_a_lost_node_moves_before_any_of_its_pods_ran_there():
+    pinned = dataclasses.replace(group(0, node=None, ready=0), pinned_node="gone")
+    assert pinned.placed_node == "gone"
+    lost = lost_nodes(nodes=[node("m")], groups=[pinned], now=NOW, grace_seconds=300)
+    assert lost == {"gone": LostNode(name="gone", state="gone")}
+    rollout = plan_rollout(plan=plan(), existing=[pinned], lost=lost)
+    assert [g.index for g in rollout.apply] == [1] and rollout.delete == (pinned,)
