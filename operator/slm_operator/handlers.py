@@ -235,8 +235,8 @@ def _group_changed(event_type: str, obj: Mapping[str, Any]) -> None:
             _FOLDS.submit(_kopf_context().run, _fold, event_type, namespace, name, labels, status)
 
 
-#: Seconds before a failed fold is tried again: doubling from the first to the last.
-FOLD_BACKOFF = (1.0, 30.0)
+#: Seconds before a failed fold is tried again: doubling from the first to the last (the watches').
+FOLD_BACKOFF = kube.WATCH_BACKOFF
 
 
 def _fold(event_type: str, namespace: str, name: str, labels: Mapping[str, str], status: Mapping[str, Any]) -> None:

@@ -17,7 +17,6 @@ alone unless we set them ourselves.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import enum
 import functools
@@ -524,7 +523,5 @@ def start_watch(
 ) -> ListWatch:
     """Start a :class:`ListWatch` of ``kind`` into ``store`` in a daemon thread."""
     watcher = ListWatch(store=store, name=kind.name, list_page=kind.list_page, watch=kind.watch, on_event=on_event)
-    # NB: in a copy of the caller's context: reactions that post Events need kopf's (a startup handler's).
-    threading.Thread(target=contextvars.copy_context().run, args=(watcher.run,), name=f"{kind.name}-watch",
-                     daemon=True).start()
+    threading.Thread(target=watcher.run, name=f"{kind.name}-watch", daemon=True).start()
     return watcher

@@ -112,8 +112,8 @@ class CapacityWaker:
     :meth:`poke` is cheap and may be called from any watch thread on every event. The thread waits
     ``debounce_seconds`` after a poke (a burst of events is one round: a roll-out's pod events are a
     few rounds a second, not one each), rebuilds the inventory with ``inventory``, and hands every
-    due waiter to ``reconcile``, one after another. A failing reconcile is logged; the next round or
-    the service's own handlers retry it.
+    due waiter to ``reconcile``, one after another. A failing reconcile is logged and leaves its
+    waiter due; another round follows ``RETRY_SECONDS`` later.
 
     NB: the round does not take the planner's lock. It needs none: the inventory's stores are each
     thread-safe, and the marks (taken before planning) and the epochs (bumped after the round saw
@@ -144,9 +144,8 @@ class CapacityWaker:
         self._poked.set()
 
     def start(self) -> CapacityWaker:
-        """Start the thread in a copy of the caller's context. NB: the caller's context variables go
-        with it: kopf keeps its settings in one, and posting an Event (a woken service that changes
-        phase) needs them, so start it from a kopf handler."""
+        """Start the thread in a copy of the caller's context (its context variables go with it; the
+        operator's ``reconcile`` runs each woken service in kopf's resource context itself)."""
         if self._thread is None:
             context = contextvars.copy_context()
             self._thread = threading.Thread(target=context.run, args=(self._run,), name="capacity-waker", daemon=True)
