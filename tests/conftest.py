@@ -74,9 +74,9 @@ def cluster() -> Iterator[kubetest.Cluster]:
         kubetest.stop_cluster(run_dir=run_dir, timeout=120)
 
 
-@pytest.fixture
-def namespace(cluster: kubetest.Cluster) -> Iterator[str]:
-    name = f"t-{secrets.token_hex(4)}"
+def create_namespace(cluster: kubetest.Cluster, name: str) -> str:
+    """Namespace ``name`` under the tests' Pod Security level, once its ``default`` ServiceAccount
+    exists (pods are refused before)."""
     cluster.kubectl(
         "apply",
         "-f",
@@ -95,5 +95,11 @@ def namespace(cluster: kubetest.Cluster) -> Iterator[str]:
         timeout=30,
         message=f"ServiceAccount default in namespace {name}",
     )
+    return name
+
+
+@pytest.fixture
+def namespace(cluster: kubetest.Cluster) -> Iterator[str]:
+    name = create_namespace(cluster, f"t-{secrets.token_hex(4)}")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)

@@ -533,29 +533,26 @@ def component_stopped(*, run_dir: str | Path, name: str) -> Iterator[None]:
         proc = state["processes"].get(name)
         if proc is None or not processes.is_ours(pid=proc["pid"], executable=proc["executable"]):
             raise ClusterError(f"{name} is not running in {run.path}")
-        # NB: the command line as it was started (flags, ports, certificates), from the kernel.
-        argv = Path(f"/proc/{proc['pid']}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+        if "argv" not in proc:
+            raise ClusterError(f"{run.path} records no command line of {name}: start the cluster again (`up`)")
         processes.stop(pid=proc["pid"], executable=proc["executable"])
     try:
         yield
     finally:
         with run.locked():
             state = run.read_state() or {"processes": {}}
-            child = processes.spawn(argv=argv, log_path=run.log(name))
-            state["processes"][name] = dict(proc) | {"pid": child.pid}
-            run.write_state(state)
-            # NB: the others only once the API server answers again: they exit when it does not.
-            api, deadline = _api(run, state), time.monotonic() + 90
-            while time.monotonic() < deadline and not _answers_ready(api):
-                time.sleep(0.5)
-            for other in ORDER:
-                recorded = state["processes"].get(other)
-                if (other == name or recorded is None or "argv" not in recorded
-                        or processes.is_ours(pid=recorded["pid"], executable=recorded["executable"])):
+            for component in ORDER:  # NB: in start order; the ones after the API server once it answers
+                recorded = state["processes"].get(component)
+                if recorded is None or "argv" not in recorded or processes.is_ours(
+                        pid=recorded["pid"], executable=recorded["executable"]):
                     continue
-                child = processes.spawn(argv=recorded["argv"], log_path=run.log(other))
-                state["processes"][other] = dict(recorded) | {"pid": child.pid}
-            run.write_state(state)
+                child = processes.spawn(argv=recorded["argv"], log_path=run.log(component))
+                state["processes"][component] = dict(recorded) | {"pid": child.pid}
+                run.write_state(state)
+                if component == "kube-apiserver":
+                    api, deadline = _api(run, state), time.monotonic() + 90
+                    while time.monotonic() < deadline and not _answers_ready(api):
+                        time.sleep(0.5)
 
 
 def _answers_ready(api: Api) -> bool:

@@ -22,7 +22,7 @@ import pytest
 
 from hack.localcluster.controlplane import component_stopped
 from tests import kubetest
-from tests.conftest import POD_SECURITY_LEVEL
+from tests.conftest import create_namespace
 from tests.integration.operator_harness import (
     OperatorProcess,
     apply_yaml,
@@ -58,14 +58,6 @@ def own(cluster, tmp_path_factory) -> Iterator[tuple[kubetest.Cluster, OperatorP
         kubetest.stop_cluster(run_dir=run_dir, timeout=120)
 
 
-def make_namespace(cluster: kubetest.Cluster, name: str) -> str:
-    cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("label", "namespace", name, f"pod-security.kubernetes.io/enforce={POD_SECURITY_LEVEL}")
-    wait_for(lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
-             timeout=30, message=f"ServiceAccount default in {name}")
-    return name
-
-
 def api_ready(cluster: kubetest.Cluster) -> bool:
     result = cluster.kubectl("get", "--raw", "/readyz", check=False)
     return result.returncode == 0 and result.stdout.strip() == "ok"
@@ -80,7 +72,7 @@ def exactly(cluster: kubetest.Cluster, namespace: str, name: str, *, groups: int
 
 def test_etcd_restarted_under_a_settled_cluster_leaves_the_operator_watching(own) -> None:
     cluster, operator = own
-    namespace = make_namespace(cluster, "etcd")
+    namespace = create_namespace(cluster, "etcd")
     names = [f"l4-{i}" for i in range(5)]  # NB: the stock config has one node of 4 unshared L4 GPUs
     for name in names:
         apply_yaml(cluster, namespace, l4_service(name))
