@@ -36,6 +36,7 @@ from slm_operator.constants import (
     PLURAL,
     USABLE_MEMORY_FRACTION,
 )
+from slm_operator.status import CAPACITY_REASONS
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SERVICES_PATH = f"/apis/{GROUP}/{API_VERSION}/{PLURAL}"
@@ -407,10 +408,6 @@ def snapshot(*, api: Api, nodes_doc: dict[str, Any]) -> dict[str, Any]:
                                nodes={n["name"]: n for n in nodes_doc["nodes"]})}
 
 
-#: What a settled service may be waiting for: GPU capacity, said in the Planned condition.
-WAITING_REASONS = ("InsufficientSlots", "NoSharedGPUs", "NoMatchingGPUs")
-
-
 def stuck_services(services: list[dict[str, Any]]) -> list[str]:
     """Settled services neither serving (Ready, Degraded) nor Pending for GPU capacity with a
     message: ``namespace/name phase reason`` of each (a Deploying one has a pod no node takes)."""
@@ -419,7 +416,7 @@ def stuck_services(services: list[dict[str, Any]]) -> list[str]:
         status = service.get("status") or {}
         phase = status.get("phase") or "(none)"
         planned = next((c for c in status.get("conditions") or () if c.get("type") == "Planned"), {})
-        if phase in ("Ready", "Degraded") or (phase == "Pending" and planned.get("reason") in WAITING_REASONS
+        if phase in ("Ready", "Degraded") or (phase == "Pending" and planned.get("reason") in CAPACITY_REASONS
                                                and status.get("message")):
             continue
         meta = service["metadata"]
