@@ -321,7 +321,10 @@ LIST_PAGE = 100
 #: A watch request ends after this long (the server closes it), and is resumed from where it was.
 WATCH_SECONDS = 300
 #: Backoff after a failed list or watch: doubling from the first to the last, with jitter.
-WATCH_BACKOFF = (1.0, 30.0)
+#: NB: a short cap: the inventory and the readiness folds are blind while a watch waits, so after an
+#: API outage they catch up within 10 s of the server's return (client-go's reflector waits up to
+#: 30 s; five watches of one operator are no burden on a server that is back).
+WATCH_BACKOFF = (1.0, 10.0)
 #: A watch that ends sooner than this without a single event counts as a failure (backoff).
 WATCH_QUICK_END_SECONDS = 1.0
 
