@@ -68,6 +68,48 @@ def read_groups(*, name: str, namespace: str) -> list[GroupState]:
     return groups_from_objects(statefulsets=statefulsets, pods=pods)
 
 
+@dataclasses.dataclass(frozen=True)
+class Reserved:
+    """The groups one plan applies, decided and recorded in the placement ledger (:func:`reserve_groups`)."""
+
+    rollout: Rollout
+    #: One per ``rollout.apply``, in order: the group as the ledger holds it (its node, its claim).
+    groups: tuple[GroupState, ...]
+
+
+def reserve_groups(
+    *, name: str, namespace: str, plan: Plan, existing: Sequence[GroupState], ledger: PlacementLedger,
+    lost: Mapping[str, LostNode] | None = None,
+) -> Reserved:
+    """Which groups ``plan`` applies and deletes (``planning.moves``), each applied one on its node,
+    recorded in ``ledger``. No API call: the caller holds the planning lock for the plan and this, and
+    applies (:func:`apply_children`) after releasing it, so one service's API writes never hold up
+    the next service's plan.
+
+    NB: a group keeps the node it was pinned to (its StatefulSet unchanged, no restart); new ones
+    take the plan's nodes in order. One the plan has no node for is the scheduler's pick.
+    """
+    dra = plan.mechanism == "dra"
+    claims = {g.index: claim_name(name=name, index=g.index, plan=plan) for g in existing} if dra else None
+    rollout = plan_rollout(plan=plan, existing=existing, lost=lost or {}, claims=claims)
+    pinned = {g.index: g.pinned_node for g in existing}
+    fresh_nodes = iter(plan.group_nodes)
+    groups = []
+    for group in rollout.apply:
+        index = group.index
+        groups.append(GroupState(
+            namespace=namespace, name=group_name(service=name, index=index), service=name, index=index,
+            product=plan.gpu_product, mechanism=plan.mechanism,
+            replicas=plan.total_replicas if plan.shares_mode else plan.replicas_per_gpu,
+            claim=claim_name(name=name, index=index, plan=plan) if dra else None,
+            claim_template=claim_template_name(name=name, plan=plan) if plan.shares_mode else None,
+            share_request=plan.share_request, replaces=group.replaces,
+            pinned_node=pinned[index] if index in pinned else next(fresh_nodes, None)))
+    for reserved in groups:
+        ledger.record(reserved)
+    return Reserved(rollout=rollout, groups=tuple(groups))
+
+
 def apply_children(
     *,
     name: str,
@@ -75,77 +117,57 @@ def apply_children(
     uid: str,
     spec: SLMServiceSpec,
     plan: Plan,
+    reserved: Reserved,
     image: str,
     existing: Sequence[GroupState],
     ledger: PlacementLedger,
     engine_defaults: EngineDefaults,
     picker: EndpointPickerRef | None = None,
     pool_may_exist: bool = False,
-    lost: Mapping[str, LostNode] | None = None,
 ) -> Applied:
     """Apply the Service, the InferencePool (``picker`` set: ``spec.routing.inferencePool``), the
     NetworkPolicy (``spec.networkPolicy``; deleted when unset), one StatefulSet (and DRA claim) per
-    placeable GPU group, then remove the groups and claims the plan no longer has. Raises
-    :class:`~slm_operator.errors.ApplyRejected` when the API server refuses an object.
+    group ``reserved`` (:func:`reserve_groups`), then remove the groups and claims the plan no longer
+    has. Raises :class:`~slm_operator.errors.ApplyRejected` when the API server refuses an object;
+    whatever raises, the reserved groups not applied yet leave ``ledger``.
     ``engine_defaults`` (the operator's configuration) go into every vLLM pod. Returns where
     requests can go (``crd-missing`` when the cluster does not serve InferencePools: the rest is
     applied all the same, the Service serves) and the groups' rollout.
 
-    Groups whose placement changed (mechanism, product, replicas per GPU or claim, or a node in
-    ``lost``) move make-before-break (``planning.moves``): a replacement under a new index, the old
-    group deleted once it is Ready.
+    Groups whose placement changed (mechanism, product, replicas per GPU or claim, or a lost node)
+    move make-before-break (``planning.moves``): a replacement under a new index, the old group
+    deleted once it is Ready.
 
     ``pool_may_exist`` (the status says routing was on): without ``picker``, delete this service's
     InferencePool. NB: only then, so that services without routing never ask whether the cluster
     serves InferencePools (a discovery round trip where it does not).
-
-    Each group applied is recorded in ``ledger`` until the StatefulSet watch reports it.
     """
-    owner = owner_reference(name=name, uid=uid)
-    kube.apply(build_service(name=name, namespace=namespace, owner=owner))
-    routing: Routing = "service"
-    if picker is not None:
-        pool = build_inference_pool(name=name, namespace=namespace, picker=picker, owner=owner)
-        routing = "crd-missing" if kube.apply(pool) is kube.Outcome.NOT_SERVED else "inference-pool"
-    elif pool_may_exist:
-        _delete_owned(api_version=INFERENCE_POOL_API_VERSION, kind=INFERENCE_POOL_KIND, name=name,
-                      namespace=namespace, uid=uid)
-    # NB: before the pods, so that a replica is never reachable from where the policy says it is not.
-    if spec.network_policy is not None:
-        kube.apply(build_network_policy(name=name, namespace=namespace, policy=spec.network_policy, owner=owner))
-    else:
-        _delete_owned(api_version="networking.k8s.io/v1", kind="NetworkPolicy", name=name, namespace=namespace,
-                      uid=uid)
-    dra = plan.mechanism == "dra"
-    claims = {g.index: claim_name(name=name, index=g.index, plan=plan) for g in existing} if dra else None
-    rollout = plan_rollout(plan=plan, existing=existing, lost=lost or {}, claims=claims)
+    rollout = reserved.rollout
     wanted_claims = {g.claim for g in rollout.keep if g.claim}
     wanted_templates = {g.claim_template for g in rollout.keep if g.claim_template}
-    if plan.shares_mode and rollout.apply:
-        # NB: before the StatefulSet, so its pods find their template at once.
-        wanted_templates.add(claim_template_name(name=name, plan=plan))
-        kube.apply(build_claim_template(name=name, namespace=namespace, plan=plan, owner=owner,
-                                        index=rollout.apply[0].index))
-    # NB: a group keeps the node it was pinned to (its StatefulSet unchanged, no restart); new ones
-    # take the plan's nodes in order. One the plan has no node for is the scheduler's pick.
-    pinned = {g.index: g.pinned_node for g in existing}
-    fresh_nodes = iter(plan.group_nodes)
-    for group in rollout.apply:
-        index = group.index
-        node = pinned[index] if index in pinned else next(fresh_nodes, None)
-        claim = claim_name(name=name, index=index, plan=plan) if dra else None
-        if claim:
-            wanted_claims.add(claim)
-            kube.apply(build_resource_claim(name=name, namespace=namespace, index=index, plan=plan, owner=owner))
-        kube.apply(build_group_statefulset(name=name, namespace=namespace, index=index, spec=spec, plan=plan,
-                                           image=image, owner=owner, engine_defaults=engine_defaults,
-                                           replaces=group.replaces, node=node))
-        ledger.record(GroupState(
-            namespace=namespace, name=group_name(service=name, index=index), service=name, index=index,
-            product=plan.gpu_product, mechanism=plan.mechanism,
-            replicas=plan.total_replicas if plan.shares_mode else plan.replicas_per_gpu, claim=claim,
-            claim_template=claim_template_name(name=name, plan=plan) if plan.shares_mode else None,
-            share_request=plan.share_request, replaces=group.replaces, pinned_node=node))
+    owner = owner_reference(name=name, uid=uid)
+    applied = 0
+    try:
+        routing = _apply_service(name=name, namespace=namespace, uid=uid, spec=spec, picker=picker,
+                                 pool_may_exist=pool_may_exist)
+        if plan.shares_mode and rollout.apply:
+            # NB: before the StatefulSet, so its pods find their template at once.
+            wanted_templates.add(claim_template_name(name=name, plan=plan))
+            kube.apply(build_claim_template(name=name, namespace=namespace, plan=plan, owner=owner,
+                                            index=rollout.apply[0].index))
+        for group in reserved.groups:
+            if group.claim:
+                wanted_claims.add(group.claim)
+                kube.apply(build_resource_claim(name=name, namespace=namespace, index=group.index, plan=plan,
+                                                owner=owner))
+            kube.apply(build_group_statefulset(name=name, namespace=namespace, index=group.index, spec=spec,
+                                               plan=plan, image=image, owner=owner,
+                                               engine_defaults=engine_defaults, replaces=group.replaces,
+                                               node=group.pinned_node))
+            applied += 1
+    except BaseException:
+        ledger.forget(g.key for g in reserved.groups[applied:])
+        raise
     # Scale in whole GPU groups, and remove the groups moved away from (planning.moves); claims no
     # group references any more go with them. (dra-shares scales in by the StatefulSet's replicas:
     # the claims of removed pods are deleted with them.)
@@ -161,6 +183,30 @@ def apply_children(
             kube.delete(api_version="resource.k8s.io/v1", kind="ResourceClaimTemplate", name=template,
                         namespace=namespace)
     return Applied(routing=routing, rollout=rollout)
+
+
+def _apply_service(
+    *, name: str, namespace: str, uid: str, spec: SLMServiceSpec, picker: EndpointPickerRef | None,
+    pool_may_exist: bool,
+) -> Routing:
+    """The Service, the InferencePool and the NetworkPolicy of SLMService ``namespace/name``; where
+    requests can go."""
+    owner = owner_reference(name=name, uid=uid)
+    kube.apply(build_service(name=name, namespace=namespace, owner=owner))
+    routing: Routing = "service"
+    if picker is not None:
+        pool = build_inference_pool(name=name, namespace=namespace, picker=picker, owner=owner)
+        routing = "crd-missing" if kube.apply(pool) is kube.Outcome.NOT_SERVED else "inference-pool"
+    elif pool_may_exist:
+        _delete_owned(api_version=INFERENCE_POOL_API_VERSION, kind=INFERENCE_POOL_KIND, name=name,
+                      namespace=namespace, uid=uid)
+    # NB: before the pods, so that a replica is never reachable from where the policy says it is not.
+    if spec.network_policy is not None:
+        kube.apply(build_network_policy(name=name, namespace=namespace, policy=spec.network_policy, owner=owner))
+    else:
+        _delete_owned(api_version="networking.k8s.io/v1", kind="NetworkPolicy", name=name, namespace=namespace,
+                      uid=uid)
+    return routing
 
 
 def _delete_owned(*, api_version: str, kind: str, name: str, namespace: str, uid: str) -> None:

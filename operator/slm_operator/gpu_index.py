@@ -351,7 +351,11 @@ class PodSlots(_Synced):
 # --- The placement ledger ---------------------------------------------------------------------------
 
 class PlacementLedger:
-    """Groups just applied, until the StatefulSet watch reports them (or ``ttl_seconds`` pass).
+    """Groups a plan placed, from the moment they are planned (before their StatefulSets are
+    applied) until the StatefulSet watch reports them (or ``ttl_seconds`` pass).
+
+    NB: recorded while the planning lock is held, so the next plan counts them; the API writes happen
+    after the lock is released (``deploy.reserve_groups``), and an apply that fails forgets its groups.
 
     Thread-safe: handlers run in executor threads.
     """
@@ -365,6 +369,12 @@ class PlacementLedger:
     def record(self, group: GroupState) -> None:
         with self._lock:
             self._recent[group.key] = (self._clock(), group)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop groups recorded for an apply that did not happen (the API refused or was away)."""
+        with self._lock:
+            for key in keys:
+                self._recent.pop(key, None)
 
     def merged_with(self, indexed: Mapping[str, GroupState]) -> dict[str, GroupState]:
         """The indexed groups plus those recorded and not indexed yet; forgets the ones the watch
@@ -445,9 +455,11 @@ class GpuIndex:
     def nodes(self) -> list[dict[str, Any]]:
         return self._values("gpu_nodes")
 
-    def pinned_to(self, node: str) -> list[GroupState]:
-        """Our groups pinned to ``node`` (``Plan.group_nodes``), whether or not a pod of theirs runs yet."""
-        return [g for g in self._groups.values() if g.pinned_node == node]
+    def pinned_to(self, node: str, *, ledger: PlacementLedger) -> list[GroupState]:
+        """Our groups pinned to ``node`` (``Plan.group_nodes``), whether or not a pod of theirs runs yet;
+        with those just planned that the StatefulSet watch has not reported yet (``ledger``)."""
+        groups = ledger.merged_with({g.key: g for g in self._groups.values()})
+        return [g for g in groups.values() if g.pinned_node == node]
 
     def gpu_memory_gib(self, product: str) -> float | None:
         """One ``product`` GPU's memory as the nodes label it (``None`` where none says)."""

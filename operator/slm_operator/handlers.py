@@ -40,7 +40,7 @@ from slm_operator.gpu_index import (
     packed_pod_of,
     slice_entry,
 )
-from slm_operator.planning.inventory import pod_gpu_requests
+from slm_operator.planning.inventory import cordoned, pod_gpu_requests
 from slm_operator.planning.moves import seconds_until_lost
 from slm_operator.profile_source import cancel_local_runs
 from slm_operator.reconcile import (
@@ -375,8 +375,12 @@ def gpu_node_changed(*, type: str, name: str, labels: Mapping[str, str], spec: M
     # minute or so (200 nodes: a few events a second), which changes nothing planning reads.
     entry = None if type == "DELETED" else node_entry(name=name, labels=labels, spec=spec, status=status)
     if _NODES_SEEN.get(name) != entry:
+        was = _NODES_SEEN.get(name)
         _NODES_SEEN[name] = entry
         WAKER.poke()
+        if entry is not None and cordoned(entry[name]) and not (was and cordoned(was[name])):
+            # NB: groups pinned there whose pods are not bound yet would wait for good (planning.moves)
+            reconcile_services_on(state=STATE, index=_gpu_index(indexes), node=name, watched=_watched, pinned_only=True)
     if type == "DELETED":
         _NODES_SEEN.pop(name, None)
         NOT_READY.cancel(name)

@@ -36,7 +36,7 @@ from slm_operator.constants import (
     MANAGED_BY_SELECTOR,
     START_GRANTED,
 )
-from slm_operator.deploy import apply_children, read_groups, read_share_devices
+from slm_operator.deploy import apply_children, read_groups, read_share_devices, reserve_groups
 from slm_operator.errors import ApplyDeferred, ApplyRejected, PermanentError, PlanningError, ProfilePending, SpecError
 from slm_operator.gpu_index import GpuIndex, PlacementLedger, StartGrants, busiest_free_product
 from slm_operator.locks import ObjectLocks, ReadinessMemo
@@ -74,8 +74,9 @@ class OperatorState:
     locks: ObjectLocks = dataclasses.field(default_factory=ObjectLocks)
     readiness: ReadinessMemo = dataclasses.field(default_factory=ReadinessMemo)
     # NB: plans read the GPU inventory and applies consume it; two services planned at once on one
-    # snapshot would both take the same free GPUs. Planning + applying is serialised (milliseconds
-    # each), and the ledger remembers groups just applied until the StatefulSet watch reports them.
+    # snapshot would both take the same free GPUs. Planning is serialised (milliseconds each) and
+    # records its groups in the ledger until the StatefulSet watch reports them; the API writes
+    # that apply them run outside the lock.
     planning_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     #: dra-shares start permissions: granted but not yet seen by the pod watch; one decision at a time.
     start_grants: StartGrants = dataclasses.field(default_factory=StartGrants)
@@ -190,21 +191,24 @@ def _reconcile(
                     f"group(s) {', '.join(g.name for g in groups)} keep serving where they are until a new "
                     f"placement fits: {exc.message}",))
             return writer.write(update.with_profile(found))
-        asked = parsed.routing.inference_pool
-        picker = endpoint_picker(name=name, asked=asked, defaults=cfg.endpoint_picker) if asked else None
-        try:
-            applied = apply_children(
-                name=name, namespace=namespace, uid=uid, spec=parsed, plan=plan, existing=groups,
-                image=parsed.engine.image or cfg.default_engine_image, ledger=state.ledger,
-                engine_defaults=cfg.engine_defaults(), picker=picker,
-                pool_may_exist=any(c.get("type") == "Routed" for c in writer.current.get("conditions") or ()),
-                lost=lost)
-        except ApplyRejected as exc:
-            # NB: invalid will be rejected again on the next try; say why instead of looping (the
-            # `retry-rejected` timer still looks now and then: an admission policy can be lifted).
-            return writer.write(failed("Progressing", exc).with_profile(found))
-        except ApplyDeferred as exc:
-            return writer.write(retrying("Progressing", exc).with_profile(found))
+        # NB: the groups are in the ledger before the lock is released, and applied after it: the
+        # next service plans around them while this one's API writes are under way.
+        reserved = reserve_groups(name=name, namespace=namespace, plan=plan, existing=groups, ledger=state.ledger,
+                                  lost=lost)
+    asked = parsed.routing.inference_pool
+    picker = endpoint_picker(name=name, asked=asked, defaults=cfg.endpoint_picker) if asked else None
+    try:
+        applied = apply_children(
+            name=name, namespace=namespace, uid=uid, spec=parsed, plan=plan, reserved=reserved, existing=groups,
+            image=parsed.engine.image or cfg.default_engine_image, ledger=state.ledger,
+            engine_defaults=cfg.engine_defaults(), picker=picker,
+            pool_may_exist=any(c.get("type") == "Routed" for c in writer.current.get("conditions") or ()))
+    except ApplyRejected as exc:
+        # NB: invalid will be rejected again on the next try; say why instead of looping (the
+        # `retry-rejected` timer still looks now and then: an admission policy can be lifted).
+        return writer.write(failed("Progressing", exc).with_profile(found))
+    except ApplyDeferred as exc:
+        return writer.write(retrying("Progressing", exc).with_profile(found))
     devices = read_share_devices(name=name, namespace=namespace) if plan.shares_mode else ()
     update = serving(name=name, plan=plan, groups=read_groups(name=name, namespace=namespace), devices=devices,
                      endpoint=endpoint_url(name=name, namespace=namespace))
@@ -265,22 +269,25 @@ def _fold_readiness(*, state: OperatorState, labels: Mapping[str, str], namespac
 
 
 def reconcile_services_on(
-    *, state: OperatorState, index: GpuIndex, node: str, watched: Callable[[str], bool]
+    *, state: OperatorState, index: GpuIndex, node: str, watched: Callable[[str], bool], pinned_only: bool = False,
 ) -> None:
     """A GPU node is gone, or NotReady past the grace period: reconcile now every service of a
     ``watched`` namespace with a replica on it, so its group moves (``planning.moves``) at once:
     not after the pod garbage collector (40 s) and the StatefulSet controller, and not only if its
-    replicas turn NotReady. Errors are left to the services' own handlers and timers."""
-    pods = kube.list_objects(api_version="v1", kind="Pod", label_selector=MANAGED_BY_SELECTOR)
-    services = {(pod["metadata"]["namespace"], pod["metadata"]["labels"][LABEL_SERVICE]) for pod in pods
-                if (pod.get("spec") or {}).get("nodeName") == node
-                and LABEL_SERVICE in (pod["metadata"].get("labels") or {})}
-    # NB: and the groups pinned there whose pods never got to run.
-    services |= {(g.namespace, g.service) for g in index.pinned_to(node)}
+    replicas turn NotReady. ``pinned_only`` (the node was cordoned): only the services with a group
+    pinned there (those running there stay; one whose pods wait for the node moves). Errors are
+    left to the services' own handlers and timers."""
+    services = {(g.namespace, g.service) for g in index.pinned_to(node, ledger=state.ledger)}
+    if not pinned_only:
+        pods = kube.list_objects(api_version="v1", kind="Pod", label_selector=MANAGED_BY_SELECTOR)
+        services |= {(pod["metadata"]["namespace"], pod["metadata"]["labels"][LABEL_SERVICE]) for pod in pods
+                     if (pod.get("spec") or {}).get("nodeName") == node
+                     and LABEL_SERVICE in (pod["metadata"].get("labels") or {})}
     services = {(namespace, name) for namespace, name in services if watched(namespace)}
     for namespace, name in sorted(services):
         if _reconcile_by_name(state=state, index=index, namespace=namespace, name=name):
-            logger.info("GPU node %s is gone or NotReady: reconciled %s/%s", node, namespace, name)
+            logger.info("GPU node %s is %s: reconciled %s/%s", node, "cordoned" if pinned_only else "gone or NotReady",
+                        namespace, name)
 
 
 def reconcile_woken(*, state: OperatorState, index: GpuIndex, key: str) -> None:

@@ -14,6 +14,7 @@ from hack.localcluster.config import (
     dra_manifests,
     node_manifest,
 )
+from hack.localcluster.controlplane import component_stopped
 from tests.integration.operator_harness import apply_yaml, operator_with, slms, wait_phase
 from tests.integration.test_operator_lifecycle import children, static_service
 from tests.kubetest import wait_for
@@ -132,6 +133,44 @@ def test_a_dra_group_moving_to_mps_takes_its_claim_with_it(cluster, operator, na
     assert {p["spec"]["nodeName"] for p in _settled(cluster, namespace, "dm", 2)} == {"gpu-h100-0"}
     wait_for(lambda: children(cluster, namespace, "resourceclaims", "dm") == [], timeout=60, interval=0.5,
              message=f"claim {claim} of the old group gone")
+
+
+CORDON_PRODUCT = "NVIDIA-H100-CORDON-TEST"
+
+
+def test_a_group_waiting_for_a_node_cordoned_before_its_pods_bound_moves_to_another(cluster, operator, namespace):
+    """The planner pins a device-plugin group to a node (``slm.pareto.dev/node``); the node is
+    cordoned before the scheduler binds its pods (here: the scheduler is stopped meanwhile). Its
+    pods could never start there: the group is replaced on the other node at once."""
+    names = ["gpu-cordon-0", "gpu-cordon-1"]
+    api = cluster.admin_api()
+    try:
+        for i, name in enumerate(names):
+            api.create(node_manifest(node=_node_spec(name, product=CORDON_PRODUCT), index=220 + i))
+        wait_for(lambda: all(_ready(cluster.get_json("node", n)) for n in names), timeout=60, interval=0.5,
+                 message="the test's nodes Ready")
+        svc = static_service("cordon", gpus=1, sharing="mps")
+        svc["spec"]["gpu"]["product"] = CORDON_PRODUCT
+        with component_stopped(run_dir=cluster.run_dir, name="kube-scheduler"):
+            apply_yaml(cluster, namespace, svc)
+            (first,) = wait_for(lambda: children(cluster, namespace, "statefulsets", "cordon") or None, timeout=60,
+                                interval=0.5, message="the group applied")
+            pinned = first["metadata"]["annotations"]["slm.pareto.dev/node"]
+            (other,) = set(names) - {pinned}
+            assert all(not p["spec"].get("nodeName") for p in children(cluster, namespace, "pods", "cordon"))
+            cluster.kubectl("cordon", pinned)
+
+            def moved() -> list[dict[str, Any]] | None:
+                sets = children(cluster, namespace, "statefulsets", "cordon")
+                return sets if [(s["metadata"]["name"], s["metadata"]["annotations"]["slm.pareto.dev/node"])
+                                for s in sets] == [("cordon-g1", other)] else None
+            wait_for(moved, timeout=60, interval=0.5, message=f"the group re-pinned to {other}, the old one gone")
+        wait_phase(cluster, namespace, "cordon", ("Ready",), timeout=120, operator=operator)
+        assert {p["spec"]["nodeName"] for p in _settled(cluster, namespace, "cordon", 2)} == {other}
+    finally:
+        cluster.kubectl("delete", "slmservice", "cordon", "-n", namespace, "--wait=false", check=False)
+        for name in names:
+            cluster.kubectl("delete", "node", name, "--ignore-not-found", "--wait=false", check=False)
 
 
 NOT_READY_ANNOTATION = "local.slm.pareto.dev/not-ready"  # NB: hack/localcluster/kwok-stages.yaml

@@ -254,3 +254,22 @@ def test_a_group_pinned_to_a_node_that_is_gone_before_its_pods_ran_is_replaced_a
     reconcile_services_on(state=st, index=index, node="m", watched=lambda ns: True)
     assert ("delete", "StatefulSet", "opt-g0") in api.writes
     assert statefulsets(api)["opt-g1"]["metadata"]["annotations"]["slm.pareto.dev/node"] == "n"
+
+
+def test_a_node_cordoned_before_the_watch_reports_a_group_pinned_there_moves_it(api: FakeApi) -> None:
+    st = state()
+    body = service(api, {"model": "facebook/opt-1.3b", "gpu": {"product": H100, "sharing": "mps"},
+                         "scale": {"gpus": 1}, "profiling": STATIC})
+    m, n = node("m", count=1, sharing="mps", replicas=4), node("n", count=1, sharing="mps", replicas=4)
+    reconcile(api, st, gpu_index(m), body)
+    assert statefulsets(api)["opt-g0"]["metadata"]["annotations"]["slm.pareto.dev/node"] == "m"
+    # m is cordoned at once: the StatefulSet watch has not reported opt-g0 (no own_watches groups);
+    # the ledger knows it is pinned there. n has joined meanwhile.
+    index = GpuIndex({"gpu_nodes": kopf_index([
+        node_entry(name="m", labels=m["metadata"]["labels"], spec={"unschedulable": True}, status=m["status"]),
+        node_entry(name="n", labels=n["metadata"]["labels"], spec={}, status=n["status"])]),
+        "gpu_slices": {}}, **own_watches())
+    api.writes.clear()
+    reconcile_services_on(state=st, index=index, node="m", watched=lambda ns: True, pinned_only=True)
+    assert ("delete", "StatefulSet", "opt-g0") in api.writes, "none of its pods is bound: nothing to keep"
+    assert statefulsets(api)["opt-g1"]["metadata"]["annotations"]["slm.pareto.dev/node"] == "n"

@@ -283,14 +283,19 @@ def _device_plugin_sharing(strategy: str | None) -> PoolSharing:
     return "none"
 
 
-def _schedulable(node: Mapping[str, Any]) -> bool:
-    """Cordoned, tainted against our pods (they tolerate only ``nvidia.com/gpu``), or not Ready: the
-    scheduler would not place a new replica there, and a group pinned there would never start."""
+def cordoned(node: Mapping[str, Any]) -> bool:
+    """Cordoned, or tainted against our pods (they tolerate only ``nvidia.com/gpu``): the scheduler
+    places no new replica there (those running stay). Side-effect free."""
     spec = node.get("spec") or {}
-    if spec.get("unschedulable"):
-        return False
-    if any(t.get("effect") in ("NoSchedule", "NoExecute") and t.get("key") != GPU_RESOURCE
-           for t in spec.get("taints") or ()):
+    return bool(spec.get("unschedulable")) or any(
+        t.get("effect") in ("NoSchedule", "NoExecute") and t.get("key") != GPU_RESOURCE
+        for t in spec.get("taints") or ())
+
+
+def _schedulable(node: Mapping[str, Any]) -> bool:
+    """Not :func:`cordoned` and Ready: the scheduler would place a new replica there (else a group
+    pinned there would never start)."""
+    if cordoned(node):
         return False
     conditions = (node.get("status") or {}).get("conditions") or ()
     ready = [c for c in conditions if c.get("type") == "Ready"]

@@ -2,7 +2,8 @@
 
 A group must *move* when where it runs no longer matches the plan: another mechanism
 (``spec.gpu.sharing``), another GPU product, another number of replicas per GPU or DRA claim, or
-its node is gone or has been NotReady longer than a grace period. Patching its StatefulSet in place cannot
+its node is gone or has been NotReady longer than a grace period, or none of its pods is bound yet
+and the node it is pinned to was cordoned. Patching its StatefulSet in place cannot
 work: the new pods' node affinity excludes the old node while the group's required pod affinity
 (its pods stay together) pins them to it (or pins an added replica to a GPU with no room), so
 they would stay Pending for good. Instead the replacement is a new group under a new index (a new
@@ -13,8 +14,8 @@ stores (the StatefulSets, their pods' nodes, the nodes): an operator restarted m
 
 Capacity: the plan is made against the inventory while the old groups still hold their GPUs, so
 it places only the replacements that fit beside them; a group left without one keeps serving and
-is reported waiting (``status.MOVE_WAITING``). A group whose node is gone has nothing to keep:
-it is deleted at once.
+is reported waiting (``status.MOVE_WAITING``). A group whose node is gone, or whose pods all wait
+for a cordoned node, has nothing to keep: it is deleted at once.
 
 Side-effect free.
 """
@@ -28,12 +29,15 @@ from typing import Any
 
 from slm_operator.constants import group_name
 from slm_operator.planning.groups import GroupState
+from slm_operator.planning.inventory import cordoned
 from slm_operator.planning.plan import Plan
 
 
 @dataclasses.dataclass(frozen=True)
 class LostNode:
-    """A node a group can no longer count on: ``gone`` (deleted) or ``NotReady`` past the grace period."""
+    """A node a group can no longer count on: ``gone`` (deleted), ``NotReady`` past the grace period,
+    or ``cordoned`` (or tainted against the replicas: :func:`~slm_operator.planning.inventory.cordoned`),
+    which only a group none of whose pods is bound there loses (its pods would wait for good)."""
 
     name: str
     state: str
@@ -44,9 +48,16 @@ class LostNode:
     def gone(self) -> bool:
         return self.state == "gone"
 
+    @property
+    def nothing_to_keep(self) -> bool:
+        """Its groups serve nothing: the node is gone, or (cordoned) none of their pods runs there."""
+        return self.state in ("gone", "cordoned")
+
     def describe(self) -> str:
         if self.gone:
             return f"node {self.name} is gone"
+        if self.state == "cordoned":
+            return f"node {self.name} is cordoned or tainted against the replicas, which wait for it"
         return f"node {self.name} has been NotReady for {int(self.seconds)}s"
 
 
@@ -75,8 +86,9 @@ def lost_nodes(
     *, nodes: Iterable[Mapping[str, Any]], groups: Iterable[GroupState], now: datetime.datetime,
     grace_seconds: float,
 ) -> dict[str, LostNode]:
-    """The nodes of ``groups`` that are gone (not among ``nodes``, the GPU nodes the index knows) or
-    NotReady for longer than ``grace_seconds`` (by their Ready condition's lastTransitionTime)."""
+    """The nodes of ``groups`` that are gone (not among ``nodes``, the GPU nodes the index knows),
+    NotReady for longer than ``grace_seconds`` (by their Ready condition's lastTransitionTime), or
+    cordoned (a group counts that only while none of its pods is bound: see :func:`_lost`)."""
     by_name = {(n.get("metadata") or {}).get("name"): n for n in nodes}
     lost: dict[str, LostNode] = {}
     for node in sorted({g.placed_node for g in groups if g.placed_node}):
@@ -87,6 +99,8 @@ def lost_nodes(
         seconds = _not_ready_seconds(entry.get("status") or {}, now=now)
         if seconds is not None and seconds >= grace_seconds:
             lost[node] = LostNode(name=node, state="NotReady", seconds=seconds)
+        elif cordoned(entry):
+            lost[node] = LostNode(name=node, state="cordoned")
     return lost
 
 
@@ -183,7 +197,7 @@ def plan_rollout(
     for group in misplaced:
         node = _lost(group, lost)
         replacements = replaced_by.get(group.index, [])
-        if node is not None and node.gone:
+        if node is not None and node.nothing_to_keep:
             delete.append(group)
         elif group.index in replaced_by and all(_ready(g) for g in replacements):
             delete.append(group)
@@ -226,7 +240,10 @@ def _lost(group: GroupState, lost: Mapping[str, LostNode]) -> LostNode | None:
     # node says nothing of the others.
     if group.mechanism == "dra-shares" or not group.placed_node:
         return None
-    return lost.get(group.placed_node)
+    node = lost.get(group.placed_node)
+    if node is not None and node.state == "cordoned" and group.node is not None:
+        return None  # NB: a cordon stops new pods only: a group with a pod bound there keeps serving
+    return node
 
 
 def _planned(*, group: int, like: GroupState, plan: Plan) -> GroupState:

@@ -43,8 +43,10 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Api:
 def _apply(s, *, uid="u-1", defaults=ENGINE_DEFAULTS):
     plan = make_plan(spec=s, profile=profile(),
                      inventory=build_inventory(nodes=[node("t", sharing="time-slicing", replicas=4)]))
-    deploy.apply_children(name="opt", namespace="ns", uid=uid, spec=s, plan=plan, image="i", existing=(),
-                          ledger=PlacementLedger(), engine_defaults=defaults)
+    ledger = PlacementLedger()
+    reserved = deploy.reserve_groups(name="opt", namespace="ns", plan=plan, existing=(), ledger=ledger)
+    deploy.apply_children(name="opt", namespace="ns", uid=uid, spec=s, plan=plan, reserved=reserved, image="i",
+                          existing=(), ledger=ledger, engine_defaults=defaults)
 
 
 def test_policy_is_applied_before_the_pods_and_removed_when_unset(api: Api) -> None:

@@ -152,3 +152,24 @@ def test_a_group_pinned_to_a_lost_node_moves_before_any_of_its_pods_ran_there():
     assert lost == {"gone": LostNode(name="gone", state="gone")}
     rollout = plan_rollout(plan=plan(), existing=[pinned], lost=lost)
     assert [g.index for g in rollout.apply] == [1] and rollout.delete == (pinned,)
+
+
+def test_a_group_waiting_for_a_cordoned_node_moves_at_once_and_one_running_there_stays():
+    cordoned = node("c")
+    cordoned["spec"]["unschedulable"] = True
+    tainted = node("t")
+    tainted["spec"]["taints"] = [{"key": "maintenance", "effect": "NoSchedule"}]
+    waiting = dataclasses.replace(group(0, node=None, ready=0), pinned_node="c")
+    running = dataclasses.replace(group(1, node="c"), pinned_node="c")
+    on_tainted = dataclasses.replace(group(2, node=None, ready=0), pinned_node="t")
+    lost = lost_nodes(nodes=[cordoned, tainted, node("m")], groups=[waiting, running, on_tainted], now=NOW,
+                      grace_seconds=300)
+    assert lost == {"c": LostNode(name="c", state="cordoned"), "t": LostNode(name="t", state="cordoned")}
+    assert staying_groups(groups=[waiting, running, on_tainted], product=H100, lost=lost) == [running]
+    rollout = plan_rollout(plan=plan(gpus=2), existing=[waiting, running], lost=lost)
+    assert [g.index for g in rollout.apply] == [1, 2], "the running group is kept, a replacement is added"
+    assert rollout.delete == (waiting,), "nothing of it runs: it goes at once"
+    tolerated = node("g")
+    tolerated["spec"]["taints"] = [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]
+    assert lost_nodes(nodes=[tolerated], groups=[dataclasses.replace(waiting, pinned_node="g")], now=NOW,
+                      grace_seconds=300) == {}, "the replicas tolerate the GPU taint"
