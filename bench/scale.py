@@ -275,6 +275,12 @@ def fresh(bench: Bench) -> dict[str, Any]:
     to_child = [tracker.first_child[k] - t for k, t in tracker.applied.items() if k in tracker.first_child]
     to_terminal = [tracker.first_terminal[k] - t for k, t in tracker.applied.items() if k in tracker.first_terminal]
     result["applyToChildren"] = measure.latency_summary(values=to_child)
+    # Where in the roll-out the slow ones were: the same, per tenth of the services in creation order.
+    in_order = [tracker.first_child[k] - t for k, t in sorted(tracker.applied.items(), key=lambda kv: kv[1])
+                if k in tracker.first_child]
+    tenth = max(1, -(-len(in_order) // 10))
+    result["applyToChildrenByTenth"] = [measure.latency_summary(values=in_order[i:i + tenth])
+                                        for i in range(0, len(in_order), tenth)]
     result["applyToReadyOrDegraded"] = measure.latency_summary(values=to_terminal)
     result |= measure.steady_state(api=api, run_dir=run_dir, operator=operator, seconds=args.window)
     result["steadyState"]["idleBeforeLoad"] = idle

@@ -125,11 +125,11 @@ def apply_children(
     picker: EndpointPickerRef | None = None,
     pool_may_exist: bool = False,
 ) -> Applied:
-    """Apply the Service, the InferencePool (``picker`` set: ``spec.routing.inferencePool``), the
-    NetworkPolicy (``spec.networkPolicy``; deleted when unset), one StatefulSet (and DRA claim) per
-    group ``reserved`` (:func:`reserve_groups`), then remove the groups and claims the plan no longer
-    has. Raises :class:`~slm_operator.errors.ApplyRejected` when the API server refuses an object;
-    whatever raises, the reserved groups not applied yet leave ``ledger``.
+    """Apply the NetworkPolicy (``spec.networkPolicy``), one StatefulSet (and DRA claim) per group
+    ``reserved`` (:func:`reserve_groups`), the Service and the InferencePool (``picker`` set:
+    ``spec.routing.inferencePool``), then remove the NetworkPolicy (when unset) and the groups and
+    claims the plan no longer has. Raises :class:`~slm_operator.errors.ApplyRejected` when the API
+    server refuses an object; whatever raises, the reserved groups not applied yet leave ``ledger``.
     ``engine_defaults`` (the operator's configuration) go into every vLLM pod. Returns where
     requests can go (``crd-missing`` when the cluster does not serve InferencePools: the rest is
     applied all the same, the Service serves) and the groups' rollout.
@@ -148,8 +148,13 @@ def apply_children(
     owner = owner_reference(name=name, uid=uid)
     applied = 0
     try:
-        routing = _apply_service(name=name, namespace=namespace, uid=uid, spec=spec, picker=picker,
-                                 pool_may_exist=pool_may_exist)
+        # NB: a policy the spec asks for goes before the pods, so that a replica is never reachable
+        # from where the policy says it is not. Everything else waits until the groups are applied:
+        # the first StatefulSet of a new service is its first write (a Service with no pod yet,
+        # or a policy deleted a moment later, changes nothing meanwhile).
+        if spec.network_policy is not None:
+            kube.apply(build_network_policy(name=name, namespace=namespace, policy=spec.network_policy,
+                                            owner=owner))
         if plan.shares_mode and rollout.apply:
             # NB: before the StatefulSet, so its pods find their template at once.
             wanted_templates.add(claim_template_name(name=name, plan=plan))
@@ -168,6 +173,10 @@ def apply_children(
     except BaseException:
         ledger.forget(g.key for g in reserved.groups[applied:])
         raise
+    routing = _apply_service(name=name, namespace=namespace, uid=uid, picker=picker, pool_may_exist=pool_may_exist)
+    if spec.network_policy is None:
+        _delete_owned(api_version="networking.k8s.io/v1", kind="NetworkPolicy", name=name, namespace=namespace,
+                      uid=uid)
     # Scale in whole GPU groups, and remove the groups moved away from (planning.moves); claims no
     # group references any more go with them. (dra-shares scales in by the StatefulSet's replicas:
     # the claims of removed pods are deleted with them.)
@@ -186,27 +195,18 @@ def apply_children(
 
 
 def _apply_service(
-    *, name: str, namespace: str, uid: str, spec: SLMServiceSpec, picker: EndpointPickerRef | None,
-    pool_may_exist: bool,
+    *, name: str, namespace: str, uid: str, picker: EndpointPickerRef | None, pool_may_exist: bool
 ) -> Routing:
-    """The Service, the InferencePool and the NetworkPolicy of SLMService ``namespace/name``; where
-    requests can go."""
+    """The Service and the InferencePool of SLMService ``namespace/name``; where requests can go."""
     owner = owner_reference(name=name, uid=uid)
     kube.apply(build_service(name=name, namespace=namespace, owner=owner))
-    routing: Routing = "service"
     if picker is not None:
         pool = build_inference_pool(name=name, namespace=namespace, picker=picker, owner=owner)
-        routing = "crd-missing" if kube.apply(pool) is kube.Outcome.NOT_SERVED else "inference-pool"
-    elif pool_may_exist:
+        return "crd-missing" if kube.apply(pool) is kube.Outcome.NOT_SERVED else "inference-pool"
+    if pool_may_exist:
         _delete_owned(api_version=INFERENCE_POOL_API_VERSION, kind=INFERENCE_POOL_KIND, name=name,
                       namespace=namespace, uid=uid)
-    # NB: before the pods, so that a replica is never reachable from where the policy says it is not.
-    if spec.network_policy is not None:
-        kube.apply(build_network_policy(name=name, namespace=namespace, policy=spec.network_policy, owner=owner))
-    else:
-        _delete_owned(api_version="networking.k8s.io/v1", kind="NetworkPolicy", name=name, namespace=namespace,
-                      uid=uid)
-    return routing
+    return "service"
 
 
 def _delete_owned(*, api_version: str, kind: str, name: str, namespace: str, uid: str) -> None:

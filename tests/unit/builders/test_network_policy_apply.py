@@ -58,6 +58,8 @@ def test_policy_is_applied_before_the_pods_and_removed_when_unset(api: Api) -> N
     api.writes.clear()
     _apply(spec())
     assert ("delete", "NetworkPolicy", "opt") in api.writes and ("NetworkPolicy", "opt") not in api.objects
+    # NB: without a policy to apply, a StatefulSet is the first write (apply → first StatefulSet latency).
+    assert api.writes[0] == ("apply", "StatefulSet", "opt-g0")
 
 
 def test_engine_defaults_reach_the_statefulset(api: Api) -> None:
