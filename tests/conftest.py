@@ -89,10 +89,12 @@ def create_namespace(cluster: kubetest.Cluster, name: str) -> str:
         ),
     )
     # NB: pods are refused until the ServiceAccount controller has made `default` in the namespace.
+    # Up to 90 s: a controller-manager just restarted (the control-plane fault tests) starts its
+    # controllers only after its informers have synced, which took over 30 s here on 2 cores.
     kubetest.wait_for(
         lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, "-o", "name",
                                 check=False).returncode == 0,
-        timeout=30,
+        timeout=90,
         message=f"ServiceAccount default in namespace {name}",
     )
     return name
