@@ -526,6 +526,11 @@ def component_stopped(*, run_dir: str | Path, name: str) -> Iterator[None]:
     NB: kube-scheduler and KWOK exit when the API server goes away for long; a real control plane's
     supervisor (the kubelet of static pods, systemd) starts them again, and so does this, afterwards,
     for every recorded component that is no longer running (from the command line it recorded).
+    Stopping the API server stops kube-controller-manager too: on a real control plane it runs with
+    leader election and exits when it cannot renew its lease (10 s), so it comes back with fresh
+    caches; this one runs ``--leader-elect=false`` and, left running, kept a stale StatefulSet cache
+    after the outage (its StatefulSet controller requeued "read version … is not as new as written
+    version" with a growing backoff, and no replica started for minutes).
     """
     run = RunDir(run_dir)
     with run.locked():
@@ -536,6 +541,11 @@ def component_stopped(*, run_dir: str | Path, name: str) -> Iterator[None]:
         if "argv" not in proc:
             raise ClusterError(f"{run.path} records no command line of {name}: start the cluster again (`up`)")
         processes.stop(pid=proc["pid"], executable=proc["executable"])
+        if name == "kube-apiserver":
+            manager = state["processes"].get("kube-controller-manager")
+            if manager and "argv" in manager and processes.is_ours(pid=manager["pid"],
+                                                                   executable=manager["executable"]):
+                processes.stop(pid=manager["pid"], executable=manager["executable"])
     try:
         yield
     finally:
