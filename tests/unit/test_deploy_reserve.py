@@ -10,16 +10,12 @@ from slm_operator.errors import ApplyRejected
 from slm_operator.gpu_index import PlacementLedger
 from slm_operator.planning.inventory import build_inventory
 from slm_operator.planning.plan import make_plan
+from tests.unit.builders import test_network_policy_apply
 from tests.unit.builders.test_network_policy_apply import Api
 from tests.unit.factories import H100, node, profile, spec
 
-
-@pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> Api:
-    fake = Api()
-    for name in ("apply", "get", "delete"):
-        monkeypatch.setattr(kube, name, getattr(fake, name))
-    return fake
+#: The fake API (kube.apply, get and delete) of the NetworkPolicy tests.
+api = test_network_policy_apply.api
 
 
 def _plan(gpus: int):
